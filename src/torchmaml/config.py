@@ -1,0 +1,202 @@
+"""Run configuration: TOML presets plus ``--set key=value`` overrides, validated by pydantic.
+
+Every problem with a configuration (unknown key, wrong type, value out of range) becomes one
+``ConfigError`` whose message names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from torchmaml.errors import ConfigError
+from torchmaml.estimators import ESTIMATORS
+from torchmaml.execution import STRATEGIES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs; the resolved copy is saved in the run folder as ``config.toml``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    benchmark: Literal["sinusoid"] = "sinusoid"
+    # outer loop
+    iterations: int = Field(70_000, ge=1)
+    meta_batch_size: int = Field(25, ge=1)
+    outer_lr: float = Field(1e-3, gt=0)
+    # inner loop
+    inner_lr: float = Field(0.01, gt=0)
+    inner_steps: int = Field(1, ge=0, le=100)
+    estimator: str = "unrolled"
+    strategy: str = "auto"
+    chunk_size: int | None = Field(None, ge=1)
+    # task family
+    support_size: int = Field(10, ge=1)
+    query_size: int = Field(10, ge=1)
+    hidden: list[int] = Field(default_factory=lambda: [40, 40], min_length=1)
+    # pretrained baseline (joint training on all tasks, then fine-tuning)
+    baseline: bool = True
+    baseline_iterations: int = Field(70_000, ge=1)
+    baseline_lr_grid: list[float] = Field(default_factory=lambda: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1])
+    # evaluation on held-out tasks
+    eval_tasks: int = Field(600, ge=2)
+    eval_support_sizes: list[int] = Field(default_factory=lambda: [5, 10], min_length=1)
+    eval_query_size: int = Field(100, ge=1)
+    eval_steps: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
+    eval_seed: int = Field(2017, ge=0)
+    # bookkeeping
+    seed: int = Field(0, ge=0)
+    log_every: int = Field(100, ge=1)
+    dtype: Literal["float32", "float64"] = "float32"
+    device: str = "cpu"
+
+    @field_validator("estimator")
+    @classmethod
+    def _known_estimator(cls, value: str) -> str:
+        if value not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {value!r}; choose one of {', '.join(sorted(ESTIMATORS))}")
+        return value
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown strategy {value!r}; choose one of {', '.join(STRATEGIES)}")
+        return value
+
+    @field_validator("hidden", "eval_support_sizes")
+    @classmethod
+    def _positive_sizes(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError(f"every entry must be >= 1, got {value}")
+        return value
+
+    @field_validator("eval_steps")
+    @classmethod
+    def _eval_steps(cls, value: list[int]) -> list[int]:
+        if any(v < 0 or v > 1000 for v in value):
+            raise ValueError(f"every entry must be between 0 and 1000, got {value}")
+        return sorted(set(value))
+
+    @field_validator("baseline_lr_grid")
+    @classmethod
+    def _positive_rates(cls, value: list[float]) -> list[float]:
+        if not value or any(not v > 0 for v in value):
+            raise ValueError(f"needs at least one rate and every rate must be > 0, got {value}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value != "cpu" and not value.startswith("cuda"):
+            raise ValueError(f"must be 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _chunking(self) -> TrainConfig:
+        if self.strategy == "chunked" and self.chunk_size is None:
+            raise ValueError("strategy 'chunked' needs chunk_size (e.g. --set chunk_size=8)")
+        return self
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped with torchmaml (``--config NAME``)."""
+    return sorted(path.stem for path in PRESET_DIR.glob("*.toml"))
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, with a one-line error naming the file on failure."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A preset name (``sinusoid``) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.toml"
+    if not preset.exists():
+        raise ConfigError(
+            f"--config {name_or_path!r} is neither a file nor a preset; presets: {', '.join(preset_names())}"
+        )
+    return preset
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as TOML (``3``, ``0.1``, ``true``, ``[1, 5]``) or else as a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set inner_lr=0.01")
+    try:
+        value = tomllib.loads(f"value = {raw.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def build_config(values: dict[str, Any]) -> TrainConfig:
+    """Validate ``values``; the first problem becomes a one-line ``ConfigError``."""
+    try:
+        return TrainConfig(**values)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """A preset or TOML file with ``key=value`` overrides applied, validated."""
+    values = read_toml(resolve_preset(name_or_path))
+    for text in overrides:
+        key, value = parse_override(text)
+        values[key] = value
+    return build_config(values)
+
+
+def to_toml(config: TrainConfig) -> str:
+    """The resolved configuration as TOML text (``None`` values are left out, as TOML has no null)."""
+    lines = []
+    for key, value in config.model_dump().items():
+        if value is not None:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _describe(error: ValidationError) -> str:
+    problem = error.errors()[0]
+    key = ".".join(str(part) for part in problem["loc"]) or "config"
+    if problem["type"] == "extra_forbidden":
+        known = ", ".join(TrainConfig.model_fields)
+        return f"{key}: unknown key; known keys: {known}"
+    message = problem["msg"].removeprefix("Value error, ")
+    given = problem.get("input")
+    if problem["type"] != "missing" and not isinstance(given, dict):
+        message += f" (got {given!r})"
+    return f"{key}: {message}"

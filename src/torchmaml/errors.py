@@ -1,0 +1,17 @@
+"""Typed exceptions: every user-facing failure names the problem and what to do about it."""
+
+
+class TorchMAMLError(ValueError):
+    """Base class of torchmaml's user-facing errors (a ``ValueError``, so plain ``except`` works)."""
+
+
+class ConfigError(TorchMAMLError):
+    """A configuration key is unknown, of the wrong type, or out of range."""
+
+
+class TaskBatchError(TorchMAMLError):
+    """A ``TaskBatch`` is malformed: wrong rank, mismatched task or example counts, mixed devices."""
+
+
+class ModelError(TorchMAMLError):
+    """The model cannot be meta-trained as given (its output does not fit the loss, unsupported layer, ...)."""

@@ -1,0 +1,51 @@
+"""The interface every meta-gradient estimator shares.
+
+An estimator is a function of one task: given the meta-parameters (a pytree ``{"params": w, "lrs": ...}``)
+and one task's ``(support_x, support_y, query_x, query_y)``, it returns its estimate ``G_i`` of the
+gradient of that task's meta-loss ``L_i(adapt(w, support_i), query_i)`` with respect to every
+meta-parameter, and a few scalar metrics. ``torchmaml.execution`` runs it over a whole batch of tasks
+(vectorised or looped) and averages: ``G = (1/B) sum_i G_i``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from torchmaml.functional import FunctionalModel, Params
+from torchmaml.inner import InnerLR, LossFn
+
+MetaParams = dict[str, Params]
+Metrics = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class InnerProblem:
+    """What the inner loop needs: the model as a function, the loss, the number of steps, and the rule that
+    turns the learned-rate tensors (``meta["lrs"]``) into the per-step inner learning rates."""
+
+    model: FunctionalModel
+    loss_fn: LossFn
+    steps: int
+    rates: Callable[[Params], InnerLR]
+
+    def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``f(w; (x, y))``, the task loss of the model at ``params``."""
+        return self.loss_fn(self.model(params, x), y)
+
+
+class TaskGradient(Protocol):
+    """``(problem, meta, sx, sy, qx, qy) -> (G_i, metrics_i)`` for a single task."""
+
+    def __call__(
+        self,
+        problem: InnerProblem,
+        meta: MetaParams,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+    ) -> tuple[MetaParams, Metrics]: ...

@@ -1,0 +1,58 @@
+"""Exact second-order MAML (Finn et al. 2017) and first-order MAML, by differentiating the unrolled inner loop.
+
+For task ``i`` with support set ``D_in`` and query set ``D_o`` the meta-loss is
+``L_i(w) = f_i(w_K(w); D_o)`` with ``w_K`` the result of ``K`` inner steps. Its exact gradient is
+
+    G_i = prod_{s=K-1..0} (I - alpha_s H_i(w_s; D_in)) grad f_i(w_K; D_o),
+
+which ``torch.func.grad`` computes by differentiating through the inner steps (Hessian-vector products
+by double backward, never a formed Hessian). Memory grows linearly with ``K``.
+
+First-order MAML drops the Hessian terms, ``G_i = grad f_i(w_K; D_o)``: the inner gradients are
+computed at detached points, so no graph is kept through the inner loop.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import grad
+
+from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics
+from torchmaml.inner import adapt
+
+
+def _unrolled(first_order: bool):
+    def task_gradient(
+        problem: InnerProblem,
+        meta: MetaParams,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        query_x: torch.Tensor,
+        query_y: torch.Tensor,
+    ) -> tuple[MetaParams, Metrics]:
+        def meta_loss(meta: MetaParams) -> tuple[torch.Tensor, torch.Tensor]:
+            trajectory = adapt(
+                problem.model,
+                meta["params"],
+                support_x,
+                support_y,
+                problem.loss_fn,
+                problem.rates(meta["lrs"]),
+                problem.steps,
+                first_order=first_order,
+            )
+            loss_after = problem.loss(trajectory[-1], query_x, query_y)
+            return loss_after, loss_after.detach()
+
+        grads, loss_after = grad(meta_loss, has_aux=True)(meta)
+        with torch.no_grad():
+            loss_before = problem.loss(meta["params"], query_x, query_y)
+        return grads, {"loss_before": loss_before, "loss_after": loss_after}
+
+    return task_gradient
+
+
+unrolled = _unrolled(first_order=False)
+unrolled.__doc__ = "Exact second-order MAML gradient of one task (see the module docstring)."
+first_order = _unrolled(first_order=True)
+first_order.__doc__ = "First-order MAML gradient of one task: the query gradient at the adapted point."

@@ -1,0 +1,82 @@
+"""Execution strategies: how a per-task estimator runs over a batch of ``B`` tasks.
+
+All strategies compute the same average ``G = (1/B) sum_i G_i`` (and averaged metrics):
+
+- ``"vmap"``: one vectorised call over the task axis (``torch.func.vmap``). Fastest for small models
+  (the sinusoid MLP), but its memory is ``B`` times one task's.
+- ``"chunked"``: ``vmap`` over ``chunk_size`` tasks at a time; memory is ``chunk_size`` tasks'.
+- ``"loop"``: one task at a time, gradients accumulated; memory is one task's. Fastest for conv nets on
+  CPU, and the only correct choice for fused ``nn.BatchNorm`` layers, whose batching rule gives wrong
+  second-order gradients under ``vmap`` (functorch#534).
+- ``"auto"``: ``"loop"`` for models with convolutions or fused batch norm, ``"vmap"`` otherwise
+  (chosen from the measurements in ``benchmarks/speed.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch.func import vmap
+from torch.utils._pytree import tree_map
+
+from torchmaml.errors import ConfigError, ModelError
+from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, TaskGradient
+from torchmaml.functional import FunctionalModel
+from torchmaml.tasks import TaskBatch
+
+Strategy = Literal["auto", "vmap", "chunked", "loop"]
+STRATEGIES = ("auto", "vmap", "chunked", "loop")
+
+
+def resolve_strategy(strategy: str, model: FunctionalModel) -> str:
+    """Turn ``"auto"`` into a concrete strategy for ``model``; refuse combinations that would be wrong."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy: unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if strategy == "auto":
+        return "loop" if model.has_fused_batch_norm or model.has_convolution else "vmap"
+    if strategy in ("vmap", "chunked") and model.has_fused_batch_norm:
+        raise ModelError(
+            f"strategy {strategy!r}: the model has a fused nn.BatchNorm layer, whose vmap batching rule gives "
+            "wrong second-order gradients; use strategy='loop' (or 'auto'), or torchmaml.models.MetaBatchNorm"
+        )
+    return strategy
+
+
+def mean_task_gradient(
+    task_gradient: TaskGradient,
+    problem: InnerProblem,
+    meta: MetaParams,
+    batch: TaskBatch,
+    strategy: str,
+    chunk_size: int | None = None,
+) -> tuple[MetaParams, Metrics]:
+    """``(1/B) sum_i G_i`` and the averaged metrics, with ``strategy`` one of vmap, chunked, loop."""
+    if strategy == "loop":
+        return _loop(task_gradient, problem, meta, batch)
+    if strategy == "chunked" and not chunk_size:
+        raise ConfigError("chunk_size: strategy 'chunked' needs a positive chunk_size")
+    batched = vmap(
+        lambda m, *task: task_gradient(problem, m, *task),
+        in_dims=(None, 0, 0, 0, 0),
+        chunk_size=chunk_size if strategy == "chunked" else None,
+    )
+    grads, metrics = batched(meta, *batch.fields())
+    return tree_map(lambda t: t.mean(0), (grads, metrics))
+
+
+def _loop(
+    task_gradient: TaskGradient, problem: InnerProblem, meta: MetaParams, batch: TaskBatch
+) -> tuple[MetaParams, Metrics]:
+    total: tuple[MetaParams, Metrics] | None = None
+    for i in range(batch.num_tasks):
+        result = task_gradient(problem, meta, *(t[i] for t in batch.fields()))
+        total = result if total is None else tree_map(torch.add, total, result)
+    return tree_map(lambda t: t / batch.num_tasks, total)
+
+
+def map_tasks(fn, batch: TaskBatch, strategy: str, chunk_size: int | None = None) -> torch.Tensor:
+    """``torch.stack([fn(*task_i) for each task])``, run with ``strategy``; ``fn`` returns a tensor."""
+    if strategy == "loop":
+        return torch.stack([fn(*(t[i] for t in batch.fields())) for i in range(batch.num_tasks)])
+    return vmap(fn, chunk_size=chunk_size if strategy == "chunked" else None)(*batch.fields())

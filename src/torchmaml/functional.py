@@ -1,0 +1,35 @@
+"""The user's ``nn.Module`` seen as a pure function ``f(params, x)``.
+
+The module is never mutated: every call goes through ``torch.func.functional_call`` with an explicit
+dictionary of parameters. Buffers (for example batch-norm running statistics) are passed as fresh
+clones on each call, so running statistics can never leak from one task to another.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+Params = dict[str, torch.Tensor]
+
+BATCH_NORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
+CONV_TYPES = (nn.modules.conv._ConvNd,)
+
+
+class FunctionalModel:
+    """``model(params, x)`` evaluates ``module`` at ``params`` without touching its own state."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.has_fused_batch_norm = any(isinstance(m, BATCH_NORM_TYPES) for m in module.modules())
+        self.has_convolution = any(isinstance(m, CONV_TYPES) for m in module.modules())
+
+    def __call__(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        buffers = {name: b.clone() for name, b in self.module.named_buffers()}
+        return functional_call(self.module, (params, buffers), (x,))
+
+    def parameters(self) -> Params:
+        """The module's current parameters, detached: the point ``w`` at which meta-gradients are taken."""
+        return {name: p.detach() for name, p in self.module.named_parameters()}
+

@@ -1,0 +1,69 @@
+"""The inner loop as a pure function.
+
+One inner step on a task with support set ``D_in = (x, y)`` is
+
+    w_{s+1} = w_s - alpha_s * grad_w f(w_s; D_in),      f(w; D) = loss(model(w, x), y),
+
+and ``adapt`` returns the whole trajectory ``[w_0 = w, w_1, ..., w_K]`` (the multi-step loss needs every
+step). The steps are differentiable: composed with an outer ``torch.func.grad`` they give the exact
+second-order MAML gradient. With ``first_order=True`` each inner gradient is detached, so
+``d w_K / d w = I`` and the outer gradient is first-order MAML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch.func import grad
+
+from torchmaml.functional import FunctionalModel, Params
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# A learning rate: one number, or one per parameter tensor (a scalar or a tensor shaped like it).
+StepLR = float | torch.Tensor | Mapping[str, float | torch.Tensor]
+# Either one learning rate for every step, or a sequence with one entry per step.
+InnerLR = StepLR | Sequence[StepLR]
+
+
+def step_lr(lr: InnerLR, step: int) -> StepLR:
+    """The learning rate of inner step ``step`` (0-based)."""
+    if isinstance(lr, Sequence):
+        return lr[step]
+    return lr
+
+
+def sgd_step(params: Params, grads: Params, lr: StepLR) -> Params:
+    """``w - alpha * g``, with ``alpha`` global or per parameter tensor."""
+    if isinstance(lr, Mapping):
+        return {name: p - lr[name] * grads[name] for name, p in params.items()}
+    return {name: p - lr * grads[name] for name, p in params.items()}
+
+
+def adapt(
+    model: FunctionalModel,
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    lr: InnerLR,
+    steps: int,
+    first_order: bool = False,
+) -> list[Params]:
+    """Run ``steps`` inner gradient steps from ``params`` on one task's ``(x, y)``.
+
+    Returns ``[w_0, ..., w_steps]``. Works inside ``torch.func.vmap`` (one task per call) and under an
+    outer ``torch.func.grad``.
+    """
+
+    def support_loss(p: Params) -> torch.Tensor:
+        return loss_fn(model(p, x), y)
+
+    trajectory = [params]
+    for step in range(steps):
+        point = trajectory[-1]
+        if first_order:  # the gradient at a detached point carries no graph back to w
+            point = {name: p.detach() for name, p in point.items()}
+        grads = grad(support_loss)(point)
+        trajectory.append(sgd_step(trajectory[-1], grads, step_lr(lr, step)))
+    return trajectory

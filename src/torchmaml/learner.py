@@ -1,0 +1,227 @@
+"""``MetaLearner``: a model, its inner-loop learning rate, and a meta-gradient estimator.
+
+    learner = MetaLearner(model, loss=F.mse_loss, inner_lr=0.01, inner_steps=1, estimator="unrolled")
+    opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    metrics = learner.meta_step(TaskBatch(sx, sy, qx, qy), opt)
+    fast = learner.adapt(support_x, support_y, steps=10)   # a plain nn.Module; the original is untouched
+
+One meta-step computes ``G = (1/B) sum_i G_i`` with the chosen estimator, vectorised over the tasks of the
+batch, writes it into ``.grad`` of the meta-parameters and lets the outer optimiser step.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from torchmaml.errors import ConfigError, ModelError
+from torchmaml.estimators import InnerProblem, MetaParams, Metrics, get_estimator
+from torchmaml.execution import map_tasks, mean_task_gradient, resolve_strategy
+from torchmaml.functional import FunctionalModel, Params
+from torchmaml.inner import InnerLR, LossFn, adapt
+from torchmaml.learning_rates import FixedLR
+from torchmaml.tasks import TaskBatch
+
+
+class MetaLearner(nn.Module):
+    """Meta-learns the initial weights of ``model`` (and any learnable inner rates).
+
+    Args:
+        model: any ``nn.Module`` whose forward can be evaluated by ``torch.func.functional_call``.
+        loss: ``loss(prediction, target) -> scalar`` with mean reduction, e.g. ``F.mse_loss``.
+        inner_lr: the inner step size ``alpha``.
+        inner_steps: the number ``K`` of inner gradient steps used in meta-training.
+        estimator: the meta-gradient estimator, by name (``"unrolled"`` exact second order,
+            ``"first_order"`` FO-MAML).
+        strategy: how tasks are batched (``"auto"``, ``"vmap"``, ``"chunked"``, ``"loop"``; see
+            ``torchmaml.execution``).
+        chunk_size: tasks per vectorised call for ``strategy="chunked"``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: LossFn,
+        inner_lr: float = 0.01,
+        inner_steps: int = 1,
+        estimator: str = "unrolled",
+        strategy: str = "auto",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss):
+            raise ConfigError(f"loss must be callable as loss(prediction, target), got {type(loss).__name__}")
+        if not inner_lr > 0:
+            raise ConfigError(f"inner_lr: must be > 0, got {inner_lr}")
+        if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 0:
+            raise ConfigError(f"inner_steps: must be an integer >= 0, got {inner_steps!r}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ConfigError(f"chunk_size: must be >= 1, got {chunk_size}")
+        if not any(True for _ in model.parameters()):
+            raise ModelError("model has no parameters to meta-learn")
+        self.model = model
+        self.loss = loss
+        self.inner_rate = FixedLR(inner_lr)
+        self.inner_steps = inner_steps
+        self.estimator_name = estimator
+        self._task_gradient = get_estimator(estimator)
+        self._functional = FunctionalModel(model)
+        self.strategy = resolve_strategy(strategy, self._functional)
+        self.chunk_size = chunk_size
+
+    # -- the meta-gradient ------------------------------------------------------------------------
+
+    def _meta_params(self) -> MetaParams:
+        return {
+            "params": dict(self._functional.parameters()),
+            "lrs": {name: p.detach() for name, p in self.inner_rate.named_parameters()},
+        }
+
+    def _problem(self, steps: int) -> InnerProblem:
+        return InnerProblem(
+            model=self._functional,
+            loss_fn=self.loss,
+            steps=steps,
+            rates=lambda lrs: [self.inner_rate.rate(lrs, s) for s in range(steps)],
+        )
+
+    def meta_gradient(self, batch: TaskBatch) -> tuple[MetaParams, Metrics]:
+        """The estimator's meta-gradient averaged over ``batch``, and averaged metrics (tensors)."""
+        if not isinstance(batch, TaskBatch):
+            raise TypeError(f"meta_gradient expects a TaskBatch, got {type(batch).__name__}")
+        self._check_batch(batch)
+        return mean_task_gradient(
+            self._task_gradient,
+            self._problem(self.inner_steps),
+            self._meta_params(),
+            batch,
+            self.strategy,
+            self.chunk_size,
+        )
+
+    def meta_step(self, batch: TaskBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """One outer update: zero the gradients, compute the meta-gradient, ``optimizer.step()``.
+
+        Returns plain floats: ``loss_before`` (query loss at ``w``) and ``loss_after`` (query loss after
+        the inner steps), both averaged over the batch.
+        """
+        grads, metrics = self.meta_gradient(batch)
+        optimizer.zero_grad(set_to_none=True)
+        self._write_grads(grads)
+        optimizer.step()
+        return {name: float(value) for name, value in metrics.items()}
+
+    def _write_grads(self, grads: MetaParams) -> None:
+        named = {f"model.{k}": v for k, v in grads["params"].items()}
+        named.update({f"inner_rate.{k}": v for k, v in grads["lrs"].items()})
+        for name, param in self.named_parameters():
+            param.grad = named[name].detach().to(param.dtype)
+
+    # -- adaptation -------------------------------------------------------------------------------
+
+    def _rates(self, steps: int, inner_lr: float | None) -> InnerLR:
+        if inner_lr is not None:
+            return [inner_lr] * steps
+        lrs = {name: p.detach() for name, p in self.inner_rate.named_parameters()}
+        return self._problem(steps).rates(lrs)
+
+    def adapt(
+        self,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        steps: int | None = None,
+        inner_lr: float | None = None,
+    ) -> nn.Module:
+        """Adapt to one task from its support set; return a new, plain ``nn.Module`` (a copy).
+
+        ``support_x``/``support_y`` hold one task's examples, ``[N, ...]`` (no task axis). ``steps``
+        defaults to the training ``inner_steps``, ``inner_lr`` to the learner's (fixed or learned) rate.
+        The learner's own model is never modified.
+        """
+        steps = self.inner_steps if steps is None else steps
+        adapted = self.adaptation_trajectory(support_x, support_y, steps, inner_lr)[-1]
+        fast = copy.deepcopy(self.model)
+        with torch.no_grad():
+            for name, param in fast.named_parameters():
+                param.copy_(adapted[name])
+        return fast
+
+    def adaptation_trajectory(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int, inner_lr: float | None = None
+    ) -> list[Params]:
+        """``[w_0, ..., w_steps]`` on one task, first-order (nothing kept for an outer gradient)."""
+        if support_x.shape[0] != support_y.shape[0]:
+            raise ConfigError(
+                f"support_x has {support_x.shape[0]} examples but support_y has {support_y.shape[0]}"
+            )
+        params = self._functional.parameters()
+        rates = self._rates(steps, inner_lr)
+        return adapt(self._functional, params, support_x, support_y, self.loss, rates, steps, first_order=True)
+
+    @torch.no_grad()
+    def query_losses(self, batch: TaskBatch, steps: int, inner_lr: float | None = None) -> torch.Tensor:
+        """Query loss of every task after ``0, 1, ..., steps`` inner steps: a ``[B, steps + 1]`` tensor.
+
+        Nothing is kept for an outer gradient. ``inner_lr`` overrides the learned/fixed rate (used to
+        fine-tune baselines with a tuned step size).
+        """
+        self._check_batch(batch)
+        params = self._functional.parameters()
+        rates = self._rates(steps, inner_lr)
+
+        def task_losses(sx, sy, qx, qy):
+            trajectory = adapt(self._functional, params, sx, sy, self.loss, rates, steps, first_order=True)
+            return torch.stack([self.loss(self._functional(p, qx), qy) for p in trajectory])
+
+        return map_tasks(task_losses, batch, self.strategy, self.chunk_size)
+
+    # -- input checks -----------------------------------------------------------------------------
+
+    def _check_batch(self, batch: TaskBatch) -> None:
+        """One forward pass on the first support example set, so a model/loss mismatch is reported here
+        with a clear message instead of deep inside a vectorised call."""
+        if getattr(self, "_checked_shapes", None) == _shape_key(batch):
+            return
+        params = self._functional.parameters()
+        device = next(iter(params.values())).device
+        if batch.support_x.device != device:
+            raise ModelError(f"the TaskBatch is on {batch.support_x.device} but the model is on {device}")
+        try:
+            with torch.no_grad():
+                prediction = self._functional(params, batch.support_x[0])
+        except RuntimeError as error:
+            raise ModelError(
+                f"the model cannot take one task's support_x of shape {tuple(batch.support_x.shape[1:])}: "
+                f"{_first_line(error)}"
+            ) from None
+        target = batch.support_y[0]
+        if target.is_floating_point() and prediction.shape != target.shape:
+            raise ModelError(
+                f"the model's output has shape {tuple(prediction.shape)} per task but the targets have shape "
+                f"{tuple(target.shape)}; make them equal (a loss would broadcast them silently)"
+            )
+        try:
+            with torch.no_grad():
+                value = self.loss(prediction, target)
+        except (RuntimeError, ValueError, IndexError) as error:
+            raise ModelError(
+                f"the model's output {tuple(prediction.shape)} does not fit the loss with targets "
+                f"{tuple(batch.support_y.shape[1:])} ({batch.support_y.dtype}): {_first_line(error)}"
+            ) from None
+        if value.dim() != 0:
+            raise ModelError(
+                f"the loss must return a scalar (mean reduction), got shape {tuple(value.shape)}"
+            )
+        self._checked_shapes = _shape_key(batch)
+
+
+def _shape_key(batch: TaskBatch) -> tuple:
+    return tuple((tuple(t.shape[1:]), t.dtype, t.device) for t in batch.fields())
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -1,0 +1,91 @@
+"""Figures of a run: the learning curve and the paper's Figure 2 (sinusoid fits before and after adaptation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from torchmaml.data.sinusoid import SinusoidTasks  # noqa: E402
+from torchmaml.learner import MetaLearner  # noqa: E402
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The JSONL metrics of a run, one dict per iteration."""
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def plot_learning_curve(records: dict[str, list[dict]], out: Path, window: int = 200) -> Path:
+    """Query loss before and after adaptation against iteration (moving average over ``window``)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, rows in records.items():
+        if not rows:
+            continue
+        iterations = np.array([r["iteration"] for r in rows])
+        for key, style in (("loss_after", "-"), ("loss_before", ":")):
+            values = np.array([r[key] for r in rows], dtype=float)
+            width = max(1, min(window, len(values) // 10))
+            smooth = np.convolve(values, np.ones(width) / width, mode="valid")
+            ax.plot(iterations[width - 1 :], smooth, style, label=f"{label}: {key.replace('_', ' ')}")
+    ax.set_yscale("log")
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("query loss (moving average)")
+    ax.set_title("Learning curve")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_sinusoid_fits(
+    learners: dict[str, tuple[MetaLearner, float | None]],
+    out: Path,
+    support_size: int = 5,
+    steps: tuple[int, ...] = (1, 10),
+    seed: int = 3,
+) -> Path:
+    """Figure 2 of Finn et al. (2017): for two held-out tasks, the true function, the ``support_size``
+    points, and each model's prediction before adaptation and after ``steps`` gradient steps.
+
+    ``learners`` maps a label to ``(learner, fine-tuning rate or None for the learner's own)``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    first = next(iter(learners.values()))[0]
+    dtype = next(first.parameters()).dtype
+    tasks = SinusoidTasks(dtype=dtype)
+    amplitude, phase = tasks.sample_functions(2, generator)
+    batch = tasks.batch_for(amplitude, phase, support_size, 1, generator)
+    grid = torch.linspace(-5, 5, 200, dtype=dtype).view(1, -1, 1)
+    fig, axes = plt.subplots(2, len(learners), figsize=(5 * len(learners), 7), squeeze=False)
+    for column, (label, (learner, lr)) in enumerate(learners.items()):
+        for row in range(2):
+            ax = axes[row][column]
+            truth = SinusoidTasks.target(grid, amplitude[row : row + 1], phase[row : row + 1])
+            ax.plot(grid.flatten(), truth.flatten(), "r", lw=2, label="ground truth")
+            sx, sy = batch.support_x[row], batch.support_y[row]
+            ax.plot(sx.flatten(), sy.flatten(), "k^", ms=8, label=f"{support_size} used for gradient")
+            for count, style in zip((0, *steps), (":", "--", "-", "-."), strict=False):
+                fast = learner.adapt(sx, sy, steps=count, inner_lr=lr)
+                with torch.no_grad():
+                    prediction = fast(grid[0].to(sx.device))
+                name = "pre-update" if count == 0 else f"{count} grad step{'s' if count > 1 else ''}"
+                ax.plot(grid.flatten(), prediction.cpu().flatten(), style, label=name)
+            ax.set_title(f"{label}, K={support_size}")
+            ax.set_ylim(-6, 6)
+            ax.grid(alpha=0.3)
+            if row == 0 and column == 0:
+                ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
