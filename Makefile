@@ -1,0 +1,37 @@
+# torchmaml: `make demo` runs the main job, `make test` runs the tests. Both create/refresh .venv first.
+# CUDA users: make TORCH_SPEC='torch==2.13.0' PIP_EXTRA='--index-url https://download.pytorch.org/whl/cu128' ...
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PIP_EXTRA ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.torchmaml-installed
+DEMO_DIR ?= runs/demo
+
+.PHONY: venv demo test lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(PIP_EXTRA) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/torchmaml train --config sinusoid-demo --out $(DEMO_DIR)
+	$(BIN)/torchmaml evaluate $(DEMO_DIR)
+	@echo "Plots: $(DEMO_DIR)/adaptation.png (the paper's Figure 2) and $(DEMO_DIR)/learning_curve.png"
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+
+bench: venv
+	$(BIN)/python benchmarks/speed.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

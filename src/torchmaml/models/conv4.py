@@ -1,0 +1,62 @@
+"""The 4-block convolutional network of the few-shot literature (Vinyals et al. 2016; Finn et al. 2017).
+
+Each block is ``3x3 conv (64 filters) -> batch norm -> ReLU -> 2x2 max-pool`` (or, in the strided variant
+MAML used for Omniglot, a stride-2 convolution and no pooling); a linear head maps the flattened
+features to the ``ways`` logits.
+
+Batch norm is :class:`MetaBatchNorm2d`: transductive batch statistics written with primitive tensor ops,
+which are correct under ``torch.func.vmap`` (the fused ``batch_norm`` kernel's vmap rule gives wrong
+second-order gradients, functorch#534). It keeps no running statistics, so nothing can leak between tasks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MetaBatchNorm2d(nn.Module):
+    """``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the statistics of the current batch.
+
+    ``mean`` and the biased ``var`` are taken over the batch and spatial axes, per channel; this is the
+    "transductive" policy of the original MAML: the same at meta-train and meta-test time.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = (x - mean).square().mean(dim=(0, 2, 3), keepdim=True)
+        scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
+        return (x - mean) * scale + self.bias.view(1, -1, 1, 1)
+
+
+def conv_block(in_channels: int, out_channels: int, strided: bool) -> nn.Sequential:
+    """``conv -> batch norm -> ReLU -> max-pool`` (or a stride-2 conv with no pooling)."""
+    if strided:
+        return nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1),
+            MetaBatchNorm2d(out_channels),
+            nn.ReLU(),
+        )
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        MetaBatchNorm2d(out_channels),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+
+
+def conv4(
+    ways: int, in_channels: int = 1, filters: int = 64, image_size: int = 28, strided: bool = False
+) -> nn.Sequential:
+    """Four conv blocks and a linear head: ``[N, in_channels, image_size, image_size] -> [N, ways]``."""
+    blocks = [conv_block(in_channels if i == 0 else filters, filters, strided) for i in range(4)]
+    size = image_size
+    for _ in range(4):
+        size = (size + 1) // 2 if strided else size // 2
+    return nn.Sequential(*blocks, nn.Flatten(), nn.Linear(filters * size * size, ways))

@@ -1,0 +1,78 @@
+"""The command line as a user runs it: a short training run writes every promised file; bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from torchmaml.checkpoint import load_checkpoint
+
+SHORT = ["--set", "iterations=30", "--set", "baseline_iterations=20", "--set", "eval_tasks=20",
+         "--set", "log_every=10", "--no-progress"]
+
+
+def torchmaml(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "torchmaml.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    result = torchmaml("train", "--config", "sinusoid-demo", *SHORT, "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    return run, result
+
+
+def test_train_writes_every_promised_file(trained_run):
+    run, result = trained_run
+    assert f"run folder: {run}" in result.stdout
+    for name in ("config.toml", "metrics-maml.jsonl", "metrics-pretrained.jsonl", "checkpoint-maml.pt",
+                 "checkpoint-pretrained.pt", "learning_curve.png"):
+        assert (run / name).stat().st_size > 0, name
+    assert list((run / "tensorboard" / "maml").glob("events.out.tfevents.*"))
+    rows = [json.loads(line) for line in (run / "metrics-maml.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(1, 31))
+    assert {"loss_before", "loss_after", "seconds"} <= set(rows[0])
+    assert load_checkpoint(run / "checkpoint-maml.pt")["iteration"] == 30
+    assert "iterations = 30" in (run / "config.toml").read_text()
+
+
+def test_evaluate_prints_and_writes_the_table(trained_run):
+    run, _ = trained_run
+    result = torchmaml("evaluate", str(run))
+    assert result.returncode == 0, result.stderr
+    assert "Meta-test on 20 held-out tasks" in result.stdout
+    assert "MSE, 10 steps" in result.stdout and "pretrained" in result.stdout
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["schema_version"] == 1 and report["eval_tasks"] == 20
+    cells = {(r["model"], r["support_size"], r["steps"]) for r in report["results"]}
+    assert cells == {(m, k, s) for m in ("maml", "pretrained") for k in (5, 10) for s in (1, 5, 10)}
+    assert all(r["ci95"] > 0 for r in report["results"])
+    assert (run / "adaptation.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "inner_lr=-1"], "inner_lr: Input should be greater than 0"),
+        (["--set", "bogus=1"], "bogus: unknown key"),
+        (["--set", "meta_batch_size=many"], "meta_batch_size: Input should be a valid integer"),
+    ],
+)
+def test_bad_config_is_one_line_and_exit_code_2(tmp_path, args, message):
+    result = torchmaml("train", "--config", "sinusoid", *args, "--out", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("torchmaml: error: ") and message in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_on_a_folder_that_is_not_a_run(tmp_path):
+    result = torchmaml("evaluate", str(tmp_path))
+    assert result.returncode == 2
+    assert "is not a run folder" in result.stderr and result.stderr.strip().count("\n") == 0
