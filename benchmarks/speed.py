@@ -261,9 +261,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help_text = f"comma-separated (default {','.join(names)})"
         parser.add_argument(flag, type=parse_list(names), default=list(names), help=help_text)
     parser.add_argument("--warmup", type=int, default=None, help="untimed iterations (default: W1 10, W2 1)")
-    parser.add_argument(
-        "--iterations", type=int, default=None, help="timed iterations (default: W1 100, W2 5)"
-    )
+    parser.add_argument("--iterations", type=int, default=None, help="timed iterations (default: W1 100, W2 5)")
     parser.add_argument("--chunk-size", type=int, default=4, help="tasks per call for 'chunked' (default 4)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per configuration (default 900)")

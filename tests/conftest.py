@@ -27,12 +27,12 @@ def naive_meta_loss(model, loss_fn, params, batch, lr, steps, create_graph=True,
     for i in range(batch.num_tasks):
         fast = list(params)
         for _ in range(steps):
-            out = functional_call(model, ({**dict(zip(names, fast)), **{}}, buffers), (batch.support_x[i],))
+            out = functional_call(model, (dict(zip(names, fast, strict=True)), buffers), (batch.support_x[i],))
             grads = torch.autograd.grad(
                 loss_fn(out, batch.support_y[i]), fast, create_graph=create_graph and not first_order
             )
-            fast = [p - lr * g for p, g in zip(fast, grads)]
-        out = functional_call(model, (dict(zip(names, fast)), buffers), (batch.query_x[i],))
+            fast = [p - lr * g for p, g in zip(fast, grads, strict=True)]
+        out = functional_call(model, (dict(zip(names, fast, strict=True)), buffers), (batch.query_x[i],))
         total = total + loss_fn(out, batch.query_y[i])
     return total / batch.num_tasks
 
@@ -81,7 +81,14 @@ def small_mlp(dtype=torch.float64) -> nn.Module:
 def small_convnet(ways=3, dtype=torch.float64, fused_batch_norm=False) -> nn.Module:
     norm = (lambda c: nn.BatchNorm2d(c)) if fused_batch_norm else MetaBatchNorm2d
     return nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1), norm(3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(3, 3, 3, padding=1), norm(3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(3 * 2 * 2, ways),
+        nn.Conv2d(1, 3, 3, padding=1),
+        norm(3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 3, 3, padding=1),
+        norm(3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(3 * 2 * 2, ways),
     ).to(dtype)

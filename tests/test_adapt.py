@@ -37,7 +37,7 @@ def test_adapt_matches_hand_written_sgd(steps):
         F.mse_loss(reference(x), y).backward()
         optimizer.step()
     fast = learner.adapt(x, y, steps=steps)
-    for mine, theirs in zip(fast.parameters(), reference.parameters()):
+    for mine, theirs in zip(fast.parameters(), reference.parameters(), strict=True):
         assert torch.allclose(mine, theirs, atol=1e-12)
 
 

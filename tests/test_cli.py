@@ -10,8 +10,17 @@ import pytest
 
 from torchmaml.checkpoint import load_checkpoint
 
-SHORT = ["--set", "iterations=30", "--set", "baseline_iterations=20", "--set", "eval_tasks=20",
-         "--set", "log_every=10", "--no-progress"]
+SHORT = [
+    "--set",
+    "iterations=30",
+    "--set",
+    "baseline_iterations=20",
+    "--set",
+    "eval_tasks=20",
+    "--set",
+    "log_every=10",
+    "--no-progress",
+]
 
 
 def torchmaml(*args, cwd=None):
@@ -31,8 +40,14 @@ def trained_run(tmp_path_factory):
 def test_train_writes_every_promised_file(trained_run):
     run, result = trained_run
     assert f"run folder: {run}" in result.stdout
-    for name in ("config.toml", "metrics-maml.jsonl", "metrics-pretrained.jsonl", "checkpoint-maml.pt",
-                 "checkpoint-pretrained.pt", "learning_curve.png"):
+    for name in (
+        "config.toml",
+        "metrics-maml.jsonl",
+        "metrics-pretrained.jsonl",
+        "checkpoint-maml.pt",
+        "checkpoint-pretrained.pt",
+        "learning_curve.png",
+    ):
         assert (run / name).stat().st_size > 0, name
     assert list((run / "tensorboard" / "maml").glob("events.out.tfevents.*"))
     rows = [json.loads(line) for line in (run / "metrics-maml.jsonl").read_text().splitlines()]

@@ -49,7 +49,7 @@ def test_bad_values_are_one_line_errors(override, message):
 
 
 def test_unknown_preset_lists_the_presets():
-    with pytest.raises(ConfigError, match="presets: .*sinusoid"):
+    with pytest.raises(ConfigError, match=r"presets: .*sinusoid"):
         load_config("nonexistent-preset")
 
 

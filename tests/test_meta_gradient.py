@@ -82,9 +82,7 @@ def test_fused_batch_norm_is_exact_with_the_loop_strategy_and_refused_under_vmap
 @pytest.mark.parametrize("steps", [1, 2])
 def test_every_strategy_equals_the_naive_per_task_loop(strategy, chunk_size, steps):
     model, batch = small_mlp(), regression_batch(tasks=5)
-    learner = MetaLearner(
-        model, F.mse_loss, inner_lr=0.05, inner_steps=steps, strategy=strategy, chunk_size=chunk_size
-    )
+    learner = MetaLearner(model, F.mse_loss, inner_lr=0.05, inner_steps=steps, strategy=strategy, chunk_size=chunk_size)
     reference = naive_meta_gradient(model, F.mse_loss, batch, 0.05, steps)
     assert relative_error(learner_gradient(learner, batch), reference) < 1e-12
 
@@ -99,15 +97,13 @@ def test_convnet_vmap_equals_naive_loop():
 @pytest.mark.parametrize("strategy", ["vmap", "loop"])
 def test_first_order_equals_query_gradient_at_adapted_parameters(strategy):
     model, batch = small_mlp(), regression_batch(tasks=4)
-    learner = MetaLearner(
-        model, F.mse_loss, inner_lr=0.1, inner_steps=2, estimator="first_order", strategy=strategy
-    )
+    learner = MetaLearner(model, F.mse_loss, inner_lr=0.1, inner_steps=2, estimator="first_order", strategy=strategy)
     names = [n for n, _ in model.named_parameters()]
     expected = torch.zeros(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
     for i in range(batch.num_tasks):
         adapted = learner.adaptation_trajectory(batch.support_x[i], batch.support_y[i], 2)[-1]
         point = [adapted[n].clone().requires_grad_(True) for n in names]
-        out = functional_call(model, dict(zip(names, point)), (batch.query_x[i],))
+        out = functional_call(model, dict(zip(names, point, strict=True)), (batch.query_x[i],))
         expected += flat(torch.autograd.grad(F.mse_loss(out, batch.query_y[i]), point)) / batch.num_tasks
     got = learner_gradient(learner, batch)
     assert relative_error(got, expected) < 1e-12

@@ -22,8 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="meta-train from a preset or TOML config")
     train.add_argument("--config", required=True, help=f"a preset ({', '.join(preset_names())}) or a TOML path")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key (repeatable), e.g. --set iterations=1000")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable), e.g. --set iterations=1000",
+    )
     train.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<preset>-<time>)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -63,8 +69,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.tasks is not None and args.tasks < 2:
         raise TorchMAMLError(f"--tasks: needs at least 2 tasks for a confidence interval, got {args.tasks}")
     report = evaluate_run(args.run_dir, eval_tasks=args.tasks)
-    print(f"Meta-test on {report['eval_tasks']} held-out tasks, mean ± 95% CI "
-          f"(fine-tuning rates: {report['inner_lr']}):")
+    print(
+        f"Meta-test on {report['eval_tasks']} held-out tasks, mean ± 95% CI (fine-tuning rates: {report['inner_lr']}):"
+    )
     print(report["table"])
     print(f"wrote {Path(args.run_dir) / 'evaluation.json'} and {Path(args.run_dir) / 'adaptation.png'}")
     return 0

@@ -86,6 +86,6 @@ def format_table(results: list[AdaptationResult], metric: str) -> str:
     for r in results:
         rows.setdefault((r.model, r.support_size), {})[r.steps] = r
     for (model, k), by_step in rows.items():
-        cells = "".join(f"{str(Estimate(by_step[s].mean, by_step[s].ci95)):>22}" for s in steps)
+        cells = "".join(f"{Estimate(by_step[s].mean, by_step[s].ci95)!s:>22}" for s in steps)
         lines.append(f"{model:<12}{k:>7}{cells}")
     return "\n".join(lines)

@@ -32,4 +32,3 @@ class FunctionalModel:
     def parameters(self) -> Params:
         """The module's current parameters, detached: the point ``w`` at which meta-gradients are taken."""
         return {name: p.detach() for name, p in self.module.named_parameters()}
-

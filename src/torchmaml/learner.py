@@ -155,9 +155,7 @@ class MetaLearner(nn.Module):
     ) -> list[Params]:
         """``[w_0, ..., w_steps]`` on one task, first-order (nothing kept for an outer gradient)."""
         if support_x.shape[0] != support_y.shape[0]:
-            raise ConfigError(
-                f"support_x has {support_x.shape[0]} examples but support_y has {support_y.shape[0]}"
-            )
+            raise ConfigError(f"support_x has {support_x.shape[0]} examples but support_y has {support_y.shape[0]}")
         params = self._functional.parameters()
         rates = self._rates(steps, inner_lr)
         return adapt(self._functional, params, support_x, support_y, self.loss, rates, steps, first_order=True)
@@ -213,9 +211,7 @@ class MetaLearner(nn.Module):
                 f"{tuple(batch.support_y.shape[1:])} ({batch.support_y.dtype}): {_first_line(error)}"
             ) from None
         if value.dim() != 0:
-            raise ModelError(
-                f"the loss must return a scalar (mean reduction), got shape {tuple(value.shape)}"
-            )
+            raise ModelError(f"the loss must return a scalar (mean reduction), got shape {tuple(value.shape)}")
         self._checked_shapes = _shape_key(batch)
 
 

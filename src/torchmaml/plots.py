@@ -8,12 +8,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from torchmaml.data.sinusoid import SinusoidTasks  # noqa: E402
-from torchmaml.learner import MetaLearner  # noqa: E402
+from torchmaml.data.sinusoid import SinusoidTasks
+from torchmaml.learner import MetaLearner
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -88,4 +88,3 @@ def plot_sinusoid_fits(
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
-

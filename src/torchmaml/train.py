@@ -45,9 +45,10 @@ def train_learner(config: TrainConfig, kind: str, iterations: int, run: RunDir, 
     generator = torch.Generator().manual_seed(config.seed * 2 + (kind == PRETRAINED))
     writer = SummaryWriter(log_dir=str(run.tensorboard(kind)))
     start = time.perf_counter()
-    with open(run.metrics(kind), "w") as log, tqdm(
-        total=iterations, desc=f"train {kind}", disable=not progress, unit="it", dynamic_ncols=True
-    ) as bar:
+    with (
+        open(run.metrics(kind), "w") as log,
+        tqdm(total=iterations, desc=f"train {kind}", disable=not progress, unit="it", dynamic_ncols=True) as bar,
+    ):
         for iteration in range(1, iterations + 1):
             batch = tasks.sample(config.meta_batch_size, generator).to(device=config.device)
             metrics = learner.meta_step(batch, optimizer)
