@@ -128,7 +128,7 @@ def test_meta_step_updates_parameters_with_the_meta_gradient():
     metrics = learner.meta_step(batch, torch.optim.SGD(learner.parameters(), lr=0.5))
     after = flat(p.detach() for p in model.parameters())
     assert torch.allclose(after, before - 0.5 * gradient)
-    assert set(metrics) == {"loss_before", "loss_after"}
+    assert set(metrics) == {"loss_before", "loss_after", "skipped"} and metrics["skipped"] == 0.0
     assert all(isinstance(v, float) for v in metrics.values())
 
 

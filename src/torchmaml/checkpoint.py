@@ -32,6 +32,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; a run folder's files are for sharing
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -48,12 +49,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Serialise ``payload`` (tensors, numbers, strings, lists, dicts) atomically with a checksum."""
+    """Serialise ``payload`` (tensors, numbers, strings, lists, dicts) atomically with a checksum.
+
+    If the write fails (disk full, ...), whatever was at ``path`` before is left as it was.
+    """
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     body = buffer.getvalue()
     digest = hashlib.sha256(body).hexdigest().encode()
-    atomic_write_bytes(Path(path), MAGIC + digest + b"\n" + body)
+    try:
+        atomic_write_bytes(Path(path), MAGIC + digest + b"\n" + body)
+    except OSError as error:
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {error.strerror or error}; nothing was overwritten"
+        ) from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -76,3 +85,42 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, expected a dict")
     return payload
+
+
+class CheckpointStore:
+    """The periodic checkpoints of one training phase: ``<folder>/<prefix>-<iteration>.pt``, newest ``keep``.
+
+    A new checkpoint is read back and verified before older ones are removed, so a good checkpoint is
+    always on disk.
+    """
+
+    def __init__(self, folder: Path, prefix: str, keep: int) -> None:
+        self.folder, self.prefix, self.keep = Path(folder), prefix, keep
+
+    def paths(self) -> list[Path]:
+        """Existing checkpoints, oldest first."""
+        return sorted(self.folder.glob(f"{self.prefix}-*.pt"))
+
+    def save(self, iteration: int, payload: dict[str, Any]) -> Path:
+        """Write the checkpoint of ``iteration``, verify it, then drop all but the newest ``keep``."""
+        path = self.folder / f"{self.prefix}-{iteration:09d}.pt"
+        previous = self.paths()
+        try:
+            save_checkpoint(path, payload)
+            load_checkpoint(path)
+        except CheckpointError as error:
+            intact = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint"
+            raise CheckpointError(f"{error}; {intact}") from None
+        for old in self.paths()[: -self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def newest_valid(self, warn=None) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that loads and verifies, with its payload; ``warn`` hears of bad ones."""
+        for path in reversed(self.paths()):
+            try:
+                return path, load_checkpoint(path)
+            except CheckpointError as error:
+                if warn is not None:
+                    warn(f"{error}; falling back to an older checkpoint")
+        return None

@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="meta-train from a preset or TOML config")
-    train.add_argument("--config", required=True, help=f"a preset ({', '.join(preset_names())}) or a TOML path")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help=f"a preset ({', '.join(preset_names())}) or a TOML path")
+    source.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     train.add_argument(
         "--set",
         dest="overrides",
@@ -51,11 +53,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from torchmaml.train import train_run
+    from torchmaml.rundir import RunDir
+    from torchmaml.train import Interrupted, train_run
 
-    config = load_config(args.config, args.overrides)
-    out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = train_run(config, out, progress=not args.no_progress)
+    if args.resume is not None:
+        if args.overrides or args.out:
+            raise TorchMAMLError("--resume continues a run with its own config: drop --set and --out")
+        out, config, resume = args.resume, RunDir(args.resume).load_config(), True
+    else:
+        config = load_config(args.config, args.overrides)
+        out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        resume = False
+    try:
+        run = train_run(config, out, progress=not args.no_progress, resume=resume)
+    except Interrupted as stop:
+        print(
+            f"torchmaml: stopped by signal {stop.signal_number}; wrote {stop.checkpoint}. "
+            f"Continue with: torchmaml train --resume {out}",
+            file=sys.stderr,
+        )
+        return 128 + stop.signal_number
     print(f"run folder: {run.root}")
     print(f"  checkpoints: {', '.join(str(p.name) for p in sorted(run.root.glob('checkpoint-*.pt')))}")
     print(f"  learning curve: {run.learning_curve}")

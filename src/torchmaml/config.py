@@ -54,9 +54,12 @@ class TrainConfig(BaseModel):
     eval_query_size: int = Field(100, ge=1)
     eval_steps: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
     eval_seed: int = Field(2017, ge=0)
-    # bookkeeping
+    # bookkeeping and reliability
     seed: int = Field(0, ge=0)
     log_every: int = Field(100, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    max_consecutive_skips: int = Field(20, ge=1)
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "cpu"
 

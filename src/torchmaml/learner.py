@@ -107,13 +107,17 @@ class MetaLearner(nn.Module):
         """One outer update: zero the gradients, compute the meta-gradient, ``optimizer.step()``.
 
         Returns plain floats: ``loss_before`` (query loss at ``w``) and ``loss_after`` (query loss after
-        the inner steps), both averaged over the batch.
+        the inner steps), both averaged over the batch, and ``skipped``: 1.0 if the meta-loss or the
+        meta-gradient was not finite, in which case nothing was changed (divergence guard).
         """
         grads, metrics = self.meta_gradient(batch)
         optimizer.zero_grad(set_to_none=True)
-        self._write_grads(grads)
-        optimizer.step()
-        return {name: float(value) for name, value in metrics.items()}
+        checks = [metrics["loss_after"].isfinite()] + [g.isfinite().all() for gs in grads.values() for g in gs.values()]
+        finite = bool(torch.stack(checks).all())
+        if finite:
+            self._write_grads(grads)
+            optimizer.step()
+        return {**{name: float(value) for name, value in metrics.items()}, "skipped": float(not finite)}
 
     def _write_grads(self, grads: MetaParams) -> None:
         named = {f"model.{k}": v for k, v in grads["params"].items()}

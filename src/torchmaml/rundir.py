@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from torchmaml.checkpoint import CheckpointStore
 from torchmaml.config import TrainConfig, build_config, read_toml
 from torchmaml.errors import ConfigError
 
@@ -24,6 +25,10 @@ class RunDir:
 
     def checkpoint(self, kind: str) -> Path:
         return self.root / f"checkpoint-{kind}.pt"
+
+    def checkpoints(self, kind: str, keep: int) -> CheckpointStore:
+        """The periodic checkpoints of phase ``kind``, the newest ``keep`` kept."""
+        return CheckpointStore(self.root / "checkpoints", kind, keep)
 
     def tensorboard(self, kind: str) -> Path:
         return self.root / "tensorboard" / kind

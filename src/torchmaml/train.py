@@ -1,64 +1,222 @@
-"""The training loop: sample a task batch -> meta_step -> log; then checkpoint, baseline and plots."""
+"""The training loop: sample a task batch -> meta_step -> log -> checkpoint, resumable at any point.
+
+A run has one or two phases: ``maml`` (meta-training) and, if ``config.baseline``, ``pretrained`` (the
+joint-training baseline). Each phase checkpoints every ``checkpoint_every`` iterations (model, learned
+rates, optimiser, iteration, every random-number generator, the metrics so far are on disk) and writes
+``checkpoint-<phase>.pt`` when it is done. ``train_run(..., resume=True)`` continues from the newest valid
+checkpoint, so a run killed at any instant and resumed ends bit-identical to an uninterrupted one.
+
+Non-finite losses or meta-gradients never reach the parameters (``MetaLearner.meta_step`` skips them);
+after ``max_consecutive_skips`` skipped steps in a row the run stops with a ``DivergenceError``.
+SIGINT/SIGTERM finish the current iteration, write a checkpoint and raise ``Interrupted``.
+"""
 
 from __future__ import annotations
 
 import json
+import signal
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from torchmaml.checkpoint import atomic_write_bytes, save_checkpoint
+from torchmaml.checkpoint import CheckpointError, CheckpointStore, atomic_write_bytes, save_checkpoint
 from torchmaml.config import TrainConfig, to_toml
+from torchmaml.errors import TorchMAMLError
 from torchmaml.experiment import MAML, PRETRAINED, build_learner, build_tasks
 from torchmaml.learner import MetaLearner
 from torchmaml.plots import plot_learning_curve, read_metrics
+from torchmaml.rng import capture_rng, restore_rng
 from torchmaml.rundir import RunDir
 
 
-def train_run(config: TrainConfig, root: Path, progress: bool = True) -> RunDir:
-    """Meta-train (and, if ``config.baseline``, train the pretrained baseline) into the folder ``root``."""
+class DivergenceError(TorchMAMLError):
+    """Too many consecutive meta-steps had a non-finite loss or meta-gradient."""
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint; ``signal_number`` says which."""
+
+    def __init__(self, signal_number: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped by signal {signal_number}; checkpoint {checkpoint}")
+        self.signal_number = signal_number
+        self.checkpoint = checkpoint
+
+
+def train_run(config: TrainConfig, root: Path, progress: bool = True, resume: bool = False) -> RunDir:
+    """Meta-train (and, if ``config.baseline``, train the pretrained baseline) into the folder ``root``.
+
+    With ``resume=True`` the folder's own config is used and every phase continues from its newest valid
+    checkpoint (a finished phase is skipped).
+    """
     run = RunDir(Path(root))
-    run.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run.config, to_toml(config).encode())
-    kinds = [(MAML, config.iterations)]
+    if not resume:
+        run.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run.config, to_toml(config).encode())
+    phases = [(MAML, config.iterations)]
     if config.baseline:
-        kinds.append((PRETRAINED, config.baseline_iterations))
-    for kind, iterations in kinds:
-        learner = train_learner(config, kind, iterations, run, progress)
-        save_checkpoint(
-            run.checkpoint(kind),
-            {"learner": learner.state_dict(), "iteration": iterations, "kind": kind, "config": config.model_dump()},
-        )
-    curves = {kind: read_metrics(run.metrics(kind)) for kind, _ in kinds}
-    plot_learning_curve(curves, run.learning_curve)
+        phases.append((PRETRAINED, config.baseline_iterations))
+    with _stop_requests() as stop:
+        for kind, iterations in phases:
+            if resume and run.checkpoint(kind).exists():
+                continue
+            PhaseTrainer(config, kind, iterations, run, progress).run(stop, resume)
+    plot_learning_curve({kind: read_metrics(run.metrics(kind)) for kind, _ in phases}, run.learning_curve)
     return run
 
 
-def train_learner(config: TrainConfig, kind: str, iterations: int, run: RunDir, progress: bool) -> MetaLearner:
-    """Run ``iterations`` meta-steps of the ``kind`` learner, logging every iteration to JSONL."""
-    learner = build_learner(config, kind)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=config.outer_lr)
-    tasks = build_tasks(config)
-    generator = torch.Generator().manual_seed(config.seed * 2 + (kind == PRETRAINED))
-    writer = SummaryWriter(log_dir=str(run.tensorboard(kind)))
-    start = time.perf_counter()
-    with (
-        open(run.metrics(kind), "w") as log,
-        tqdm(total=iterations, desc=f"train {kind}", disable=not progress, unit="it", dynamic_ncols=True) as bar,
-    ):
-        for iteration in range(1, iterations + 1):
-            batch = tasks.sample(config.meta_batch_size, generator).to(device=config.device)
-            metrics = learner.meta_step(batch, optimizer)
-            record = {"iteration": iteration, **metrics, "seconds": round(time.perf_counter() - start, 4)}
-            log.write(json.dumps(record) + "\n")
-            if iteration % config.log_every == 0 or iteration == iterations:
-                for name, value in metrics.items():
-                    writer.add_scalar(f"{kind}/{name}", value, iteration)
-                bar.set_postfix(loss=f"{metrics['loss_after']:.3f}")
-                log.flush()
-            bar.update(1)
-    writer.close()
-    return learner
+class PhaseTrainer:
+    """One phase (``maml`` or ``pretrained``) of a run: the learner, its optimiser and task sampler."""
+
+    def __init__(self, config: TrainConfig, kind: str, iterations: int, run: RunDir, progress: bool) -> None:
+        self.config, self.kind, self.iterations, self.run_dir, self.progress = config, kind, iterations, run, progress
+        self.learner: MetaLearner = build_learner(config, kind)
+        self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.outer_lr)
+        self.tasks = build_tasks(config)
+        self.generator = torch.Generator().manual_seed(config.seed * 2 + (kind == PRETRAINED))
+        self.iteration = 0
+        self.elapsed = 0.0
+        self.skipped_total = 0
+        self.skipped_in_a_row = 0
+        self.last_checkpoint: Path | None = None
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit-identically, as plain data."""
+        return {
+            "kind": self.kind,
+            "iteration": self.iteration,
+            "elapsed": self.elapsed,
+            "skipped_total": self.skipped_total,
+            "skipped_in_a_row": self.skipped_in_a_row,
+            "learner": self.learner.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None,
+            "task_generator": self.generator.get_state(),
+            "rng": capture_rng(),
+            "config": self.config.model_dump(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration = state["iteration"]
+        self.elapsed = state["elapsed"]
+        self.skipped_total = state["skipped_total"]
+        self.skipped_in_a_row = state["skipped_in_a_row"]
+        self.learner.load_state_dict(state["learner"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["task_generator"])
+        restore_rng(state["rng"])
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self, stop: _StopFlag, resume: bool) -> None:
+        """Train from the start (or the newest valid checkpoint) to ``iterations``; write the final checkpoint."""
+        store = self.run_dir.checkpoints(self.kind, self.config.keep_checkpoints)
+        if resume:
+            found = store.newest_valid(warn=lambda message: print(f"torchmaml: warning: {message}", file=sys.stderr))
+            if found is not None:
+                self.load_state_dict(found[1])
+                self.last_checkpoint = found[0]
+                print(f"resumed {self.kind} at iteration {self.iteration} from {found[0]}", flush=True)
+        _truncate_metrics(self.run_dir.metrics(self.kind), self.iteration)
+        writer = SummaryWriter(log_dir=str(self.run_dir.tensorboard(self.kind)), purge_step=self.iteration + 1)
+        try:
+            self._loop(stop, store, writer)
+        finally:
+            writer.close()
+        save_checkpoint(self.run_dir.checkpoint(self.kind), self.state_dict())
+
+    def _loop(self, stop: _StopFlag, store: CheckpointStore, writer: SummaryWriter) -> None:
+        config = self.config
+        with (
+            open(self.run_dir.metrics(self.kind), "a") as log,
+            tqdm(
+                total=self.iterations,
+                initial=self.iteration,
+                desc=f"train {self.kind}",
+                disable=not self.progress,
+                unit="it",
+                dynamic_ncols=True,
+            ) as bar,
+        ):
+            while self.iteration < self.iterations:
+                started = time.perf_counter()
+                batch = self.tasks.sample(config.meta_batch_size, self.generator).to(device=config.device)
+                metrics = self.learner.meta_step(batch, self.optimizer)
+                self.iteration += 1
+                self.elapsed += time.perf_counter() - started
+                self._count_skips(metrics)
+                record = {"iteration": self.iteration, **metrics, "seconds": round(self.elapsed, 4)}
+                log.write(json.dumps(record) + "\n")
+                if self.iteration % config.log_every == 0 or self.iteration == self.iterations:
+                    for name, value in metrics.items():
+                        writer.add_scalar(f"{self.kind}/{name}", value, self.iteration)
+                    bar.set_postfix(loss=f"{metrics['loss_after']:.3f}", skipped=self.skipped_total)
+                bar.update(1)
+                checkpoint_due = self.iteration % config.checkpoint_every == 0
+                if checkpoint_due or stop.signal_number is not None:
+                    log.flush()
+                    self.last_checkpoint = store.save(self.iteration, self.state_dict())
+                if stop.signal_number is not None:
+                    raise Interrupted(stop.signal_number, self.last_checkpoint)
+            log.flush()
+
+    def _count_skips(self, metrics: dict[str, float]) -> None:
+        if not metrics.get("skipped"):
+            self.skipped_in_a_row = 0
+            return
+        self.skipped_total += 1
+        self.skipped_in_a_row += 1
+        if self.skipped_in_a_row >= self.config.max_consecutive_skips:
+            last = self.last_checkpoint or "none yet"
+            raise DivergenceError(
+                f"{self.kind} diverged: {self.skipped_in_a_row} meta-steps in a row had a non-finite loss or "
+                f"meta-gradient (up to iteration {self.iteration}); last good checkpoint: {last}. Lower "
+                "inner_lr or outer_lr, then resume or restart"
+            )
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Keep only the records of iterations ``1..iteration`` (a crash can leave later or partial lines)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line cut short by a crash: nothing after it was written completely
+        if record.get("iteration", 0) > iteration:
+            break
+        kept.append(line + "\n")
+    atomic_write_bytes(path, "".join(kept).encode())
+
+
+class _StopFlag:
+    signal_number: int | None = None
+
+
+@contextmanager
+def _stop_requests():
+    """While active, SIGINT and SIGTERM set a flag instead of killing the process (main thread only)."""
+    flag = _StopFlag()
+    handled = (signal.SIGINT, signal.SIGTERM)
+    try:
+        previous = {
+            sig: signal.signal(sig, lambda number, _frame: setattr(flag, "signal_number", number)) for sig in handled
+        }
+    except ValueError:  # not the main thread: leave signals alone
+        previous = {}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+__all__ = ["CheckpointError", "DivergenceError", "Interrupted", "PhaseTrainer", "train_run"]
