@@ -14,6 +14,7 @@ All strategies compute the same average ``G = (1/B) sum_i G_i`` (and averaged me
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -21,7 +22,7 @@ from torch.func import vmap
 from torch.utils._pytree import tree_map
 
 from torchmaml.errors import ConfigError, ModelError
-from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, TaskGradient
+from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, Task, TaskGradient
 from torchmaml.functional import FunctionalModel
 from torchmaml.tasks import TaskBatch
 
@@ -57,11 +58,11 @@ def mean_task_gradient(
     if strategy == "chunked" and not chunk_size:
         raise ConfigError("chunk_size: strategy 'chunked' needs a positive chunk_size")
     batched = vmap(
-        lambda m, *task: task_gradient(problem, m, *task),
-        in_dims=(None, 0, 0, 0, 0),
+        lambda m, task: task_gradient(problem, m, task),
+        in_dims=(None, 0),
         chunk_size=chunk_size if strategy == "chunked" else None,
     )
-    grads, metrics = batched(meta, *batch.fields())
+    grads, metrics = batched(meta, batch.tensors())
     return tree_map(lambda t: t.mean(0), (grads, metrics))
 
 
@@ -70,13 +71,20 @@ def _loop(
 ) -> tuple[MetaParams, Metrics]:
     total: tuple[MetaParams, Metrics] | None = None
     for i in range(batch.num_tasks):
-        result = task_gradient(problem, meta, *(t[i] for t in batch.fields()))
+        result = task_gradient(problem, meta, task_at(batch, i))
         total = result if total is None else tree_map(torch.add, total, result)
     return tree_map(lambda t: t / batch.num_tasks, total)
 
 
-def map_tasks(fn, batch: TaskBatch, strategy: str, chunk_size: int | None = None) -> torch.Tensor:
-    """``torch.stack([fn(*task_i) for each task])``, run with ``strategy``; ``fn`` returns a tensor."""
+def map_tasks(
+    fn: Callable[[Task], torch.Tensor], batch: TaskBatch, strategy: str, chunk_size: int | None = None
+) -> torch.Tensor:
+    """``torch.stack([fn(task_i) for each task])``, run with ``strategy``; ``fn`` returns a tensor."""
     if strategy == "loop":
-        return torch.stack([fn(*(t[i] for t in batch.fields())) for i in range(batch.num_tasks)])
-    return vmap(fn, chunk_size=chunk_size if strategy == "chunked" else None)(*batch.fields())
+        return torch.stack([fn(task_at(batch, i)) for i in range(batch.num_tasks)])
+    return vmap(fn, chunk_size=chunk_size if strategy == "chunked" else None)(batch.tensors())
+
+
+def task_at(batch: TaskBatch, index: int) -> Task:
+    """Task ``index`` of ``batch`` as a ``Task`` dictionary (no task axis)."""
+    return {name: t[index] for name, t in batch.tensors().items()}

@@ -12,12 +12,13 @@ batch, writes it into ``.grad`` of the meta-parameters and lets the outer optimi
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
 
 from torchmaml.errors import ConfigError, ModelError
-from torchmaml.estimators import InnerProblem, MetaParams, Metrics, get_estimator
+from torchmaml.estimators import InnerProblem, MetaParams, Metrics, Task, get_estimator
 from torchmaml.execution import map_tasks, mean_task_gradient, resolve_strategy
 from torchmaml.functional import FunctionalModel, Params
 from torchmaml.inner import InnerLR, LossFn, adapt
@@ -55,8 +56,8 @@ class MetaLearner(nn.Module):
             raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss):
             raise ConfigError(f"loss must be callable as loss(prediction, target), got {type(loss).__name__}")
-        if not inner_lr > 0:
-            raise ConfigError(f"inner_lr: must be > 0, got {inner_lr}")
+        if not _positive_number(inner_lr):
+            raise ConfigError(f"inner_lr: must be a finite number > 0, got {inner_lr!r}")
         if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 0:
             raise ConfigError(f"inner_steps: must be an integer >= 0, got {inner_steps!r}")
         if chunk_size is not None and chunk_size < 1:
@@ -175,7 +176,8 @@ class MetaLearner(nn.Module):
         params = self._functional.parameters()
         rates = self._rates(steps, inner_lr)
 
-        def task_losses(sx, sy, qx, qy):
+        def task_losses(task: Task) -> torch.Tensor:
+            sx, sy, qx, qy = task["support_x"], task["support_y"], task["query_x"], task["query_y"]
             trajectory = adapt(self._functional, params, sx, sy, self.loss, rates, steps, first_order=True)
             return torch.stack([self.loss(self._functional(p, qx), qy) for p in trajectory])
 
@@ -219,8 +221,12 @@ class MetaLearner(nn.Module):
         self._checked_shapes = _shape_key(batch)
 
 
+def _positive_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
 def _shape_key(batch: TaskBatch) -> tuple:
-    return tuple((tuple(t.shape[1:]), t.dtype, t.device) for t in batch.fields())
+    return tuple((name, tuple(t.shape[1:]), t.dtype, t.device) for name, t in batch.tensors().items())
 
 
 def _first_line(error: Exception) -> str:

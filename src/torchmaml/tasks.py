@@ -22,21 +22,22 @@ class TaskBatch:
     """``B`` tasks, each with a support and a query set: tensors of shape ``[B, N, ...]``.
 
     ``support_x[i]`` holds the ``N_s`` support inputs of task ``i`` and ``support_y[i]`` their targets;
-    ``query_x``/``query_y`` likewise hold ``N_q`` query examples. Shapes are checked on construction.
+    ``query_x``/``query_y`` likewise hold ``N_q`` query examples. The optional ``hessian_x``/``hessian_y``
+    hold an independent batch ``D_h`` for estimators that take the Hessian on its own data
+    (``three_batch``). Shapes are checked on construction.
     """
 
     support_x: torch.Tensor
     support_y: torch.Tensor
     query_x: torch.Tensor
     query_y: torch.Tensor
+    hessian_x: torch.Tensor | None = None
+    hessian_y: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        fields = {
-            "support_x": self.support_x,
-            "support_y": self.support_y,
-            "query_x": self.query_x,
-            "query_y": self.query_y,
-        }
+        if (self.hessian_x is None) != (self.hessian_y is None):
+            raise TaskBatchError("TaskBatch.hessian_x and hessian_y go together: give both or neither")
+        fields = self.tensors()
         for name, value in fields.items():
             if not isinstance(value, torch.Tensor):
                 raise TaskBatchError(f"TaskBatch.{name} must be a torch.Tensor, got {type(value).__name__}")
@@ -50,7 +51,7 @@ class TaskBatch:
             raise TaskBatchError(f"TaskBatch fields disagree on the number of tasks (dim 0): {tasks}")
         if tasks["support_x"] == 0:
             raise TaskBatchError("TaskBatch holds no tasks (dim 0 is 0)")
-        for split in ("support", "query"):
+        for split in ("support", "query", "hessian")[: len(fields) // 2]:
             x, y = fields[f"{split}_x"], fields[f"{split}_y"]
             if x.shape[1] != y.shape[1]:
                 raise TaskBatchError(
@@ -59,11 +60,12 @@ class TaskBatch:
                 )
             if x.shape[1] == 0:
                 raise TaskBatchError(f"TaskBatch.{split}_x has no examples per task (dim 1 is 0)")
-        if self.support_x.shape[2:] != self.query_x.shape[2:]:
-            raise TaskBatchError(
-                f"support_x examples have shape {tuple(self.support_x.shape[2:])} but query_x examples "
-                f"have shape {tuple(self.query_x.shape[2:])}; they must match"
-            )
+        for name in ("query_x", "hessian_x")[: len(fields) // 2 - 1]:
+            if self.support_x.shape[2:] != fields[name].shape[2:]:
+                raise TaskBatchError(
+                    f"support_x examples have shape {tuple(self.support_x.shape[2:])} but {name} examples "
+                    f"have shape {tuple(fields[name].shape[2:])}; they must match"
+                )
         devices = {value.device for value in fields.values()}
         if len(devices) != 1:
             raise TaskBatchError(f"TaskBatch fields are on different devices: {sorted(map(str, devices))}")
@@ -83,15 +85,16 @@ class TaskBatch:
             devices = [a for a in args if isinstance(a, (str, torch.device))]
             return t.to(*devices, **device_kwargs)
 
-        return TaskBatch(*(move(t) for t in self.fields()))
+        return TaskBatch(**{name: move(t) for name, t in self.tensors().items()})
 
-    def fields(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(support_x, support_y, query_x, query_y)``."""
-        return self.support_x, self.support_y, self.query_x, self.query_y
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The fields that are present, by name (the optional Hessian set only when given)."""
+        names = ("support_x", "support_y", "query_x", "query_y", "hessian_x", "hessian_y")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def slice(self, start: int, stop: int) -> TaskBatch:
         """Tasks ``start:stop`` as a new batch."""
-        return TaskBatch(*(t[start:stop] for t in self.fields()))
+        return TaskBatch(**{name: t[start:stop] for name, t in self.tensors().items()})
 
     def chunks(self, size: int) -> Iterator[TaskBatch]:
         """Consecutive sub-batches of at most ``size`` tasks."""

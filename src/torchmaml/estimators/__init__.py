@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from torchmaml.errors import ConfigError
-from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, TaskGradient
+from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, Task, TaskGradient
 from torchmaml.estimators.unrolled import first_order, unrolled
 
 ESTIMATORS: dict[str, TaskGradient] = {
@@ -22,4 +22,4 @@ def get_estimator(name: str) -> TaskGradient:
         ) from None
 
 
-__all__ = ["ESTIMATORS", "InnerProblem", "MetaParams", "Metrics", "TaskGradient", "get_estimator"]
+__all__ = ["ESTIMATORS", "InnerProblem", "MetaParams", "Metrics", "Task", "TaskGradient", "get_estimator"]

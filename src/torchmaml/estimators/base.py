@@ -1,7 +1,8 @@
 """The interface every meta-gradient estimator shares.
 
 An estimator is a function of one task: given the meta-parameters (a pytree ``{"params": w, "lrs": ...}``)
-and one task's ``(support_x, support_y, query_x, query_y)``, it returns its estimate ``G_i`` of the
+and one task (a ``Task`` dictionary: ``support_x``, ``support_y``, ``query_x``, ``query_y`` and, when the
+batch has them, ``hessian_x``, ``hessian_y``; no task axis), it returns its estimate ``G_i`` of the
 gradient of that task's meta-loss ``L_i(adapt(w, support_i), query_i)`` with respect to every
 meta-parameter, and a few scalar metrics. ``torchmaml.execution`` runs it over a whole batch of tasks
 (vectorised or looped) and averages: ``G = (1/B) sum_i G_i``.
@@ -19,6 +20,7 @@ from torchmaml.functional import FunctionalModel, Params
 from torchmaml.inner import InnerLR, LossFn
 
 MetaParams = dict[str, Params]
+Task = dict[str, torch.Tensor]
 Metrics = dict[str, torch.Tensor]
 
 
@@ -38,14 +40,6 @@ class InnerProblem:
 
 
 class TaskGradient(Protocol):
-    """``(problem, meta, sx, sy, qx, qy) -> (G_i, metrics_i)`` for a single task."""
+    """``(problem, meta, task) -> (G_i, metrics_i)`` for a single task."""
 
-    def __call__(
-        self,
-        problem: InnerProblem,
-        meta: MetaParams,
-        support_x: torch.Tensor,
-        support_y: torch.Tensor,
-        query_x: torch.Tensor,
-        query_y: torch.Tensor,
-    ) -> tuple[MetaParams, Metrics]: ...
+    def __call__(self, problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[MetaParams, Metrics]: ...

@@ -17,36 +17,29 @@ from __future__ import annotations
 import torch
 from torch.func import grad
 
-from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics
+from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, Task
 from torchmaml.inner import adapt
 
 
 def _unrolled(first_order: bool):
-    def task_gradient(
-        problem: InnerProblem,
-        meta: MetaParams,
-        support_x: torch.Tensor,
-        support_y: torch.Tensor,
-        query_x: torch.Tensor,
-        query_y: torch.Tensor,
-    ) -> tuple[MetaParams, Metrics]:
+    def task_gradient(problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[MetaParams, Metrics]:
         def meta_loss(meta: MetaParams) -> tuple[torch.Tensor, torch.Tensor]:
             trajectory = adapt(
                 problem.model,
                 meta["params"],
-                support_x,
-                support_y,
+                task["support_x"],
+                task["support_y"],
                 problem.loss_fn,
                 problem.rates(meta["lrs"]),
                 problem.steps,
                 first_order=first_order,
             )
-            loss_after = problem.loss(trajectory[-1], query_x, query_y)
+            loss_after = problem.loss(trajectory[-1], task["query_x"], task["query_y"])
             return loss_after, loss_after.detach()
 
         grads, loss_after = grad(meta_loss, has_aux=True)(meta)
         with torch.no_grad():
-            loss_before = problem.loss(meta["params"], query_x, query_y)
+            loss_before = problem.loss(meta["params"], task["query_x"], task["query_y"])
         return grads, {"loss_before": loss_before, "loss_after": loss_after}
 
     return task_gradient
