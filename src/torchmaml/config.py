@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from torchmaml.errors import ConfigError
-from torchmaml.estimators import ESTIMATORS
+from torchmaml.estimators import ESTIMATORS, get_estimator
 from torchmaml.execution import STRATEGIES
 
 if sys.version_info >= (3, 11):
@@ -38,6 +38,7 @@ class TrainConfig(BaseModel):
     inner_lr: float = Field(0.01, gt=0)
     inner_steps: int = Field(1, ge=0, le=100)
     estimator: str = "unrolled"
+    estimator_options: dict[str, float | int | bool | str] = Field(default_factory=dict)
     strategy: str = "auto"
     chunk_size: int | None = Field(None, ge=1)
     # task family
@@ -104,6 +105,14 @@ class TrainConfig(BaseModel):
         if value != "cpu" and not value.startswith("cuda"):
             raise ValueError(f"must be 'cpu', 'cuda' or 'cuda:N', got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _estimator_options(self) -> TrainConfig:
+        try:
+            get_estimator(self.estimator, self.estimator_options)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        return self
 
     @model_validator(mode="after")
     def _chunking(self) -> TrainConfig:
@@ -189,12 +198,14 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
 def _describe(error: ValidationError) -> str:
     problem = error.errors()[0]
-    key = ".".join(str(part) for part in problem["loc"]) or "config"
+    key = ".".join(str(part) for part in problem["loc"])
     if problem["type"] == "extra_forbidden":
         known = ", ".join(TrainConfig.model_fields)
         return f"{key}: unknown key; known keys: {known}"
@@ -202,4 +213,4 @@ def _describe(error: ValidationError) -> str:
     given = problem.get("input")
     if problem["type"] != "missing" and not isinstance(given, dict):
         message += f" (got {given!r})"
-    return f"{key}: {message}"
+    return f"{key}: {message}" if key else message

@@ -38,6 +38,7 @@ def build_learner(config: TrainConfig, kind: str = MAML) -> MetaLearner:
         inner_lr=config.inner_lr,
         inner_steps=config.inner_steps if kind == MAML else 0,
         estimator=config.estimator,
+        estimator_options=config.estimator_options,
         strategy=config.strategy,
         chunk_size=config.chunk_size,
     )

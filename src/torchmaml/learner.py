@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,6 +41,7 @@ class MetaLearner(nn.Module):
         strategy: how tasks are batched (``"auto"``, ``"vmap"``, ``"chunked"``, ``"loop"``; see
             ``torchmaml.execution``).
         chunk_size: tasks per vectorised call for ``strategy="chunked"``.
+        estimator_options: the estimator's own options, e.g. ``{"cg_iterations": 10}`` for ``"implicit"``.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class MetaLearner(nn.Module):
         estimator: str = "unrolled",
         strategy: str = "auto",
         chunk_size: int | None = None,
+        estimator_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -69,7 +73,7 @@ class MetaLearner(nn.Module):
         self.inner_rate = FixedLR(inner_lr)
         self.inner_steps = inner_steps
         self.estimator_name = estimator
-        self._task_gradient = get_estimator(estimator)
+        self._task_gradient = get_estimator(estimator, estimator_options)
         self._functional = FunctionalModel(model)
         self.strategy = resolve_strategy(strategy, self._functional)
         self.chunk_size = chunk_size

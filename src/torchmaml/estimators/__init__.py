@@ -1,25 +1,42 @@
-"""Meta-gradient estimators, selectable by name: ``MetaLearner(..., estimator=NAME)``."""
+"""Meta-gradient estimators, selectable by name: ``MetaLearner(..., estimator=NAME, estimator_options={...})``.
+
+Each estimator is a small frozen dataclass whose fields are its options and whose ``__call__`` is the
+per-task ``TaskGradient`` (see ``estimators.base``). ``ESTIMATORS`` maps names to these classes.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
 from torchmaml.errors import ConfigError
 from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, Task, TaskGradient
-from torchmaml.estimators.unrolled import first_order, unrolled
+from torchmaml.estimators.unrolled import FirstOrder, Unrolled
 
-ESTIMATORS: dict[str, TaskGradient] = {
-    "unrolled": unrolled,
-    "first_order": first_order,
+ESTIMATORS: dict[str, type] = {
+    "unrolled": Unrolled,
+    "first_order": FirstOrder,
 }
 
 
-def get_estimator(name: str) -> TaskGradient:
-    """The estimator registered as ``name``; a ``ConfigError`` listing the choices otherwise."""
+def get_estimator(name: str, options: Mapping[str, Any] | None = None) -> TaskGradient:
+    """The estimator registered as ``name`` built with ``options``; a one-line ``ConfigError`` otherwise."""
     try:
-        return ESTIMATORS[name]
-    except KeyError:
+        factory = ESTIMATORS[name]
+    except (KeyError, TypeError):
         raise ConfigError(
             f"estimator: unknown estimator {name!r}; choose one of {', '.join(sorted(ESTIMATORS))}"
         ) from None
+    allowed = [f.name for f in dataclasses.fields(factory) if f.init]
+    for key in options or {}:
+        if key not in allowed:
+            known = ", ".join(allowed) if allowed else "none"
+            raise ConfigError(f"estimator_options: {key!r} is not an option of {name!r} (its options: {known})")
+    try:
+        return factory(**(options or {}))
+    except TypeError as error:
+        raise ConfigError(f"estimator_options for {name!r}: {error}") from None
 
 
 __all__ = ["ESTIMATORS", "InnerProblem", "MetaParams", "Metrics", "Task", "TaskGradient", "get_estimator"]

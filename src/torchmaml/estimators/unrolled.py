@@ -14,6 +14,9 @@ computed at detached points, so no graph is kept through the inner loop.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch.func import grad
 
@@ -21,8 +24,13 @@ from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, Task
 from torchmaml.inner import adapt
 
 
-def _unrolled(first_order: bool):
-    def task_gradient(problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[MetaParams, Metrics]:
+@dataclass(frozen=True)
+class Unrolled:
+    """Exact second-order MAML gradient of one task (see the module docstring)."""
+
+    first_order: ClassVar[bool] = False
+
+    def __call__(self, problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[MetaParams, Metrics]:
         def meta_loss(meta: MetaParams) -> tuple[torch.Tensor, torch.Tensor]:
             trajectory = adapt(
                 problem.model,
@@ -32,7 +40,7 @@ def _unrolled(first_order: bool):
                 problem.loss_fn,
                 problem.rates(meta["lrs"]),
                 problem.steps,
-                first_order=first_order,
+                first_order=self.first_order,
             )
             loss_after = problem.loss(trajectory[-1], task["query_x"], task["query_y"])
             return loss_after, loss_after.detach()
@@ -42,10 +50,9 @@ def _unrolled(first_order: bool):
             loss_before = problem.loss(meta["params"], task["query_x"], task["query_y"])
         return grads, {"loss_before": loss_before, "loss_after": loss_after}
 
-    return task_gradient
 
+@dataclass(frozen=True)
+class FirstOrder(Unrolled):
+    """First-order MAML gradient of one task: the query gradient at the adapted point."""
 
-unrolled = _unrolled(first_order=False)
-unrolled.__doc__ = "Exact second-order MAML gradient of one task (see the module docstring)."
-first_order = _unrolled(first_order=True)
-first_order.__doc__ = "First-order MAML gradient of one task: the query gradient at the adapted point."
+    first_order: ClassVar[bool] = True
