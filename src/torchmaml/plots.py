@@ -29,7 +29,10 @@ def plot_learning_curve(records: dict[str, list[dict]], out: Path, window: int =
         if not rows:
             continue
         iterations = np.array([r["iteration"] for r in rows])
-        for key, style in (("loss_after", "-"), ("loss_before", ":")):
+        series = [("loss_after", "-"), ("loss_before", ":")]
+        if all(r["loss_before"] == r["loss_after"] for r in rows):  # no inner steps (the joint baseline)
+            series = [("loss_before", "-")]
+        for key, style in series:
             values = np.array([r[key] for r in rows], dtype=float)
             width = max(1, min(window, len(values) // 10))
             smooth = np.convolve(values, np.ones(width) / width, mode="valid")
