@@ -96,7 +96,6 @@ class PhaseTrainer:
             "skipped_in_a_row": self.skipped_in_a_row,
             "learner": self.learner.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": None,
             "task_generator": self.generator.get_state(),
             "rng": capture_rng(),
             "config": self.config.model_dump(),
@@ -198,7 +197,14 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
 
 
 class _StopFlag:
+    """Set by the first SIGINT/SIGTERM; a second one stops at once (KeyboardInterrupt)."""
+
     signal_number: int | None = None
+
+    def request(self, number: int, _frame: object) -> None:
+        if self.signal_number is not None:
+            raise KeyboardInterrupt
+        self.signal_number = number
 
 
 @contextmanager
@@ -207,9 +213,7 @@ def _stop_requests():
     flag = _StopFlag()
     handled = (signal.SIGINT, signal.SIGTERM)
     try:
-        previous = {
-            sig: signal.signal(sig, lambda number, _frame: setattr(flag, "signal_number", number)) for sig in handled
-        }
+        previous = {sig: signal.signal(sig, flag.request) for sig in handled}
     except ValueError:  # not the main thread: leave signals alone
         previous = {}
     try:
