@@ -12,7 +12,7 @@ second-order MAML gradient. With ``first_order=True`` each inner gradient is det
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import torch
 from torch.func import grad
@@ -34,7 +34,7 @@ def step_lr(lr: InnerLR, step: int) -> StepLR:
 
 
 def sgd_step(params: Params, grads: Params, lr: StepLR) -> Params:
-    """``w - alpha * g``, with ``alpha`` global or per parameter tensor."""
+    """``w - alpha * g`` for the parameters in ``params``, with ``alpha`` global or per parameter."""
     if isinstance(lr, Mapping):
         return {name: p - lr[name] * grads[name] for name, p in params.items()}
     return {name: p - lr * grads[name] for name, p in params.items()}
@@ -49,21 +49,31 @@ def adapt(
     lr: InnerLR,
     steps: int,
     first_order: bool = False,
+    adapted: Collection[str] | None = None,
 ) -> list[Params]:
     """Run ``steps`` inner gradient steps from ``params`` on one task's ``(x, y)``.
 
-    Returns ``[w_0, ..., w_steps]``. Works inside ``torch.func.vmap`` (one task per call) and under an
-    outer ``torch.func.grad``.
+    Returns ``[w_0, ..., w_steps]``. Only the parameters named in ``adapted`` take inner steps (all when
+    ``None``; ANIL adapts only the head); the others are passed through as the very same tensors. Works
+    inside ``torch.func.vmap`` (one task per call) and under an outer ``torch.func.grad``.
     """
+    names = [name for name in params if adapted is None or name in adapted]
 
-    def support_loss(p: Params) -> torch.Tensor:
-        return loss_fn(model(p, x), y)
+    def support_loss(fast: Params, fixed: Params) -> torch.Tensor:
+        return loss_fn(model({**fixed, **fast}, x), y)
 
     trajectory = [params]
     for step in range(steps):
         point = trajectory[-1]
+        fast = {name: point[name] for name in names}
+        fixed = {name: p for name, p in point.items() if name not in fast}
         if first_order:  # the gradient at a detached point carries no graph back to w
-            point = {name: p.detach() for name, p in point.items()}
-        grads = grad(support_loss)(point)
-        trajectory.append(sgd_step(trajectory[-1], grads, step_lr(lr, step)))
+            grads = grad(support_loss)(_detached(fast), _detached(fixed))
+        else:
+            grads = grad(support_loss)(fast, fixed)
+        trajectory.append({**point, **sgd_step(fast, grads, step_lr(lr, step))})
     return trajectory
+
+
+def _detached(params: Params) -> Params:
+    return {name: p.detach() for name, p in params.items()}

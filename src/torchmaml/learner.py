@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,7 +24,7 @@ from torchmaml.estimators import InnerProblem, MetaParams, Metrics, Task, get_es
 from torchmaml.execution import map_tasks, mean_task_gradient, resolve_strategy
 from torchmaml.functional import FunctionalModel, Params
 from torchmaml.inner import InnerLR, LossFn, adapt
-from torchmaml.learning_rates import FixedLR
+from torchmaml.learning_rates import make_inner_lr
 from torchmaml.tasks import TaskBatch
 
 
@@ -42,6 +42,14 @@ class MetaLearner(nn.Module):
             ``torchmaml.execution``).
         chunk_size: tasks per vectorised call for ``strategy="chunked"``.
         estimator_options: the estimator's own options, e.g. ``{"cg_iterations": 10}`` for ``"implicit"``.
+        inner_lr_mode: ``"fixed"`` (MAML), ``"scalar"`` (one learned rate), ``"meta_sgd"`` (one learned rate
+            per parameter element), ``"per_layer_per_step"`` (MAML++ LSLR); see ``torchmaml.learning_rates``.
+        adapt_only: names (or module prefixes, e.g. ``"head"`` or ``"4"``) of the parameters the inner loop
+            adapts; ``None`` adapts all. ANIL adapts only the head; the rest is shared and meta-learned.
+
+    Attributes that may be changed between meta-steps (the MAML++ schedules do): ``estimator`` (a
+    ``TaskGradient``, e.g. ``get_estimator("first_order")``) and ``step_weights`` (multi-step loss weights,
+    one per inner step, or ``None``).
     """
 
     def __init__(
@@ -54,6 +62,8 @@ class MetaLearner(nn.Module):
         strategy: str = "auto",
         chunk_size: int | None = None,
         estimator_options: Mapping[str, Any] | None = None,
+        inner_lr_mode: str = "fixed",
+        adapt_only: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -70,13 +80,15 @@ class MetaLearner(nn.Module):
             raise ModelError("model has no parameters to meta-learn")
         self.model = model
         self.loss = loss
-        self.inner_rate = FixedLR(inner_lr)
         self.inner_steps = inner_steps
-        self.estimator_name = estimator
-        self._task_gradient = get_estimator(estimator, estimator_options)
+        self.estimator = get_estimator(estimator, estimator_options)
+        self.step_weights: tuple[float, ...] | None = None
         self._functional = FunctionalModel(model)
         self.strategy = resolve_strategy(strategy, self._functional)
         self.chunk_size = chunk_size
+        self.adapted = _select_parameters(model, adapt_only)
+        adapted_params = {n: p for n, p in model.named_parameters() if self.adapted is None or n in self.adapted}
+        self.inner_rate = make_inner_lr(inner_lr_mode, inner_lr, adapted_params, inner_steps)
 
     # -- the meta-gradient ------------------------------------------------------------------------
 
@@ -86,12 +98,16 @@ class MetaLearner(nn.Module):
             "lrs": {name: p.detach() for name, p in self.inner_rate.named_parameters()},
         }
 
-    def _problem(self, steps: int) -> InnerProblem:
+    def _problem(self, steps: int, step_weights: tuple[float, ...] | None = None) -> InnerProblem:
+        if step_weights is not None and len(step_weights) != steps:
+            raise ConfigError(f"step_weights: needs one weight per inner step ({steps}), got {len(step_weights)}")
         return InnerProblem(
             model=self._functional,
             loss_fn=self.loss,
             steps=steps,
             rates=lambda lrs: [self.inner_rate.rate(lrs, s) for s in range(steps)],
+            adapted=self.adapted,
+            step_weights=step_weights,
         )
 
     def meta_gradient(self, batch: TaskBatch) -> tuple[MetaParams, Metrics]:
@@ -100,8 +116,8 @@ class MetaLearner(nn.Module):
             raise TypeError(f"meta_gradient expects a TaskBatch, got {type(batch).__name__}")
         self._check_batch(batch)
         return mean_task_gradient(
-            self._task_gradient,
-            self._problem(self.inner_steps),
+            self.estimator,
+            self._problem(self.inner_steps, self.step_weights),
             self._meta_params(),
             batch,
             self.strategy,
@@ -167,7 +183,7 @@ class MetaLearner(nn.Module):
             raise ConfigError(f"support_x has {support_x.shape[0]} examples but support_y has {support_y.shape[0]}")
         params = self._functional.parameters()
         rates = self._rates(steps, inner_lr)
-        return adapt(self._functional, params, support_x, support_y, self.loss, rates, steps, first_order=True)
+        return adapt(self._functional, params, support_x, support_y, self.loss, rates, steps, True, self.adapted)
 
     @torch.no_grad()
     def query_losses(self, batch: TaskBatch, steps: int, inner_lr: float | None = None) -> torch.Tensor:
@@ -182,7 +198,7 @@ class MetaLearner(nn.Module):
 
         def task_losses(task: Task) -> torch.Tensor:
             sx, sy, qx, qy = task["support_x"], task["support_y"], task["query_x"], task["query_y"]
-            trajectory = adapt(self._functional, params, sx, sy, self.loss, rates, steps, first_order=True)
+            trajectory = adapt(self._functional, params, sx, sy, self.loss, rates, steps, True, self.adapted)
             return torch.stack([self.loss(self._functional(p, qx), qy) for p in trajectory])
 
         return map_tasks(task_losses, batch, self.strategy, self.chunk_size)
@@ -223,6 +239,19 @@ class MetaLearner(nn.Module):
         if value.dim() != 0:
             raise ModelError(f"the loss must return a scalar (mean reduction), got shape {tuple(value.shape)}")
         self._checked_shapes = _shape_key(batch)
+
+
+def _select_parameters(model: nn.Module, selectors: Sequence[str] | None) -> frozenset[str] | None:
+    """The parameter names matched by ``selectors`` (exact names or module prefixes); ``None`` for all."""
+    if selectors is None:
+        return None
+    if isinstance(selectors, str):
+        selectors = [selectors]
+    names = [name for name, _ in model.named_parameters()]
+    chosen = frozenset(n for n in names for s in selectors if n == s or n.startswith(f"{s}."))
+    if not chosen:
+        raise ConfigError(f"adapt_only: {list(selectors)} matches no parameter; the model has {', '.join(names)}")
+    return chosen
 
 
 def _positive_number(value: object) -> bool:

@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 
 from torchmaml.functional import FunctionalModel, Params
-from torchmaml.inner import InnerLR, LossFn
+from torchmaml.inner import InnerLR, LossFn, adapt
 
 MetaParams = dict[str, Params]
 Task = dict[str, torch.Tensor]
@@ -26,13 +26,22 @@ Metrics = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class InnerProblem:
-    """What the inner loop needs: the model as a function, the loss, the number of steps, and the rule that
-    turns the learned-rate tensors (``meta["lrs"]``) into the per-step inner learning rates."""
+    """What the inner loop needs: the model as a function, the loss, the number of steps, the rule that
+    turns the learned-rate tensors (``meta["lrs"]``) into the per-step inner learning rates, the names of
+    the parameters the inner loop adapts (``None``: all; ANIL: the head), and the multi-step loss weights
+    ``v_1..v_K`` (``None``: only the last step's query loss counts)."""
 
     model: FunctionalModel
     loss_fn: LossFn
     steps: int
     rates: Callable[[Params], InnerLR]
+    adapted: frozenset[str] | None = None
+    step_weights: tuple[float, ...] | None = None
+
+    def adapt(self, meta: MetaParams, x: torch.Tensor, y: torch.Tensor, first_order: bool = False) -> list[Params]:
+        """The inner trajectory ``[w_0, ..., w_K]`` from ``meta["params"]`` on ``(x, y)``."""
+        rates = self.rates(meta["lrs"])
+        return adapt(self.model, meta["params"], x, y, self.loss_fn, rates, self.steps, first_order, self.adapted)
 
     def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``f(w; (x, y))``, the task loss of the model at ``params``."""

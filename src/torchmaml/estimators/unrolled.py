@@ -8,6 +8,9 @@ For task ``i`` with support set ``D_in`` and query set ``D_o`` the meta-loss is
 which ``torch.func.grad`` computes by differentiating through the inner steps (Hessian-vector products
 by double backward, never a formed Hessian). Memory grows linearly with ``K``.
 
+With MAML++'s multi-step loss (``problem.step_weights``) the differentiated objective is
+``sum_s v_s f_i(w_s; D_o)`` over the steps ``s = 1..K``; ``loss_after`` still reports ``f_i(w_K; D_o)``.
+
 First-order MAML drops the Hessian terms, ``G_i = grad f_i(w_K; D_o)``: the inner gradients are
 computed at detached points, so no graph is kept through the inner loop.
 """
@@ -21,7 +24,6 @@ import torch
 from torch.func import grad
 
 from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, Task
-from torchmaml.inner import adapt
 
 
 @dataclass(frozen=True)
@@ -32,18 +34,15 @@ class Unrolled:
 
     def __call__(self, problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[MetaParams, Metrics]:
         def meta_loss(meta: MetaParams) -> tuple[torch.Tensor, torch.Tensor]:
-            trajectory = adapt(
-                problem.model,
-                meta["params"],
-                task["support_x"],
-                task["support_y"],
-                problem.loss_fn,
-                problem.rates(meta["lrs"]),
-                problem.steps,
-                first_order=self.first_order,
-            )
+            trajectory = problem.adapt(meta, task["support_x"], task["support_y"], self.first_order)
             loss_after = problem.loss(trajectory[-1], task["query_x"], task["query_y"])
-            return loss_after, loss_after.detach()
+            if problem.step_weights is None:
+                return loss_after, loss_after.detach()
+            weighted = sum(
+                weight * problem.loss(params, task["query_x"], task["query_y"])
+                for weight, params in zip(problem.step_weights, trajectory[1:], strict=True)
+            )
+            return weighted, loss_after.detach()
 
         grads, loss_after = grad(meta_loss, has_aux=True)(meta)
         with torch.no_grad():

@@ -1,0 +1,56 @@
+"""Hessian-vector products, and the little vector algebra on parameter dictionaries they need.
+
+The estimators that use curvature never form a Hessian; they only apply it to a vector ``u``:
+
+- exactly, ``H(w) u = d/dw <grad f(w), u>``: the vector-Jacobian product of ``grad f`` (reverse over
+  reverse, "double backward"), about the cost of two gradients;
+- or by a central difference of two gradients, first-order autograd only (HF-MAML):
+
+      H(w) u  ~=  [grad f(w + h u) - grad f(w - h u)] / (2 h),
+
+  exact for a quadratic ``f`` and with error ``O(h^2)`` otherwise.
+
+Vectors are parameter dictionaries ``{name: tensor}``; everything here works under ``torch.func.vmap``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch.func import grad, vjp
+
+from torchmaml.functional import Params
+from torchmaml.inner import StepLR
+
+ScalarFunction = Callable[[Params], torch.Tensor]
+
+
+def hessian_vector_product(loss: ScalarFunction, point: Params, vector: Params) -> Params:
+    """``H(point) vector`` with ``H`` the Hessian of ``loss``: the vjp of ``grad loss`` at ``point``."""
+    _, grad_vjp = vjp(grad(loss), point)
+    return grad_vjp(vector)[0]
+
+
+def finite_difference_hvp(loss: ScalarFunction, point: Params, vector: Params, step: torch.Tensor) -> Params:
+    """``[grad loss(point + h u) - grad loss(point - h u)] / (2 h)``, with ``u = vector`` and ``h = step``."""
+    forward = grad(loss)({name: p + step * vector[name] for name, p in point.items()})
+    backward = grad(loss)({name: p - step * vector[name] for name, p in point.items()})
+    return {name: (forward[name] - backward[name]) / (2 * step) for name in point}
+
+
+def rate_times(lr: StepLR, vector: Params) -> Params:
+    """``alpha ⊙ v`` for every entry of ``vector``, with ``alpha`` global or per parameter (as ``sgd_step``)."""
+    if isinstance(lr, Mapping):
+        return {name: lr[name] * v for name, v in vector.items()}
+    return {name: lr * v for name, v in vector.items()}
+
+
+def dot(a: Params, b: Params) -> torch.Tensor:
+    """``<a, b>`` summed over the entries of ``a``."""
+    return torch.stack([torch.sum(a_i * b[name]) for name, a_i in a.items()]).sum()
+
+
+def norm(a: Params) -> torch.Tensor:
+    """The Euclidean norm of all entries of ``a`` taken together."""
+    return torch.stack([a_i.square().sum() for a_i in a.values()]).sum().sqrt()
