@@ -39,6 +39,16 @@ class TrainConfig(BaseModel):
     inner_steps: int = Field(1, ge=0, le=100)
     estimator: str = "unrolled"
     estimator_options: dict[str, float | int | bool | str] = Field(default_factory=dict)
+    inner_lr_mode: Literal["fixed", "scalar", "meta_sgd", "per_layer_per_step"] = "fixed"
+    adapt_only: list[str] | None = None
+    # outer optimiser and MAML++ schedules
+    outer_optimizer: Literal["adam", "sgd", "alpha_maml"] = "adam"
+    outer_lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_outer_lr: float = Field(0.0, ge=0)
+    alpha_hyper_lr: float = Field(1e-4, ge=0)
+    beta_hyper_lr: float = Field(1e-6, ge=0)
+    multi_step_loss_iterations: int = Field(0, ge=0)
+    first_order_iterations: int = Field(0, ge=0)
     strategy: str = "auto"
     chunk_size: int | None = Field(None, ge=1)
     # task family
@@ -112,6 +122,17 @@ class TrainConfig(BaseModel):
             get_estimator(self.estimator, self.estimator_options)
         except ConfigError as error:
             raise ValueError(str(error)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _alpha_maml(self) -> TrainConfig:
+        if self.outer_optimizer == "alpha_maml":
+            if self.inner_lr_mode != "scalar":
+                raise ValueError("outer_optimizer 'alpha_maml' tunes one inner rate: set inner_lr_mode = \"scalar\"")
+            if self.outer_lr_schedule != "constant":
+                raise ValueError(
+                    "outer_optimizer 'alpha_maml' sets the outer rate itself: use outer_lr_schedule constant"
+                )
         return self
 
     @model_validator(mode="after")

@@ -9,6 +9,7 @@ from torchmaml.config import TrainConfig
 from torchmaml.data.sinusoid import SinusoidTasks
 from torchmaml.learner import MetaLearner
 from torchmaml.models.mlp import mlp
+from torchmaml.optim import HypergradientSGD
 from torchmaml.tasks import TaskBatch
 
 MAML = "maml"
@@ -39,6 +40,8 @@ def build_learner(config: TrainConfig, kind: str = MAML) -> MetaLearner:
         inner_steps=config.inner_steps if kind == MAML else 0,
         estimator=config.estimator,
         estimator_options=config.estimator_options,
+        inner_lr_mode=config.inner_lr_mode if kind == MAML else "fixed",
+        adapt_only=config.adapt_only,
         strategy=config.strategy,
         chunk_size=config.chunk_size,
     )
@@ -58,3 +61,24 @@ def evaluation_batches(config: TrainConfig, split: str = "test") -> dict[int, Ta
         k: tasks.batch_for(amplitude, phase, k, config.eval_query_size, generator).to(device=config.device)
         for k in config.eval_support_sizes
     }
+
+
+def build_optimizer(config: TrainConfig, learner: MetaLearner) -> torch.optim.Optimizer:
+    """The outer optimiser: Adam, SGD, or AlphaMAML's hypergradient SGD (outer rate tuned online; the
+    learned inner rate stepped by SGD at ``alpha_hyper_lr``)."""
+    if config.outer_optimizer == "adam":
+        return torch.optim.Adam(learner.parameters(), lr=config.outer_lr)
+    if config.outer_optimizer == "sgd":
+        return torch.optim.SGD(learner.parameters(), lr=config.outer_lr)
+    groups = [{"params": list(learner.model.parameters()), "lr": config.outer_lr, "hyper_lr": config.beta_hyper_lr}]
+    rates = list(learner.inner_rate.parameters())
+    if rates:
+        groups.append({"params": rates, "lr": config.alpha_hyper_lr, "hyper_lr": 0.0})
+    return HypergradientSGD(groups, lr=config.outer_lr)
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, iterations: int):
+    """Cosine annealing of the outer rate from ``outer_lr`` to ``min_outer_lr`` over the run, or ``None``."""
+    if config.outer_lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations, eta_min=config.min_outer_lr)
+    return None

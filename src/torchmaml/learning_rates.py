@@ -45,9 +45,9 @@ class FixedLR(nn.Module):
 class ScalarLR(nn.Module):
     """One learnable ``alpha``, shared by every step and parameter."""
 
-    def __init__(self, lr: float) -> None:
+    def __init__(self, lr: float, dtype: torch.dtype) -> None:
         super().__init__()
-        self.lr = nn.Parameter(torch.tensor(float(lr)))
+        self.lr = nn.Parameter(torch.tensor(float(lr), dtype=dtype))
 
     def rate(self, tensors: Params, step: int) -> StepLR:
         return tensors["lr"]
@@ -89,7 +89,7 @@ def make_inner_lr(mode: str, lr: float, params: dict[str, torch.Tensor], steps: 
     if mode == "fixed":
         return FixedLR(lr)
     if mode == "scalar":
-        return ScalarLR(lr).to(first)
+        return ScalarLR(lr, first.dtype).to(first.device)
     if mode == "meta_sgd":
         return MetaSGDLR(lr, {name: p.shape for name, p in params.items()}, first.dtype).to(first.device)
     if mode == "per_layer_per_step":

@@ -27,11 +27,13 @@ from tqdm.auto import tqdm
 from torchmaml.checkpoint import CheckpointError, CheckpointStore, atomic_write_bytes, save_checkpoint
 from torchmaml.config import TrainConfig, to_toml
 from torchmaml.errors import TorchMAMLError
-from torchmaml.experiment import MAML, PRETRAINED, build_learner, build_tasks
+from torchmaml.estimators import get_estimator
+from torchmaml.experiment import MAML, PRETRAINED, build_learner, build_optimizer, build_scheduler, build_tasks
 from torchmaml.learner import MetaLearner
 from torchmaml.plots import plot_learning_curve, read_metrics
 from torchmaml.rng import capture_rng, restore_rng
 from torchmaml.rundir import RunDir
+from torchmaml.schedules import multi_step_weights, uses_first_order
 
 
 class DivergenceError(TorchMAMLError):
@@ -75,7 +77,10 @@ class PhaseTrainer:
     def __init__(self, config: TrainConfig, kind: str, iterations: int, run: RunDir, progress: bool) -> None:
         self.config, self.kind, self.iterations, self.run_dir, self.progress = config, kind, iterations, run, progress
         self.learner: MetaLearner = build_learner(config, kind)
-        self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=config.outer_lr)
+        self.optimizer = build_optimizer(config, self.learner)
+        self.scheduler = build_scheduler(config, self.optimizer, iterations)
+        self.estimator = self.learner.estimator
+        self.warmup_estimator = get_estimator("first_order")
         self.tasks = build_tasks(config)
         self.generator = torch.Generator().manual_seed(config.seed * 2 + (kind == PRETRAINED))
         self.iteration = 0
@@ -96,6 +101,7 @@ class PhaseTrainer:
             "skipped_in_a_row": self.skipped_in_a_row,
             "learner": self.learner.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "task_generator": self.generator.get_state(),
             "rng": capture_rng(),
             "config": self.config.model_dump(),
@@ -108,6 +114,8 @@ class PhaseTrainer:
         self.skipped_in_a_row = state["skipped_in_a_row"]
         self.learner.load_state_dict(state["learner"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["task_generator"])
         restore_rng(state["rng"])
 
@@ -146,7 +154,10 @@ class PhaseTrainer:
             while self.iteration < self.iterations:
                 started = time.perf_counter()
                 batch = self.tasks.sample(config.meta_batch_size, self.generator).to(device=config.device)
-                metrics = self.learner.meta_step(batch, self.optimizer)
+                self._apply_schedules(self.iteration + 1)
+                metrics = {**self.learner.meta_step(batch, self.optimizer), **self._rates()}
+                if self.scheduler is not None:
+                    self.scheduler.step()
                 self.iteration += 1
                 self.elapsed += time.perf_counter() - started
                 self._count_skips(metrics)
@@ -164,6 +175,21 @@ class PhaseTrainer:
                 if stop.signal_number is not None:
                     raise Interrupted(stop.signal_number, self.last_checkpoint)
             log.flush()
+
+    def _apply_schedules(self, iteration: int) -> None:
+        """MAML++: multi-step loss weights and the first-order warm-up for this iteration."""
+        config, learner = self.config, self.learner
+        learner.step_weights = multi_step_weights(iteration, learner.inner_steps, config.multi_step_loss_iterations)
+        warm = uses_first_order(iteration, config.first_order_iterations)
+        learner.estimator = self.warmup_estimator if warm else self.estimator
+
+    def _rates(self) -> dict[str, float]:
+        """The outer rate in use and, when it is one learned scalar, the inner rate (AlphaMAML logs both)."""
+        rates = {"outer_lr": float(self.optimizer.param_groups[0]["lr"])}
+        scalar = dict(self.learner.inner_rate.named_parameters()).get("lr")
+        if scalar is not None:
+            rates["inner_lr"] = float(scalar.detach())
+        return rates
 
     def _count_skips(self, metrics: dict[str, float]) -> None:
         if not metrics.get("skipped"):
