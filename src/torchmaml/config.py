@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torchmaml.errors import ConfigError
 from torchmaml.estimators import ESTIMATORS, get_estimator
 from torchmaml.execution import STRATEGIES
+from torchmaml.theory.step_size import STEP_SIZE_CONSTANTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,11 +43,18 @@ class TrainConfig(BaseModel):
     inner_lr_mode: Literal["fixed", "scalar", "meta_sgd", "per_layer_per_step"] = "fixed"
     adapt_only: list[str] | None = None
     # outer optimiser and MAML++ schedules
-    outer_optimizer: Literal["adam", "sgd", "alpha_maml"] = "adam"
+    outer_optimizer: Literal["adam", "sgd", "alpha_maml", "theory"] = "adam"
     outer_lr_schedule: Literal["constant", "cosine"] = "constant"
     min_outer_lr: float = Field(0.0, ge=0)
     alpha_hyper_lr: float = Field(1e-4, ge=0)
     beta_hyper_lr: float = Field(1e-6, ge=0)
+    theory_smoothness: float | None = Field(None, gt=0)
+    theory_hessian_lipschitz: float | None = Field(None, ge=0)
+    theory_c: float | None = Field(None, gt=0)
+    theory_batch_size: int = Field(25, ge=1)
+    stationarity_every: int = Field(0, ge=0)
+    stationarity_tasks: int = Field(1000, ge=2)
+    stop_at_epsilon: float | None = Field(None, gt=0)
     multi_step_loss_iterations: int = Field(0, ge=0)
     first_order_iterations: int = Field(0, ge=0)
     strategy: str = "auto"
@@ -133,6 +141,17 @@ class TrainConfig(BaseModel):
                 raise ValueError(
                     "outer_optimizer 'alpha_maml' sets the outer rate itself: use outer_lr_schedule constant"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _theory(self) -> TrainConfig:
+        if self.outer_optimizer == "theory" and self.theory_c is None and self.estimator not in STEP_SIZE_CONSTANTS:
+            raise ValueError(
+                f"outer_optimizer 'theory' has no published constant c for estimator {self.estimator!r}: "
+                f"set theory_c (published: {', '.join(STEP_SIZE_CONSTANTS)})"
+            )
+        if self.stop_at_epsilon is not None and self.stationarity_every == 0:
+            raise ValueError("stop_at_epsilon needs the stationarity monitor: set stationarity_every (e.g. 500)")
         return self
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from torchmaml.learner import MetaLearner
 from torchmaml.models.mlp import mlp
 from torchmaml.optim import HypergradientSGD
 from torchmaml.tasks import TaskBatch
+from torchmaml.theory.step_size import STEP_SIZE_CONSTANTS, TheoryStepSize
 
 MAML = "maml"
 PRETRAINED = "pretrained"
@@ -68,7 +69,7 @@ def build_optimizer(config: TrainConfig, learner: MetaLearner) -> torch.optim.Op
     learned inner rate stepped by SGD at ``alpha_hyper_lr``)."""
     if config.outer_optimizer == "adam":
         return torch.optim.Adam(learner.parameters(), lr=config.outer_lr)
-    if config.outer_optimizer == "sgd":
+    if config.outer_optimizer in ("sgd", "theory"):  # "theory" sets the rate before every step
         return torch.optim.SGD(learner.parameters(), lr=config.outer_lr)
     groups = [{"params": list(learner.model.parameters()), "lr": config.outer_lr, "hyper_lr": config.beta_hyper_lr}]
     rates = list(learner.inner_rate.parameters())
@@ -82,3 +83,25 @@ def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, itera
     if config.outer_lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations, eta_min=config.min_outer_lr)
     return None
+
+
+def build_step_rule(config: TrainConfig, kind: str) -> TheoryStepSize | None:
+    """The theory-guided step size (``outer_optimizer = "theory"``), or ``None``."""
+    if config.outer_optimizer != "theory":
+        return None
+    estimator = config.estimator if kind == MAML else "first_order"  # no inner steps: any constant fits
+    c = config.theory_c if config.theory_c is not None else STEP_SIZE_CONSTANTS[estimator]
+    return TheoryStepSize(
+        build_tasks(config),
+        config.theory_batch_size,
+        c,
+        seed=config.seed * 2 + 1_000_003,
+        smoothness=config.theory_smoothness,
+        hessian_lipschitz=config.theory_hessian_lipschitz,
+    )
+
+
+def stationarity_batch(config: TrainConfig) -> TaskBatch:
+    """The large fixed batch of tasks on which ``||grad F(w)||`` is monitored."""
+    generator = torch.Generator().manual_seed(config.eval_seed * 2 + 7)
+    return build_tasks(config).sample(config.stationarity_tasks, generator).to(device=config.device)

@@ -92,11 +92,28 @@ class MetaLearner(nn.Module):
 
     # -- the meta-gradient ------------------------------------------------------------------------
 
+    @property
+    def functional(self) -> FunctionalModel:
+        """The model as a pure function ``f(params, x)``."""
+        return self._functional
+
+    def rate_tensors(self) -> Params:
+        """The current values of the learned inner rates (empty for a fixed rate), detached."""
+        return {name: p.detach() for name, p in self.inner_rate.named_parameters()}
+
+    def inner_rate_value(self) -> float:
+        """The inner rate as one number: the fixed or learned scalar ``alpha``, else the mean learned rate."""
+        tensors = self.rate_tensors()
+        if not tensors:
+            return self.inner_rate.lr
+        return float(torch.cat([t.reshape(-1) for t in tensors.values()]).mean())
+
+    def inner_problem(self, steps: int | None = None) -> InnerProblem:
+        """The inner problem with ``steps`` (default: the training ``inner_steps``) and no multi-step loss."""
+        return self._problem(self.inner_steps if steps is None else steps)
+
     def _meta_params(self) -> MetaParams:
-        return {
-            "params": dict(self._functional.parameters()),
-            "lrs": {name: p.detach() for name, p in self.inner_rate.named_parameters()},
-        }
+        return {"params": dict(self._functional.parameters()), "lrs": self.rate_tensors()}
 
     def _problem(self, steps: int, step_weights: tuple[float, ...] | None = None) -> InnerProblem:
         if step_weights is not None and len(step_weights) != steps:
@@ -151,8 +168,7 @@ class MetaLearner(nn.Module):
     def _rates(self, steps: int, inner_lr: float | None) -> InnerLR:
         if inner_lr is not None:
             return [inner_lr] * steps
-        lrs = {name: p.detach() for name, p in self.inner_rate.named_parameters()}
-        return self._problem(steps).rates(lrs)
+        return self._problem(steps).rates(self.rate_tensors())
 
     def adapt(
         self,

@@ -28,12 +28,22 @@ from torchmaml.checkpoint import CheckpointError, CheckpointStore, atomic_write_
 from torchmaml.config import TrainConfig, to_toml
 from torchmaml.errors import TorchMAMLError
 from torchmaml.estimators import get_estimator
-from torchmaml.experiment import MAML, PRETRAINED, build_learner, build_optimizer, build_scheduler, build_tasks
+from torchmaml.experiment import (
+    MAML,
+    PRETRAINED,
+    build_learner,
+    build_optimizer,
+    build_scheduler,
+    build_step_rule,
+    build_tasks,
+    stationarity_batch,
+)
 from torchmaml.learner import MetaLearner
 from torchmaml.plots import plot_learning_curve, read_metrics
 from torchmaml.rng import capture_rng, restore_rng
 from torchmaml.rundir import RunDir
 from torchmaml.schedules import multi_step_weights, uses_first_order
+from torchmaml.theory.stationarity import meta_gradient_norm
 
 
 class DivergenceError(TorchMAMLError):
@@ -81,6 +91,8 @@ class PhaseTrainer:
         self.scheduler = build_scheduler(config, self.optimizer, iterations)
         self.estimator = self.learner.estimator
         self.warmup_estimator = get_estimator("first_order")
+        self.step_rule = build_step_rule(config, kind)
+        self.monitored = stationarity_batch(config) if config.stationarity_every else None
         self.tasks = build_tasks(config)
         self.generator = torch.Generator().manual_seed(config.seed * 2 + (kind == PRETRAINED))
         self.iteration = 0
@@ -103,6 +115,7 @@ class PhaseTrainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "task_generator": self.generator.get_state(),
+            "step_rule": self.step_rule.state_dict() if self.step_rule is not None else {},
             "rng": capture_rng(),
             "config": self.config.model_dump(),
         }
@@ -117,6 +130,8 @@ class PhaseTrainer:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["task_generator"])
+        if self.step_rule is not None:
+            self.step_rule.load_state_dict(state["step_rule"])
         restore_rng(state["rng"])
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -155,12 +170,14 @@ class PhaseTrainer:
                 started = time.perf_counter()
                 batch = self.tasks.sample(config.meta_batch_size, self.generator).to(device=config.device)
                 self._apply_schedules(self.iteration + 1)
-                metrics = {**self.learner.meta_step(batch, self.optimizer), **self._rates()}
+                theory = self.step_rule.update(self.learner, self.optimizer) if self.step_rule else {}
+                metrics = {**self.learner.meta_step(batch, self.optimizer), **self._rates(), **theory}
                 if self.scheduler is not None:
                     self.scheduler.step()
                 self.iteration += 1
                 self.elapsed += time.perf_counter() - started
                 self._count_skips(metrics)
+                metrics.update(self._stationarity())
                 record = {"iteration": self.iteration, **metrics, "seconds": round(self.elapsed, 4)}
                 log.write(json.dumps(record) + "\n")
                 if self.iteration % config.log_every == 0 or self.iteration == self.iterations:
@@ -174,6 +191,13 @@ class PhaseTrainer:
                     self.last_checkpoint = store.save(self.iteration, self.state_dict())
                 if stop.signal_number is not None:
                     raise Interrupted(stop.signal_number, self.last_checkpoint)
+                if self._reached_epsilon(metrics):
+                    print(
+                        f"{self.kind}: ||grad F|| = {metrics['grad_norm']:.4g} <= stop_at_epsilon "
+                        f"{config.stop_at_epsilon} at iteration {self.iteration}; stopping",
+                        flush=True,
+                    )
+                    break
             log.flush()
 
     def _apply_schedules(self, iteration: int) -> None:
@@ -182,6 +206,18 @@ class PhaseTrainer:
         learner.step_weights = multi_step_weights(iteration, learner.inner_steps, config.multi_step_loss_iterations)
         warm = uses_first_order(iteration, config.first_order_iterations)
         learner.estimator = self.warmup_estimator if warm else self.estimator
+
+    def _stationarity(self) -> dict[str, float]:
+        """Every ``stationarity_every`` iterations: ``||grad F(w)||`` on the fixed monitoring batch."""
+        every = self.config.stationarity_every
+        if not every or self.iteration % every:
+            return {}
+        size, error = meta_gradient_norm(self.learner, self.monitored)
+        return {"grad_norm": size, "grad_norm_se": error}
+
+    def _reached_epsilon(self, metrics: dict[str, float]) -> bool:
+        epsilon = self.config.stop_at_epsilon
+        return epsilon is not None and "grad_norm" in metrics and metrics["grad_norm"] <= epsilon
 
     def _rates(self) -> dict[str, float]:
         """The outer rate in use and, when it is one learned scalar, the inner rate (AlphaMAML logs both)."""
