@@ -46,8 +46,11 @@ def download(url: str, destination: Path, md5: str | None = None, timeout: float
     names the URL and the reason, and neither ``destination`` nor a temporary file is left on disk.
     """
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    except OSError as error:
+        raise DownloadError(f"cannot download {url} into {destination.parent}: {error.strerror or error}") from None
     logger.info("downloading %s to %s", url, destination)
     try:
         with os.fdopen(handle, "wb") as stream:
