@@ -30,7 +30,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    benchmark: Literal["sinusoid"] = "sinusoid"
+    benchmark: Literal["sinusoid", "omniglot", "folder"] = "sinusoid"
     # outer loop
     iterations: int = Field(70_000, ge=1)
     meta_batch_size: int = Field(25, ge=1)
@@ -63,8 +63,22 @@ class TrainConfig(BaseModel):
     support_size: int = Field(10, ge=1)
     query_size: int = Field(10, ge=1)
     hidden: list[int] = Field(default_factory=lambda: [40, 40], min_length=1)
+    # few-shot classification (benchmark "omniglot" or "folder")
+    data_dir: str = "data/omniglot"
+    download: bool = False
+    cache_dir: str | None = None
+    split: Literal["maml", "vinyals"] = "maml"
+    color: Literal["L", "RGB"] = "L"
+    ways: int = Field(5, ge=2)
+    shots: int = Field(1, ge=1)
+    queries: int = Field(15, ge=1)
+    image_size: int = Field(28, ge=8, le=512)
+    filters: int = Field(64, ge=1)
+    strided: bool = False
+    validate_every: int = Field(0, ge=0)
+    val_tasks: int = Field(100, ge=2)
     # pretrained baseline (joint training on all tasks, then fine-tuning)
-    baseline: bool = True
+    baseline: bool = False
     baseline_iterations: int = Field(70_000, ge=1)
     baseline_lr_grid: list[float] = Field(default_factory=lambda: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1])
     # evaluation on held-out tasks
@@ -152,6 +166,14 @@ class TrainConfig(BaseModel):
             )
         if self.stop_at_epsilon is not None and self.stationarity_every == 0:
             raise ValueError("stop_at_epsilon needs the stationarity monitor: set stationarity_every (e.g. 500)")
+        return self
+
+    @model_validator(mode="after")
+    def _baseline(self) -> TrainConfig:
+        if self.baseline and self.benchmark != "sinusoid":
+            raise ValueError(
+                "baseline: the joint-training baseline is defined for sinusoid regression only; set baseline = false"
+            )
         return self
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ For ``n`` tasks with per-task results ``x_1..x_n`` the report is ``mean +- 1.96 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -15,6 +16,7 @@ from torchmaml.learner import MetaLearner
 from torchmaml.tasks import TaskBatch
 
 Z_95 = 1.959963984540054
+MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -50,42 +52,54 @@ class AdaptationResult:
         return asdict(self)
 
 
+def adaptation_scores(
+    learner: MetaLearner, batches: Sequence[TaskBatch], steps: int, metric: MetricFn, inner_lr: float | None = None
+) -> torch.Tensor:
+    """``metric`` on every task of ``batches`` after ``0..steps`` inner steps: ``[tasks, steps + 1]``."""
+    return torch.cat([learner.query_metric(batch, steps, metric, inner_lr) for batch in batches])
+
+
 def evaluate_adaptation(
     learner: MetaLearner,
-    batch: TaskBatch,
+    batches: Sequence[TaskBatch],
     steps: list[int],
     model_name: str,
+    metric: MetricFn,
     inner_lr: float | None = None,
 ) -> list[AdaptationResult]:
-    """Query loss after each number of inner steps in ``steps``, over the tasks of ``batch``."""
-    losses = learner.query_losses(batch, max(steps), inner_lr=inner_lr)
-    support_size = batch.support_x.shape[1]
+    """The query metric after each number of inner steps in ``steps``, over the tasks of ``batches``."""
+    scores = adaptation_scores(learner, batches, max(steps), metric, inner_lr)
+    support_size = batches[0].support_x.shape[1]
     results = []
     for count in steps:
-        estimate = mean_ci95(losses[:, count])
+        estimate = mean_ci95(scores[:, count])
         results.append(AdaptationResult(model_name, support_size, count, estimate.mean, estimate.ci95))
     return results
 
 
-def tune_fine_tuning_lr(learner: MetaLearner, batch: TaskBatch, steps: list[int], grid: list[float]) -> float:
-    """The rate in ``grid`` with the lowest query loss averaged over ``steps`` (on validation tasks)."""
+def tune_fine_tuning_lr(
+    learner: MetaLearner, batches: Sequence[TaskBatch], steps: list[int], grid: list[float], metric: MetricFn
+) -> float:
+    """The rate in ``grid`` with the lowest ``metric`` (a loss) averaged over ``steps``, on validation tasks."""
     scores = {}
     for lr in grid:
-        losses = learner.query_losses(batch, max(steps), inner_lr=lr)[:, steps]
-        score = losses.mean().item()
+        score = adaptation_scores(learner, batches, max(steps), metric, lr)[:, steps].mean().item()
         scores[lr] = score if math.isfinite(score) else math.inf
     return min(scores, key=scores.get)
 
 
-def format_table(results: list[AdaptationResult], metric: str) -> str:
-    """A plain-text table: one row per (model, support size), one column per step count."""
+def format_table(results: list[AdaptationResult], metric: str, scale: float = 1.0) -> str:
+    """A plain-text table: one row per (model, support size), one column per step count.
+
+    ``scale`` multiplies every number (100 shows accuracies in percent).
+    """
     steps = sorted({r.steps for r in results})
-    header = f"{'model':<12}{'K-shot':>7}" + "".join(f"{f'{metric}, {s} steps':>22}" for s in steps)
+    header = f"{'model':<12}{'K-shot':>7}" + "".join(f"{f'{metric}, {s} steps':>24}" for s in steps)
     lines = [header, "-" * len(header)]
     rows: dict[tuple[str, int], dict[int, AdaptationResult]] = {}
     for r in results:
         rows.setdefault((r.model, r.support_size), {})[r.steps] = r
     for (model, k), by_step in rows.items():
-        cells = "".join(f"{Estimate(by_step[s].mean, by_step[s].ci95)!s:>22}" for s in steps)
+        cells = "".join(f"{Estimate(by_step[s].mean * scale, by_step[s].ci95 * scale)!s:>24}" for s in steps)
         lines.append(f"{model:<12}{k:>7}{cells}")
     return "\n".join(lines)

@@ -1,29 +1,91 @@
-"""From a validated ``TrainConfig`` to the objects a run needs: task source, model, learner, evaluation tasks."""
+"""From a validated ``TrainConfig`` to the objects a run needs: data, model, learner, optimiser, evaluation tasks.
+
+Benchmarks: ``sinusoid`` (regression, MSE), ``omniglot`` and ``folder`` (N-way K-shot classification with
+conv4, accuracy).
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from torchmaml.config import TrainConfig
+from torchmaml.data.fewshot import FewShotTasks
+from torchmaml.data.folder import load_image_folder
+from torchmaml.data.omniglot import load_omniglot
 from torchmaml.data.sinusoid import SinusoidTasks
 from torchmaml.learner import MetaLearner
+from torchmaml.models.conv4 import conv4
 from torchmaml.models.mlp import mlp
 from torchmaml.optim import HypergradientSGD
-from torchmaml.tasks import TaskBatch
+from torchmaml.tasks import TaskBatch, TaskSource
 from torchmaml.theory.step_size import STEP_SIZE_CONSTANTS, TheoryStepSize
 
 MAML = "maml"
 PRETRAINED = "pretrained"
+EVAL_CHUNK = 50  # tasks per evaluation batch: bounds the memory of 600 many-way tasks
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How adapted models are scored: ``fn(prediction, target) -> scalar`` per task."""
+
+    name: str
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    higher_is_better: bool
+
+
+def accuracy(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The fraction of examples whose arg-max logit is the target class."""
+    return (prediction.argmax(-1) == target).to(prediction.dtype).mean()
+
+
+def is_classification(config: TrainConfig) -> bool:
+    return config.benchmark != "sinusoid"
+
+
+def metric_of(config: TrainConfig) -> Metric:
+    if is_classification(config):
+        return Metric("accuracy", accuracy, higher_is_better=True)
+    return Metric("mse", F.mse_loss, higher_is_better=False)
 
 
 def dtype_of(config: TrainConfig) -> torch.dtype:
     return getattr(torch, config.dtype)
 
 
-def build_tasks(config: TrainConfig) -> SinusoidTasks:
-    """The training task source."""
-    return SinusoidTasks(config.support_size, config.query_size, dtype=dtype_of(config))
+@functools.lru_cache(maxsize=2)
+def _images(benchmark: str, data_dir: str, download: bool, cache_dir: str | None, image_size: int, color: str):
+    if benchmark == "omniglot":
+        return load_omniglot(data_dir, download=download, image_size=image_size, cache_dir=cache_dir)
+    return load_image_folder(data_dir, mode=color, image_size=image_size, cache_dir=cache_dir)
+
+
+def build_tasks(config: TrainConfig, part: str = "train") -> TaskSource:
+    """The task source of a split part (``train``, ``val``, ``test``; sinusoid has one task family)."""
+    if config.benchmark == "sinusoid":
+        return SinusoidTasks(config.support_size, config.query_size, dtype=dtype_of(config))
+    data = _images(
+        config.benchmark, config.data_dir, config.download, config.cache_dir, config.image_size, config.color
+    )
+    if config.benchmark == "omniglot":
+        images, names = data.split_images(config.split, part), data.split_classes(config.split, part)
+    else:
+        images, names = list(data.images), list(data.class_names)
+    return FewShotTasks(images, config.ways, config.shots, config.queries, class_names=names, dtype=dtype_of(config))
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    """The benchmark's network: the sinusoid MLP or conv4."""
+    if config.benchmark == "sinusoid":
+        return mlp(1, config.hidden, 1)
+    channels = 1 if config.benchmark == "omniglot" or config.color == "L" else 3
+    return conv4(config.ways, channels, config.filters, config.image_size, config.strided)
 
 
 def build_learner(config: TrainConfig, kind: str = MAML) -> MetaLearner:
@@ -33,35 +95,49 @@ def build_learner(config: TrainConfig, kind: str = MAML) -> MetaLearner:
     MAML with zero inner steps.
     """
     torch.manual_seed(config.seed)
-    model = mlp(1, config.hidden, 1).to(dtype=dtype_of(config), device=config.device)
+    model = build_model(config).to(dtype=dtype_of(config), device=config.device)
     return MetaLearner(
         model,
-        loss=F.mse_loss,
+        loss=F.cross_entropy if is_classification(config) else F.mse_loss,
         inner_lr=config.inner_lr,
         inner_steps=config.inner_steps if kind == MAML else 0,
         estimator=config.estimator,
+        strategy=config.strategy,
+        chunk_size=config.chunk_size,
         estimator_options=config.estimator_options,
         inner_lr_mode=config.inner_lr_mode if kind == MAML else "fixed",
         adapt_only=config.adapt_only,
-        strategy=config.strategy,
-        chunk_size=config.chunk_size,
     )
 
 
-def evaluation_batches(config: TrainConfig, split: str = "test") -> dict[int, TaskBatch]:
-    """Held-out tasks, one batch per evaluation support size, the same tasks for every size.
+def evaluation_batches(
+    config: TrainConfig, split: str = "test", tasks: int | None = None
+) -> dict[int, list[TaskBatch]]:
+    """Held-out tasks by support size (K-shot), in chunks of at most ``EVAL_CHUNK`` tasks.
 
-    ``split="validation"`` draws a different, equally sized set (used to tune the baseline's fine-tuning
-    step size), never the test tasks.
+    Sinusoid: the same ``eval_tasks`` functions for every size in ``eval_support_sizes``; ``split =
+    "validation"`` draws a different, equally sized set. Classification: ``eval_tasks`` tasks of the split
+    part ``test`` (``"validation"``: part ``val``, ``val_tasks`` tasks) with the run's ways and shots.
     """
     offset = {"test": 0, "validation": 1}[split]
     generator = torch.Generator().manual_seed(config.eval_seed * 2 + offset)
-    tasks = SinusoidTasks(dtype=dtype_of(config))
-    amplitude, phase = tasks.sample_functions(config.eval_tasks, generator)
-    return {
-        k: tasks.batch_for(amplitude, phase, k, config.eval_query_size, generator).to(device=config.device)
-        for k in config.eval_support_sizes
-    }
+    if config.benchmark == "sinusoid":
+        count = tasks or config.eval_tasks
+        source = SinusoidTasks(dtype=dtype_of(config))
+        amplitude, phase = source.sample_functions(count, generator)
+        return {
+            k: list(_chunks(source.batch_for(amplitude, phase, k, config.eval_query_size, generator), config))
+            for k in config.eval_support_sizes
+        }
+    count = tasks or (config.val_tasks if split == "validation" else config.eval_tasks)
+    source = build_tasks(config, "val" if split == "validation" else "test")
+    sizes = [min(EVAL_CHUNK, count - start) for start in range(0, count, EVAL_CHUNK)]
+    return {config.shots: [source.sample(size, generator).to(device=config.device) for size in sizes]}
+
+
+def _chunks(batch: TaskBatch, config: TrainConfig) -> Iterator[TaskBatch]:
+    for chunk in batch.chunks(EVAL_CHUNK):
+        yield chunk.to(device=config.device)
 
 
 def build_optimizer(config: TrainConfig, learner: MetaLearner) -> torch.optim.Optimizer:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -201,23 +201,33 @@ class MetaLearner(nn.Module):
         rates = self._rates(steps, inner_lr)
         return adapt(self._functional, params, support_x, support_y, self.loss, rates, steps, True, self.adapted)
 
-    @torch.no_grad()
     def query_losses(self, batch: TaskBatch, steps: int, inner_lr: float | None = None) -> torch.Tensor:
         """Query loss of every task after ``0, 1, ..., steps`` inner steps: a ``[B, steps + 1]`` tensor.
 
         Nothing is kept for an outer gradient. ``inner_lr`` overrides the learned/fixed rate (used to
         fine-tune baselines with a tuned step size).
         """
+        return self.query_metric(batch, steps, self.loss, inner_lr)
+
+    @torch.no_grad()
+    def query_metric(
+        self,
+        batch: TaskBatch,
+        steps: int,
+        metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        inner_lr: float | None = None,
+    ) -> torch.Tensor:
+        """``metric(prediction, query_y)`` of every task after ``0..steps`` inner steps: ``[B, steps + 1]``."""
         self._check_batch(batch)
         params = self._functional.parameters()
         rates = self._rates(steps, inner_lr)
 
-        def task_losses(task: Task) -> torch.Tensor:
+        def task_scores(task: Task) -> torch.Tensor:
             sx, sy, qx, qy = task["support_x"], task["support_y"], task["query_x"], task["query_y"]
             trajectory = adapt(self._functional, params, sx, sy, self.loss, rates, steps, True, self.adapted)
-            return torch.stack([self.loss(self._functional(p, qx), qy) for p in trajectory])
+            return torch.stack([metric(self._functional(p, qx), qy) for p in trajectory])
 
-        return map_tasks(task_losses, batch, self.strategy, self.chunk_size)
+        return map_tasks(task_scores, batch, self.strategy, self.chunk_size)
 
     # -- input checks -----------------------------------------------------------------------------
 

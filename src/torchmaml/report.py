@@ -1,4 +1,4 @@
-"""``torchmaml evaluate RUN_DIR``: load a trained run, meta-test it, write ``evaluation.json`` and the figure."""
+"""``torchmaml evaluate RUN_DIR``: load a trained run, meta-test it, write ``evaluation.json`` (and figures)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from torchmaml.checkpoint import atomic_write_bytes, load_checkpoint
 from torchmaml.config import TrainConfig
 from torchmaml.evaluate import AdaptationResult, evaluate_adaptation, format_table, tune_fine_tuning_lr
-from torchmaml.experiment import MAML, PRETRAINED, build_learner, evaluation_batches
+from torchmaml.experiment import MAML, PRETRAINED, build_learner, evaluation_batches, is_classification, metric_of
 from torchmaml.learner import MetaLearner
 from torchmaml.plots import plot_sinusoid_fits
 from torchmaml.rundir import RunDir
@@ -16,11 +16,13 @@ from torchmaml.rundir import RunDir
 SCHEMA_VERSION = 1
 
 
-def load_learner(run: RunDir, config: TrainConfig, kind: str) -> MetaLearner:
-    """The learner of ``kind`` with its trained weights from the run folder."""
+def load_learner(run: RunDir, config: TrainConfig, kind: str) -> tuple[MetaLearner, Path]:
+    """The learner of ``kind`` with its trained weights: the best-on-validation checkpoint if the run kept
+    one, else the final one. Returns the learner and the checkpoint it came from."""
+    path = run.best_checkpoint(kind) if run.best_checkpoint(kind).exists() else run.checkpoint(kind)
     learner = build_learner(config, kind)
-    learner.load_state_dict(load_checkpoint(run.checkpoint(kind))["learner"])
-    return learner
+    learner.load_state_dict(load_checkpoint(path)["learner"])
+    return learner, path
 
 
 def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
@@ -32,29 +34,37 @@ def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
     config = run.load_config()
     if eval_tasks is not None:
         config = config.model_copy(update={"eval_tasks": eval_tasks})
+    metric = metric_of(config)
     batches = evaluation_batches(config, "test")
-    learners: dict[str, tuple[MetaLearner, float | None]] = {MAML: (load_learner(run, config, MAML), None)}
+    maml, source = load_learner(run, config, MAML)
+    learners: dict[str, tuple[MetaLearner, float | None]] = {MAML: (maml, None)}
+    checkpoints = {MAML: source.name}
     if run.checkpoint(PRETRAINED).exists():
-        pretrained = load_learner(run, config, PRETRAINED)
-        validation = evaluation_batches(config, "validation")
-        k = min(config.eval_support_sizes)
-        rate = tune_fine_tuning_lr(pretrained, validation[k], config.eval_steps, config.baseline_lr_grid)
+        pretrained, source = load_learner(run, config, PRETRAINED)
+        checkpoints[PRETRAINED] = source.name
+        validation = evaluation_batches(config, "validation")[min(config.eval_support_sizes)]
+        rate = tune_fine_tuning_lr(pretrained, validation, config.eval_steps, config.baseline_lr_grid, metric.fn)
         learners[PRETRAINED] = (pretrained, rate)
     results: list[AdaptationResult] = []
     for name, (learner, rate) in learners.items():
-        for batch in batches.values():
-            results += evaluate_adaptation(learner, batch, config.eval_steps, name, inner_lr=rate)
+        for chunks in batches.values():
+            results += evaluate_adaptation(learner, chunks, config.eval_steps, name, metric.fn, inner_lr=rate)
+    scale, label = (100.0, "accuracy %") if is_classification(config) else (1.0, "MSE")
     report = {
         "schema_version": SCHEMA_VERSION,
         "benchmark": config.benchmark,
-        "metric": "mse",
+        "metric": metric.name,
         "eval_tasks": config.eval_tasks,
-        "eval_query_size": config.eval_query_size,
+        "eval_query_size": config.queries * config.ways if is_classification(config) else config.eval_query_size,
         "confidence": 0.95,
+        "checkpoints": checkpoints,
         "inner_lr": {name: rate if rate is not None else config.inner_lr for name, (_, rate) in learners.items()},
         "results": [r.to_dict() for r in results],
-        "table": format_table(results, "MSE"),
+        "table": format_table(results, label, scale),
     }
+    if is_classification(config):
+        report.update({"ways": config.ways, "shots": config.shots, "split": config.split})
     atomic_write_bytes(run.evaluation, (json.dumps(report, indent=2) + "\n").encode())
-    plot_sinusoid_fits(learners, run.fits, support_size=min(config.eval_support_sizes))
+    if not is_classification(config):
+        plot_sinusoid_fits(learners, run.fits, support_size=min(config.eval_support_sizes))
     return report

@@ -26,6 +26,10 @@ class RunDir:
     def checkpoint(self, kind: str) -> Path:
         return self.root / f"checkpoint-{kind}.pt"
 
+    def best_checkpoint(self, kind: str) -> Path:
+        """The best-on-validation weights of phase ``kind`` (kept when ``validate_every`` is set)."""
+        return self.root / f"checkpoint-{kind}-best.pt"
+
     def checkpoints(self, kind: str, keep: int) -> CheckpointStore:
         """The periodic checkpoints of phase ``kind``, the newest ``keep`` kept."""
         return CheckpointStore(self.root / "checkpoints", kind, keep)

@@ -28,6 +28,7 @@ from torchmaml.checkpoint import CheckpointError, CheckpointStore, atomic_write_
 from torchmaml.config import TrainConfig, to_toml
 from torchmaml.errors import TorchMAMLError
 from torchmaml.estimators import get_estimator
+from torchmaml.evaluate import adaptation_scores
 from torchmaml.experiment import (
     MAML,
     PRETRAINED,
@@ -36,6 +37,8 @@ from torchmaml.experiment import (
     build_scheduler,
     build_step_rule,
     build_tasks,
+    evaluation_batches,
+    metric_of,
     stationarity_batch,
 )
 from torchmaml.learner import MetaLearner
@@ -93,6 +96,9 @@ class PhaseTrainer:
         self.warmup_estimator = get_estimator("first_order")
         self.step_rule = build_step_rule(config, kind)
         self.monitored = stationarity_batch(config) if config.stationarity_every else None
+        self.validation = evaluation_batches(config, "validation") if config.validate_every else None
+        self.metric = metric_of(config)
+        self.best_validation: float | None = None
         self.tasks = build_tasks(config)
         self.generator = torch.Generator().manual_seed(config.seed * 2 + (kind == PRETRAINED))
         self.iteration = 0
@@ -111,6 +117,7 @@ class PhaseTrainer:
             "elapsed": self.elapsed,
             "skipped_total": self.skipped_total,
             "skipped_in_a_row": self.skipped_in_a_row,
+            "best_validation": self.best_validation,
             "learner": self.learner.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
@@ -125,6 +132,7 @@ class PhaseTrainer:
         self.elapsed = state["elapsed"]
         self.skipped_total = state["skipped_total"]
         self.skipped_in_a_row = state["skipped_in_a_row"]
+        self.best_validation = state["best_validation"]
         self.learner.load_state_dict(state["learner"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
@@ -178,6 +186,7 @@ class PhaseTrainer:
                 self.elapsed += time.perf_counter() - started
                 self._count_skips(metrics)
                 metrics.update(self._stationarity())
+                metrics.update(self._validate())
                 record = {"iteration": self.iteration, **metrics, "seconds": round(self.elapsed, 4)}
                 log.write(json.dumps(record) + "\n")
                 if self.iteration % config.log_every == 0 or self.iteration == self.iterations:
@@ -214,6 +223,23 @@ class PhaseTrainer:
             return {}
         size, error = meta_gradient_norm(self.learner, self.monitored)
         return {"grad_norm": size, "grad_norm_se": error}
+
+    def _validate(self) -> dict[str, float]:
+        """Every ``validate_every`` iterations: the metric after ``max(eval_steps)`` inner steps on the
+        validation tasks; the best weights so far are kept as ``checkpoint-<phase>-best.pt``."""
+        every = self.config.validate_every
+        if not every or self.iteration % every:
+            return {}
+        steps = max(self.config.eval_steps)
+        chunks = next(iter(self.validation.values()))
+        value = float(adaptation_scores(self.learner, chunks, steps, self.metric.fn)[:, steps].mean())
+        better = self.best_validation is None or (
+            value > self.best_validation if self.metric.higher_is_better else value < self.best_validation
+        )
+        if better:
+            self.best_validation = value
+            save_checkpoint(self.run_dir.best_checkpoint(self.kind), self.state_dict())
+        return {f"val_{self.metric.name}": value}
 
     def _reached_epsilon(self, metrics: dict[str, float]) -> bool:
         epsilon = self.config.stop_at_epsilon

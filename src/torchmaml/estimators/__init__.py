@@ -12,11 +12,19 @@ from typing import Any
 
 from torchmaml.errors import ConfigError
 from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, Task, TaskGradient
+from torchmaml.estimators.hessian_free import HessianFree
+from torchmaml.estimators.implicit import Implicit
+from torchmaml.estimators.reptile import Reptile
+from torchmaml.estimators.three_batch import ThreeBatch
 from torchmaml.estimators.unrolled import FirstOrder, Unrolled
 
 ESTIMATORS: dict[str, type] = {
     "unrolled": Unrolled,
     "first_order": FirstOrder,
+    "three_batch": ThreeBatch,
+    "hessian_free": HessianFree,
+    "implicit": Implicit,
+    "reptile": Reptile,
 }
 
 

@@ -8,7 +8,7 @@ The estimators that use curvature never form a Hessian; they only apply it to a 
 
       H(w) u  ~=  [grad f(w + h u) - grad f(w - h u)] / (2 h),
 
-  exact for a quadratic ``f`` and with error ``O(h^2)`` otherwise.
+  exact for a quadratic ``f``, with error ``O(h^2)`` for a smooth one (see ``hessian_free`` for ReLU nets).
 
 Vectors are parameter dictionaries ``{name: tensor}``; everything here works under ``torch.func.vmap``.
 """
@@ -32,6 +32,11 @@ def hessian_vector_product(loss: ScalarFunction, point: Params, vector: Params) 
     return grad_vjp(vector)[0]
 
 
+def partial_grad(loss: ScalarFunction, point: Params, names: list[str]) -> Params:
+    """The gradient of ``loss`` at ``point`` with respect to the entries ``names`` only (the others held fixed)."""
+    return grad(lambda fast: loss({**point, **fast}))({name: point[name] for name in names})
+
+
 def finite_difference_hvp(loss: ScalarFunction, point: Params, vector: Params, step: torch.Tensor) -> Params:
     """``[grad loss(point + h u) - grad loss(point - h u)] / (2 h)``, with ``u = vector`` and ``h = step``."""
     forward = grad(loss)({name: p + step * vector[name] for name, p in point.items()})
@@ -44,6 +49,11 @@ def rate_times(lr: StepLR, vector: Params) -> Params:
     if isinstance(lr, Mapping):
         return {name: lr[name] * v for name, v in vector.items()}
     return {name: lr * v for name, v in vector.items()}
+
+
+def scaled(factor: float | torch.Tensor, vector: Params) -> Params:
+    """``c v``."""
+    return {name: factor * v for name, v in vector.items()}
 
 
 def dot(a: Params, b: Params) -> torch.Tensor:

@@ -1,0 +1,270 @@
+"""The estimators against closed forms on quadratic tasks, and their options.
+
+A task's loss on a data set ``D = (X, y)`` is least squares on a linear model without bias,
+``f(w; D) = 1/(2n) ||X w - y||^2 = 1/2 w^T A w - b^T w + const`` with ``A = X^T X / n``, ``b = X^T y / n``;
+with ``y = X c`` this is ``1/2 (w - c)^T A (w - c)``: every gradient is ``A w - b`` and every Hessian
+``A``, so MAML, iMAML and Reptile all have closed forms. Each of ``D_in``, ``D_o``, ``D_h`` has its own
+``X`` and ``c``, so the three quadratics differ, and so do the tasks.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchmaml import ConfigError, MetaLearner, TaskBatch
+from torchmaml.config import load_config
+from torchmaml.estimators import ESTIMATORS, get_estimator
+
+DIM = 4
+RATE = 0.3
+
+
+def half_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return 0.5 * F.mse_loss(prediction, target)
+
+
+def linear_model(dim: int = DIM) -> nn.Module:
+    return nn.Linear(dim, 1, bias=False).double()
+
+
+def quadratic_batch(tasks: int = 3, dim: int = DIM, examples: int = 6, hessian_set: bool = True) -> TaskBatch:
+    def data_set(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(tasks, n, dim, dtype=torch.float64)
+        c = torch.randn(tasks, dim, 1, dtype=torch.float64)
+        return x, x @ c
+
+    sets = [data_set(examples), data_set(examples + 1)] + ([data_set(examples + 2)] if hessian_set else [])
+    return TaskBatch(*(t for pair in sets for t in pair))
+
+
+def curvature_and_target(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A = X^T X / n`` and ``b = X^T y / n`` of one task's set: the gradient is ``A w - b``."""
+    return x.T @ x / len(x), (x.T @ y / len(x)).squeeze(1)
+
+
+def task_quadratics(batch: TaskBatch, i: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    sets = {name: (getattr(batch, f"{name}_x")[i], getattr(batch, f"{name}_y")[i]) for name in ("support", "query")}
+    if batch.hessian_x is not None:
+        sets["hessian"] = (batch.hessian_x[i], batch.hessian_y[i])
+    return {name: curvature_and_target(x, y) for name, (x, y) in sets.items()}
+
+
+def gradient_descent(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, rate: float, steps: int) -> torch.Tensor:
+    for _ in range(steps):
+        w = w - rate * (a @ w - b)
+    return w
+
+
+def closed_form_maml(w: torch.Tensor, quadratics: dict, steps: int, hessian: str) -> torch.Tensor:
+    """``(I - alpha A_h)^K (A_o w_K - b_o)`` with ``w_K`` from ``K`` steps on ``D_in``."""
+    (a_in, b_in), (a_o, b_o), (a_h, _) = quadratics["support"], quadratics["query"], quadratics[hessian]
+    adjoint = a_o @ gradient_descent(w, a_in, b_in, RATE, steps) - b_o
+    for _ in range(steps):
+        adjoint = adjoint - RATE * a_h @ adjoint
+    return adjoint
+
+
+def estimate(model: nn.Module, batch: TaskBatch, estimator: str, steps: int, rate=RATE, **options) -> torch.Tensor:
+    learner = MetaLearner(
+        model, half_mse, inner_lr=rate, inner_steps=steps, estimator=estimator, estimator_options=options
+    )
+    grads, _ = learner.meta_gradient(batch)
+    return grads["params"]["weight"].reshape(-1)
+
+
+def batch_mean(batch: TaskBatch, per_task) -> torch.Tensor:
+    return torch.stack([per_task(task_quadratics(batch, i)) for i in range(batch.num_tasks)]).mean(0)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float = 1e-12) -> None:
+    error = ((actual - expected).norm() / expected.norm()).item()
+    assert error < tolerance, f"relative error {error:.3g}"
+
+
+# -- MAML: unrolled, three_batch, hessian_free ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_unrolled_and_three_batch_without_hessian_set_give_the_maml_closed_form(steps):
+    model, batch = linear_model(), quadratic_batch(hessian_set=False)
+    w = model.weight.detach().reshape(-1)
+    expected = batch_mean(batch, lambda q: closed_form_maml(w, q, steps, hessian="support"))
+    assert_close(estimate(model, batch, "unrolled", steps), expected)
+    assert_close(estimate(model, batch, "three_batch", steps), expected)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_three_batch_takes_the_hessian_on_its_own_batch(steps):
+    model, batch = linear_model(), quadratic_batch()
+    w = model.weight.detach().reshape(-1)
+    expected = batch_mean(batch, lambda q: closed_form_maml(w, q, steps, hessian="hessian"))
+    assert_close(estimate(model, batch, "three_batch", steps), expected)
+    support_hessian = batch_mean(batch, lambda q: closed_form_maml(w, q, steps, hessian="support"))
+    assert (expected - support_hessian).norm() > 1e-3 * expected.norm(), "D_h should matter"
+
+
+@pytest.mark.parametrize("options", [{"delta": 1e-4}, {"delta": 0.5}, {"rho": 1.0}, {}])
+@pytest.mark.parametrize("steps", [1, 3])
+def test_hessian_free_is_exact_on_quadratics_for_any_step(options, steps):
+    model, batch = linear_model(), quadratic_batch()
+    w = model.weight.detach().reshape(-1)
+    expected = batch_mean(batch, lambda q: closed_form_maml(w, q, steps, hessian="hessian"))
+    assert_close(estimate(model, batch, "hessian_free", steps, **options), expected, tolerance=1e-9)
+
+
+# -- iMAML ------------------------------------------------------------------------------------------------
+
+
+def closed_form_imaml(w, quadratics, steps, lam, rate=RATE, damping=0.0, exact_minimiser=False) -> torch.Tensor:
+    """``((1 + damping) I + A_in / lambda)^{-1} (A_o phi - b_o)``, ``phi`` the inner iterate or the minimiser."""
+    (a_in, b_in), (a_o, b_o) = quadratics["support"], quadratics["query"]
+    identity = torch.eye(len(w), dtype=w.dtype)
+    if exact_minimiser:  # (A_in + lambda I) phi = b_in + lambda w
+        phi = torch.linalg.solve(a_in + lam * identity, b_in + lam * w)
+    else:  # gradient steps on f_in + lambda/2 ||phi - w||^2: gradient (A_in + lambda I) phi - (b_in + lambda w)
+        phi = gradient_descent(w, a_in + lam * identity, b_in + lam * w, rate, steps)
+    return torch.linalg.solve((1 + damping) * identity + a_in / lam, a_o @ phi - b_o)
+
+
+@pytest.mark.parametrize("steps,lam,damping", [(1, 1.0, 0.0), (4, 0.5, 0.0), (3, 2.0, 0.1)])
+def test_implicit_matches_the_closed_form_of_the_same_inner_steps(steps, lam, damping):
+    model, batch = linear_model(), quadratic_batch()
+    w = model.weight.detach().reshape(-1)
+    expected = batch_mean(batch, lambda q: closed_form_imaml(w, q, steps, lam, damping=damping))
+    got = estimate(model, batch, "implicit", steps, lam=lam, cg_iterations=DIM, damping=damping)
+    assert_close(got, expected, tolerance=1e-10)  # CG is exact in DIM iterations
+
+
+def test_implicit_with_many_inner_steps_gives_the_implicit_gradient_at_the_minimiser():
+    model, batch = linear_model(), quadratic_batch()
+    w = model.weight.detach().reshape(-1)
+    expected = batch_mean(batch, lambda q: closed_form_imaml(w, q, 0, lam=1.0, exact_minimiser=True))
+    got = estimate(model, batch, "implicit", 300, rate=0.2, lam=1.0, cg_iterations=DIM)
+    assert_close(got, expected, tolerance=1e-10)
+
+
+def test_implicit_converges_to_the_exact_solve_as_cg_iterations_grow():
+    dim = 12
+    model, batch = linear_model(dim), quadratic_batch(tasks=1, dim=dim, examples=14)
+    w = model.weight.detach().reshape(-1)
+    expected = batch_mean(batch, lambda q: closed_form_imaml(w, q, 2, lam=0.5, rate=0.1))
+    errors = []
+    for iterations in range(1, dim + 1):
+        got = estimate(model, batch, "implicit", 2, rate=0.1, lam=0.5, cg_iterations=iterations)
+        errors.append(((got - expected).norm() / expected.norm()).item())
+    assert all(later < earlier for earlier, later in itertools.pairwise(errors)), errors
+    assert errors[0] > 1e-3 and errors[-1] < 1e-9, errors
+
+
+# -- Reptile ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_query", [True, False])
+@pytest.mark.parametrize("steps", [1, 4])
+def test_reptile_is_w_minus_the_sgd_iterate(use_query, steps):
+    model, batch = linear_model(), quadratic_batch(hessian_set=False)
+    w = model.weight.detach().reshape(-1)
+
+    def direction(i: int) -> torch.Tensor:
+        x, y = batch.support_x[i], batch.support_y[i]
+        if use_query:
+            x, y = torch.cat([x, batch.query_x[i]]), torch.cat([y, batch.query_y[i]])
+        a, b = curvature_and_target(x, y)
+        return w - gradient_descent(w, a, b, RATE, steps)
+
+    expected = torch.stack([direction(i) for i in range(batch.num_tasks)]).mean(0)
+    assert_close(estimate(model, batch, "reptile", steps, use_query=use_query), expected)
+
+
+def test_an_outer_sgd_step_on_the_reptile_direction_is_the_reptile_update():
+    model, batch = linear_model(), quadratic_batch(tasks=1, hessian_set=False)
+    w = model.weight.detach().clone()
+    learner = MetaLearner(model, half_mse, inner_lr=RATE, inner_steps=3, estimator="reptile")
+    phi = learner.adaptation_trajectory(
+        torch.cat([batch.support_x[0], batch.query_x[0]]), torch.cat([batch.support_y[0], batch.query_y[0]]), 3
+    )[-1]["weight"]
+    learner.meta_step(batch, torch.optim.SGD(learner.parameters(), lr=0.25))
+    assert torch.allclose(model.weight.detach(), w + 0.25 * (phi - w), rtol=0, atol=1e-14)
+
+
+# -- registration and options -----------------------------------------------------------------------------
+
+
+def test_every_estimator_is_registered_and_reports_the_query_losses():
+    assert {"unrolled", "first_order", "three_batch", "hessian_free", "implicit", "reptile"} <= set(ESTIMATORS)
+    model, batch = linear_model(), quadratic_batch()
+    for name in ("three_batch", "hessian_free", "implicit", "reptile"):
+        learner = MetaLearner(model, half_mse, inner_lr=RATE, inner_steps=2, estimator=name)
+        _, metrics = learner.meta_gradient(batch)
+        reference = learner.query_losses(batch, 2)
+        assert torch.allclose(metrics["loss_before"], reference[:, 0].mean()), name
+        if name in ("three_batch", "hessian_free"):  # implicit: proximal steps; reptile: on support and query
+            assert torch.allclose(metrics["loss_after"], reference[:, 2].mean()), name
+
+
+def test_estimator_options_are_defaults_or_validated():
+    assert get_estimator("hessian_free").delta == 1e-3
+    assert get_estimator("hessian_free", {"rho": 2.0}).delta is None
+    assert get_estimator("implicit") == ESTIMATORS["implicit"](lam=1.0, cg_iterations=5, damping=0.0)
+    assert get_estimator("implicit", {"lam": 3, "cg_iterations": 8, "damping": 0.1}).cg_iterations == 8
+    assert get_estimator("reptile", {"use_query": False}).use_query is False
+
+
+@pytest.mark.parametrize(
+    "name,options,message",
+    [
+        ("hessian_free", {"delta": 0.0}, "delta must be a finite number > 0"),
+        ("hessian_free", {"delta": -1e-3}, "delta must be a finite number > 0"),
+        ("hessian_free", {"rho": 0}, "rho must be a finite number > 0"),
+        ("hessian_free", {"delta": float("nan")}, "delta must be a finite number > 0"),
+        ("hessian_free", {"delta": 1e-3, "rho": 1.0}, "delta or rho, not both"),
+        ("hessian_free", {"epsilon": 1e-3}, "'epsilon' is not an option of 'hessian_free'"),
+        ("implicit", {"lam": 0.0}, "lam must be a finite number > 0"),
+        ("implicit", {"lam": "big"}, "lam must be a finite number > 0"),
+        ("implicit", {"cg_iterations": 0}, "cg_iterations must be an integer >= 1"),
+        ("implicit", {"cg_iterations": 2.5}, "cg_iterations must be an integer >= 1"),
+        ("implicit", {"damping": -0.1}, "damping must be a finite number >= 0"),
+        ("implicit", {"lambda": 1.0}, "'lambda' is not an option of 'implicit'"),
+        ("reptile", {"use_query": 1}, "use_query must be true or false"),
+        ("three_batch", {"delta": 1e-3}, "'delta' is not an option of 'three_batch' (its options: none)"),
+    ],
+)
+def test_bad_options_give_a_one_line_config_error(name, options, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
+        MetaLearner(linear_model(), half_mse, estimator=name, estimator_options=options)
+    assert "\n" not in str(error.value)
+
+
+def test_estimators_are_selectable_from_the_command_line_config():
+    config = load_config("sinusoid", ["estimator=hessian_free", "estimator_options={delta=1e-3}"])
+    assert config.estimator == "hessian_free" and config.estimator_options == {"delta": 1e-3}
+    config = load_config("sinusoid", ["estimator=implicit", "estimator_options={lam=2.0, cg_iterations=10}"])
+    assert get_estimator(config.estimator, config.estimator_options).cg_iterations == 10
+    with pytest.raises(ConfigError, match="cg_iterations must be an integer >= 1"):
+        load_config("sinusoid", ["estimator=implicit", "estimator_options={cg_iterations=0}"])
+
+
+@pytest.mark.parametrize("name", ["implicit", "reptile"])
+def test_estimators_without_a_multi_step_loss_refuse_step_weights(name):
+    learner = MetaLearner(linear_model(), half_mse, inner_lr=RATE, inner_steps=2, estimator=name)
+    learner.step_weights = (0.5, 0.5)
+    with pytest.raises(ConfigError, match="no multi-step loss"):
+        learner.meta_gradient(quadratic_batch())
+
+
+# -- edge cases -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "estimator,options", [("hessian_free", {"delta": 1e-3}), ("hessian_free", {"rho": 1.0}), ("implicit", {})]
+)
+def test_a_stationary_point_gives_zero_not_nan(estimator, options):
+    model, batch = linear_model(), quadratic_batch(hessian_set=False)
+    nn.init.zeros_(model.weight)  # zero targets: every gradient, difference direction and CG residual is 0
+    batch = TaskBatch(batch.support_x, 0 * batch.support_y, batch.query_x, 0 * batch.query_y)
+    assert torch.equal(estimate(model, batch, estimator, 2, **options), torch.zeros(DIM, dtype=torch.float64))
