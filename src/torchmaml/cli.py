@@ -1,4 +1,4 @@
-"""The ``torchmaml`` command line: ``train`` and ``evaluate``.
+"""The ``torchmaml`` command line: ``train``, ``evaluate`` and ``adapt``.
 
 Every user error (bad config, missing run folder, corrupt checkpoint) is one line on stderr and exit code 2.
 """
@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="meta-test a trained run; writes RUN_DIR/evaluation.json")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--tasks", type=int, default=None, help="number of held-out tasks (default: config)")
+    adapt = commands.add_parser("adapt", help="adapt a classifier run to labelled images, predict new ones (CSV)")
+    adapt.add_argument("run_dir", type=Path)
+    adapt.add_argument("--support", type=Path, required=True, help="folder of <class>/<image> labelled images")
+    adapt.add_argument("--query", type=Path, required=True, help="folder of images to classify")
+    adapt.add_argument("--steps", type=int, default=None, help="inner steps (default: the largest eval step)")
+    adapt.add_argument("--out", type=Path, default=None, help="CSV path (default: RUN_DIR/predictions.csv)")
     return parser
 
 
@@ -46,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "adapt":
+            return _adapt(args)
         return _evaluate(args)
     except TorchMAMLError as error:
         print(f"torchmaml: error: {error}", file=sys.stderr)
@@ -91,6 +99,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print(report["table"])
     print(f"wrote {Path(args.run_dir) / 'evaluation.json'} and {Path(args.run_dir) / 'adaptation.png'}")
+    return 0
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    from torchmaml.predict import adapt_and_predict
+
+    if args.steps is not None and args.steps < 0:
+        raise TorchMAMLError(f"--steps: must be >= 0, got {args.steps}")
+    rows, out = adapt_and_predict(args.run_dir, args.support, args.query, args.steps, args.out)
+    labelled = [r for r in rows if r.true_class is not None]
+    if labelled:
+        correct = sum(r.predicted == r.true_class for r in labelled)
+        print(
+            f"accuracy on the labelled query images: {correct}/{len(labelled)} = {100 * correct / len(labelled):.1f}%"
+        )
+    print(f"wrote {len(rows)} predictions to {out}")
     return 0
 
 
