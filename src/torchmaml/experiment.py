@@ -107,6 +107,7 @@ def build_learner(config: TrainConfig, kind: str = MAML) -> MetaLearner:
         estimator_options=config.estimator_options,
         inner_lr_mode=config.inner_lr_mode if kind == MAML else "fixed",
         adapt_only=config.adapt_only,
+        compile=config.compile,
     )
 
 

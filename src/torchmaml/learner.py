@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -46,6 +47,9 @@ class MetaLearner(nn.Module):
             per parameter element), ``"per_layer_per_step"`` (MAML++ LSLR); see ``torchmaml.learning_rates``.
         adapt_only: names (or module prefixes, e.g. ``"head"`` or ``"4"``) of the parameters the inner loop
             adapts; ``None`` adapts all. ANIL adapts only the head; the rest is shared and meta-learned.
+        compile: run the meta-gradient through ``torch.compile`` (measured ~10x faster on the sinusoid MLP
+            after a one-off compilation of seconds to a minute; needs a C++ compiler, and falls back to eager
+            execution with a warning when compilation fails). Best for long runs with fixed shapes.
 
     Attributes that may be changed between meta-steps (the MAML++ schedules do): ``estimator`` (a
     ``TaskGradient``, e.g. ``get_estimator("first_order")``) and ``step_weights`` (multi-step loss weights,
@@ -64,6 +68,7 @@ class MetaLearner(nn.Module):
         estimator_options: Mapping[str, Any] | None = None,
         inner_lr_mode: str = "fixed",
         adapt_only: Sequence[str] | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -86,6 +91,7 @@ class MetaLearner(nn.Module):
         self._functional = FunctionalModel(model)
         self.strategy = resolve_strategy(strategy, self._functional)
         self.chunk_size = chunk_size
+        self._mean_task_gradient = torch.compile(mean_task_gradient) if compile else mean_task_gradient
         self.adapted = _select_parameters(model, adapt_only)
         adapted_params = {n: p for n, p in model.named_parameters() if self.adapted is None or n in self.adapted}
         self.inner_rate = make_inner_lr(inner_lr_mode, inner_lr, adapted_params, inner_steps)
@@ -132,7 +138,7 @@ class MetaLearner(nn.Module):
         if not isinstance(batch, TaskBatch):
             raise TypeError(f"meta_gradient expects a TaskBatch, got {type(batch).__name__}")
         self._check_batch(batch)
-        return mean_task_gradient(
+        arguments = (
             self.estimator,
             self._problem(self.inner_steps, self.step_weights),
             self._meta_params(),
@@ -140,6 +146,18 @@ class MetaLearner(nn.Module):
             self.strategy,
             self.chunk_size,
         )
+        if self._mean_task_gradient is mean_task_gradient:
+            return mean_task_gradient(*arguments)
+        try:
+            return self._mean_task_gradient(*arguments)
+        except Exception as error:
+            from torch._dynamo.exc import BackendCompilerFailed
+
+            if not isinstance(error, BackendCompilerFailed):
+                raise
+            warnings.warn(f"torch.compile failed ({_first_line(error)}); continuing without it", stacklevel=2)
+            self._mean_task_gradient = mean_task_gradient
+            return mean_task_gradient(*arguments)
 
     def meta_step(self, batch: TaskBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """One outer update: zero the gradients, compute the meta-gradient, ``optimizer.step()``.
