@@ -20,7 +20,8 @@ fixed task batch, reused on every iteration, for every configuration):
 
 Orders: ``second`` is the exact ``"unrolled"`` estimator, ``first`` is ``"first_order"`` (FO-MAML).
 Strategies: ``vmap``, ``chunked`` (``--chunk-size`` tasks per vectorised call), ``loop`` and ``auto``
-(the row then shows which strategy it picked).
+(the row then shows which strategy it picked); ``vmap+compile`` and ``loop+compile`` add
+``MetaLearner(compile=True)`` (the compilation happens in the warm-up iterations, which are not timed).
 
 Run from the repository root (a full run takes several minutes; W2 with vmap can use ~7 GB of RAM)::
 
@@ -49,7 +50,7 @@ from typing import Any
 
 WORKLOADS = ("W1", "W2")
 ORDERS = {"second": "unrolled", "first": "first_order"}
-STRATEGIES = ("vmap", "chunked", "loop", "auto")
+STRATEGIES = ("vmap", "chunked", "loop", "auto", "vmap+compile", "loop+compile")
 DEFAULT_ITERATIONS = {"W1": (10, 100), "W2": (1, 5)}  # (warm-up, timed)
 DESCRIPTIONS = {
     "W1": "sinusoid: mlp 1-40-40-1, MSE, 25 tasks x (10 support + 10 query), inner_lr 0.01, 1 step",
@@ -121,8 +122,9 @@ def measure(config: Config) -> dict[str, Any]:
         inner_lr=inner_lr,
         inner_steps=1,
         estimator=ORDERS[config.order],
-        strategy=config.strategy,
+        strategy=config.strategy.removesuffix("+compile"),
         chunk_size=config.chunk_size if config.strategy == "chunked" else None,
+        compile=config.strategy.endswith("+compile"),
     )
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
     rss_before = max_rss_mb()
