@@ -6,12 +6,20 @@ The references here deliberately avoid torchmaml's own inner loop: they use plai
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from torchmaml.models import MetaBatchNorm2d
+
+# The Omniglot copy the project keeps beside the repository (../shared/data/omniglot), or $TORCHMAML_OMNIGLOT.
+OMNIGLOT_COPY = Path(
+    os.environ.get("TORCHMAML_OMNIGLOT", Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot")
+)
 
 
 @pytest.fixture(autouse=True)

@@ -2,20 +2,19 @@
 of local copies (on a tiny synthetic Omniglot from ``test_download``).
 
 The real data is decoded once per test session into a temporary cache (several seconds); set
-``TORCHMAML_OMNIGLOT`` to use another copy than ``/work/shared/data/omniglot``.
+``TORCHMAML_OMNIGLOT`` to use another copy than ``shared/data/omniglot`` beside the repository.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import OMNIGLOT_COPY
 from PIL import Image
 from test_download import fake_omniglot, omniglot_files, write_zip
 
@@ -26,7 +25,7 @@ from torchmaml.data.images import DatasetError
 from torchmaml.data.omniglot import load_omniglot
 from torchmaml.errors import ConfigError
 
-REAL = Path(os.environ.get("TORCHMAML_OMNIGLOT", "/work/shared/data/omniglot"))
+REAL = OMNIGLOT_COPY
 SPLIT_SIZES = {  # characters per part; classes are 4x (rotations)
     "vinyals": {"train": 1028, "val": 172, "trainval": 1200, "test": 423},
     "maml": {"train": 1100, "val": 100, "trainval": 1200, "test": 423},
