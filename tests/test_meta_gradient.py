@@ -138,4 +138,4 @@ def test_float32_matches_float64_reference():
     model32.load_state_dict({k: v.float() for k, v in model64.state_dict().items()})
     learner = MetaLearner(model32, F.mse_loss, inner_lr=0.1, inner_steps=1)
     reference = naive_meta_gradient(model64, F.mse_loss, batch64, 0.1, 1)
-    assert relative_error(learner_gradient(learner, batch64.to(torch.float32)).double(), reference) < 1e-5
+    assert relative_error(learner_gradient(learner, batch64.to(dtype=torch.float32)).double(), reference) < 1e-5

@@ -75,15 +75,11 @@ class TaskBatch:
         """The number of tasks ``B``."""
         return self.support_x.shape[0]
 
-    def to(self, *args, **kwargs) -> TaskBatch:
-        """Move every field, as ``torch.Tensor.to`` does (targets keep integer dtypes)."""
+    def to(self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TaskBatch:
+        """Every field moved to ``device``; floating-point fields cast to ``dtype`` (integer labels keep theirs)."""
 
         def move(t: torch.Tensor) -> torch.Tensor:
-            if t.is_floating_point():
-                return t.to(*args, **kwargs)
-            device_kwargs = {k: v for k, v in kwargs.items() if k == "device"}
-            devices = [a for a in args if isinstance(a, (str, torch.device))]
-            return t.to(*devices, **device_kwargs)
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
 
         return TaskBatch(**{name: move(t) for name, t in self.tensors().items()})
 
