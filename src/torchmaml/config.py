@@ -76,6 +76,7 @@ class TrainConfig(BaseModel):
     image_size: int = Field(28, ge=8, le=512)
     filters: int = Field(64, ge=1)
     strided: bool = False
+    batch_norm: Literal["transductive", "per_step"] = "transductive"
     validate_every: int = Field(0, ge=0)
     val_tasks: int = Field(100, ge=2)
     # pretrained baseline (joint training on all tasks, then fine-tuning)
@@ -174,6 +175,15 @@ class TrainConfig(BaseModel):
         if self.baseline and self.benchmark != "sinusoid":
             raise ValueError(
                 "baseline: the joint-training baseline is defined for sinusoid regression only; set baseline = false"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _per_step_batch_norm(self) -> TrainConfig:
+        if self.batch_norm == "per_step" and self.estimator not in ("unrolled", "first_order"):
+            raise ValueError(
+                f"batch_norm 'per_step' steps through the inner loop with estimator unrolled or first_order, "
+                f"not {self.estimator!r}"
             )
         return self
 

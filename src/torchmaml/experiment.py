@@ -85,7 +85,8 @@ def build_model(config: TrainConfig) -> nn.Module:
     if config.benchmark == "sinusoid":
         return mlp(1, config.hidden, 1)
     channels = 1 if config.benchmark == "omniglot" or config.color == "L" else 3
-    return conv4(config.ways, channels, config.filters, config.image_size, config.strided)
+    bn_steps = config.inner_steps if config.batch_norm == "per_step" else None
+    return conv4(config.ways, channels, config.filters, config.image_size, config.strided, bn_steps)
 
 
 def build_learner(config: TrainConfig, kind: str = MAML) -> MetaLearner:

@@ -7,6 +7,10 @@ clones on each call, so running statistics can never leak from one task to anoth
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -32,3 +36,22 @@ class FunctionalModel:
     def parameters(self) -> Params:
         """The module's current parameters, detached: the point ``w`` at which meta-gradients are taken."""
         return {name: p.detach() for name, p in self.module.named_parameters()}
+
+
+_INNER_STEP: ContextVar[int | None] = ContextVar("torchmaml_inner_step", default=None)
+
+
+@contextmanager
+def at_inner_step(step: int | None) -> Iterator[None]:
+    """Within the block, models are evaluated at inner step ``step`` (layers with per-step parameters, like
+    MAML++'s per-step batch norm, read it with :func:`current_inner_step`); ``None`` leaves it unset."""
+    token = _INNER_STEP.set(step)
+    try:
+        yield
+    finally:
+        _INNER_STEP.reset(token)
+
+
+def current_inner_step() -> int | None:
+    """The inner step set by :func:`at_inner_step`, or ``None`` outside any (a deployed, adapted model)."""
+    return _INNER_STEP.get()

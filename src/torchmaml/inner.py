@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 import torch
 from torch.func import grad
 
-from torchmaml.functional import FunctionalModel, Params
+from torchmaml.functional import FunctionalModel, Params, at_inner_step
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # A learning rate: one number, or one per parameter tensor (a scalar or a tensor shaped like it).
@@ -53,7 +53,8 @@ def adapt(
 ) -> list[Params]:
     """Run ``steps`` inner gradient steps from ``params`` on one task's ``(x, y)``.
 
-    Returns ``[w_0, ..., w_steps]``. Only the parameters named in ``adapted`` take inner steps (all when
+    Returns ``[w_0, ..., w_steps]``. Step ``s`` evaluates the model ``at_inner_step(s)`` (per-step layers).
+    Only the parameters named in ``adapted`` take inner steps (all when
     ``None``; ANIL adapts only the head); the others are passed through as the very same tensors. Works
     inside ``torch.func.vmap`` (one task per call) and under an outer ``torch.func.grad``.
     """
@@ -67,10 +68,11 @@ def adapt(
         point = trajectory[-1]
         fast = {name: point[name] for name in names}
         fixed = {name: p for name, p in point.items() if name not in fast}
-        if first_order:  # the gradient at a detached point carries no graph back to w
-            grads = grad(support_loss)(_detached(fast), _detached(fixed))
-        else:
-            grads = grad(support_loss)(fast, fixed)
+        with at_inner_step(step):
+            if first_order:  # the gradient at a detached point carries no graph back to w
+                grads = grad(support_loss)(_detached(fast), _detached(fixed))
+            else:
+                grads = grad(support_loss)(fast, fixed)
         trajectory.append({**point, **sgd_step(fast, grads, step_lr(lr, step))})
     return trajectory
 

@@ -23,7 +23,7 @@ from torch import nn
 from torchmaml.errors import ConfigError, ModelError
 from torchmaml.estimators import InnerProblem, MetaParams, Metrics, Task, get_estimator
 from torchmaml.execution import map_tasks, mean_task_gradient, resolve_strategy
-from torchmaml.functional import FunctionalModel, Params
+from torchmaml.functional import FunctionalModel, Params, at_inner_step
 from torchmaml.inner import InnerLR, LossFn, adapt
 from torchmaml.learning_rates import make_inner_lr
 from torchmaml.tasks import TaskBatch
@@ -243,7 +243,11 @@ class MetaLearner(nn.Module):
         def task_scores(task: Task) -> torch.Tensor:
             sx, sy, qx, qy = task["support_x"], task["support_y"], task["query_x"], task["query_y"]
             trajectory = adapt(self._functional, params, sx, sy, self.loss, rates, steps, True, self.adapted)
-            return torch.stack([metric(self._functional(p, qx), qy) for p in trajectory])
+            scores = []
+            for step, point in enumerate(trajectory):
+                with at_inner_step(step):
+                    scores.append(metric(self._functional(point, qx), qy))
+            return torch.stack(scores)
 
         return map_tasks(task_scores, batch, self.strategy, self.chunk_size)
 

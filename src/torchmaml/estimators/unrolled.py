@@ -39,14 +39,14 @@ class Unrolled:
             if problem.step_weights is None:
                 return loss_after, loss_after.detach()
             weighted = sum(
-                weight * problem.loss(params, task["query_x"], task["query_y"])
-                for weight, params in zip(problem.step_weights, trajectory[1:], strict=True)
+                weight * problem.loss(params, task["query_x"], task["query_y"], step)
+                for step, (weight, params) in enumerate(zip(problem.step_weights, trajectory[1:], strict=True), 1)
             )
             return weighted, loss_after.detach()
 
         grads, loss_after = grad(meta_loss, has_aux=True)(meta)
         with torch.no_grad():
-            loss_before = problem.loss(meta["params"], task["query_x"], task["query_y"])
+            loss_before = problem.loss(meta["params"], task["query_x"], task["query_y"], step=0)
         return grads, {"loss_before": loss_before, "loss_after": loss_after}
 
 

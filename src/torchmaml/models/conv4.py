@@ -14,48 +14,70 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from torchmaml.functional import current_inner_step
+
 
 class MetaBatchNorm2d(nn.Module):
     """``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the statistics of the current batch.
 
     ``mean`` and the biased ``var`` are taken over the batch and spatial axes, per channel; this is the
     "transductive" policy of the original MAML: the same at meta-train and meta-test time.
+
+    With ``steps = K`` it has MAML++'s per-step weights and biases (BNWB, Antoniou et al. 2018): rows
+    ``0..K`` of ``weight``/``bias`` ``[K + 1, C]``, row ``s`` used at inner step ``s`` (set by the inner loop
+    with ``at_inner_step``; outside it, e.g. in a deployed adapted model, row ``K``). MAML++'s per-step
+    running statistics (BNRS) have no counterpart here: transductive statistics are never stored.
     """
 
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, eps: float = 1e-5, steps: int | None = None) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
+        self.steps = steps
+        shape = (channels,) if steps is None else (steps + 1, channels)
+        self.weight = nn.Parameter(torch.ones(shape))
+        self.bias = nn.Parameter(torch.zeros(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if self.steps is not None:
+            step = current_inner_step()
+            row = self.steps if step is None else min(step, self.steps)
+            weight, bias = weight[row], bias[row]
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         var = (x - mean).square().mean(dim=(0, 2, 3), keepdim=True)
-        scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
-        return (x - mean) * scale + self.bias.view(1, -1, 1, 1)
+        scale = weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
+        return (x - mean) * scale + bias.view(1, -1, 1, 1)
 
 
-def conv_block(in_channels: int, out_channels: int, strided: bool) -> nn.Sequential:
+def conv_block(in_channels: int, out_channels: int, strided: bool, bn_steps: int | None = None) -> nn.Sequential:
     """``conv -> batch norm -> ReLU -> max-pool`` (or a stride-2 conv with no pooling)."""
     if strided:
         return nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1),
-            MetaBatchNorm2d(out_channels),
+            MetaBatchNorm2d(out_channels, steps=bn_steps),
             nn.ReLU(),
         )
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, padding=1),
-        MetaBatchNorm2d(out_channels),
+        MetaBatchNorm2d(out_channels, steps=bn_steps),
         nn.ReLU(),
         nn.MaxPool2d(2),
     )
 
 
 def conv4(
-    ways: int, in_channels: int = 1, filters: int = 64, image_size: int = 28, strided: bool = False
+    ways: int,
+    in_channels: int = 1,
+    filters: int = 64,
+    image_size: int = 28,
+    strided: bool = False,
+    bn_steps: int | None = None,
 ) -> nn.Sequential:
-    """Four conv blocks and a linear head: ``[N, in_channels, image_size, image_size] -> [N, ways]``."""
-    blocks = [conv_block(in_channels if i == 0 else filters, filters, strided) for i in range(4)]
+    """Four conv blocks and a linear head: ``[N, in_channels, image_size, image_size] -> [N, ways]``.
+
+    ``bn_steps = K`` gives every batch norm MAML++'s per-step weights for ``K`` inner steps.
+    """
+    blocks = [conv_block(in_channels if i == 0 else filters, filters, strided, bn_steps) for i in range(4)]
     size = image_size
     for _ in range(4):
         size = (size + 1) // 2 if strided else size // 2
