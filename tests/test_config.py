@@ -64,3 +64,14 @@ def test_defaults_are_the_paper_protocol():
     config = build_config({})
     assert isinstance(config, TrainConfig)
     assert config.support_size == 10 and config.hidden == [40, 40] and config.outer_lr == 1e-3
+
+
+def test_combinations_that_cannot_work_are_refused_up_front():
+    with pytest.raises(ConfigError, match="multi_step_loss_iterations: the multi-step loss"):
+        load_config("sinusoid", ["estimator=reptile", "multi_step_loss_iterations=5"])
+    with pytest.raises(ConfigError, match="baseline: the joint-training baseline"):
+        load_config("omniglot-5w1s", ["baseline=true"])
+    with pytest.raises(ConfigError, match="stop_at_epsilon needs the stationarity monitor"):
+        load_config("sinusoid", ["stop_at_epsilon=0.1"])
+    with pytest.raises(ConfigError, match="no published constant c for estimator 'implicit'"):
+        load_config("sinusoid", ["outer_optimizer=theory", "estimator=implicit"])

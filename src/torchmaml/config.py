@@ -179,6 +179,15 @@ class TrainConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _multi_step_loss(self) -> TrainConfig:
+        if self.multi_step_loss_iterations and self.estimator in ("implicit", "reptile"):
+            raise ValueError(
+                f"multi_step_loss_iterations: the multi-step loss needs the inner trajectory's query losses, "
+                f"which estimator {self.estimator!r} does not differentiate; set it to 0"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _per_step_batch_norm(self) -> TrainConfig:
         if self.batch_norm == "per_step" and self.estimator not in ("unrolled", "first_order"):
             raise ValueError(

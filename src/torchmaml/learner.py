@@ -37,8 +37,9 @@ class MetaLearner(nn.Module):
         loss: ``loss(prediction, target) -> scalar`` with mean reduction, e.g. ``F.mse_loss``.
         inner_lr: the inner step size ``alpha``.
         inner_steps: the number ``K`` of inner gradient steps used in meta-training.
-        estimator: the meta-gradient estimator, by name (``"unrolled"`` exact second order,
-            ``"first_order"`` FO-MAML).
+        estimator: the meta-gradient estimator, by name: ``"unrolled"`` (exact second order), ``"first_order"``
+            (FO-MAML), ``"three_batch"``, ``"hessian_free"`` (HF-MAML), ``"implicit"`` (iMAML), ``"reptile"``;
+            see ``torchmaml.estimators``.
         strategy: how tasks are batched (``"auto"``, ``"vmap"``, ``"chunked"``, ``"loop"``; see
             ``torchmaml.execution``).
         chunk_size: tasks per vectorised call for ``strategy="chunked"``.
