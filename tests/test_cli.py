@@ -91,3 +91,24 @@ def test_evaluate_on_a_folder_that_is_not_a_run(tmp_path):
     result = torchmaml("evaluate", str(tmp_path))
     assert result.returncode == 2
     assert "is not a run folder" in result.stderr and result.stderr.strip().count("\n") == 0
+
+
+def test_rl_presets_train_evaluate_and_resume_through_the_same_commands(tmp_path):
+    run = tmp_path / "nav"
+    tiny = ["--set", "iterations=2", "--set", "meta_batch_size=2", "--set", "trajectories=2",
+            "--set", "pretrained_iterations=0", "--set", "eval_tasks=2", "--no-progress"]  # fmt: skip
+    result = torchmaml("train", "--config", "navigation2d", *tiny, "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    assert (run / "checkpoint-maml.pt").exists() and (run / "metrics-maml.jsonl").exists()
+    result = torchmaml("evaluate", str(run))
+    assert result.returncode == 0, result.stderr
+    assert "maml" in result.stdout and (run / "evaluation.json").exists()
+    assert torchmaml("train", "--resume", str(run), "--no-progress").returncode == 0
+    bad = torchmaml("train", "--config", "navigation2d", "--set", "max_kl=0", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "max_kl" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_unknown_preset_lists_supervised_and_rl_presets(tmp_path):
+    result = torchmaml("train", "--config", "navigaton2d", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2
+    assert "sinusoid" in result.stderr and "navigation2d" in result.stderr

@@ -60,10 +60,46 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def _is_rl(config: str | None = None, run_dir: Path | None = None) -> bool:
+    """Whether a preset/TOML (or a run folder's saved config) is a meta-RL one: RL configs name an ``env``."""
+    from torchmaml.config import read_toml, resolve_preset
+
+    if run_dir is not None:
+        path = Path(run_dir) / "config.toml"
+        return path.exists() and "env" in read_toml(path)
+    from torchmaml.rl.config import preset_names as rl_presets
+
+    if config in rl_presets():
+        return True
+    try:
+        path = resolve_preset(config)
+    except TorchMAMLError:
+        presets = ", ".join(preset_names() + rl_presets())
+        raise TorchMAMLError(f"--config {config!r} is neither a file nor a preset; presets: {presets}") from None
+    return path.exists() and "env" in read_toml(path)
+
+
+def _train_rl(args: argparse.Namespace) -> int:
+    from torchmaml import rl
+
+    if args.resume is not None:
+        if args.overrides or args.out:
+            raise TorchMAMLError("--resume continues a run with its own config: drop --set and --out")
+        run = rl.train(None, args.resume, progress=not args.no_progress, resume=True)
+    else:
+        config = rl.load_config(args.config, args.overrides)
+        out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = rl.train(config, out, progress=not args.no_progress)
+    print(f"run folder: {run}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from torchmaml.rundir import RunDir
     from torchmaml.train import Interrupted, train_run
 
+    if _is_rl(run_dir=args.resume) if args.resume is not None else _is_rl(config=args.config):
+        return _train_rl(args)
     if args.resume is not None:
         if args.overrides or args.out:
             raise TorchMAMLError("--resume continues a run with its own config: drop --set and --out")
@@ -93,6 +129,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.tasks is not None and args.tasks < 2:
         raise TorchMAMLError(f"--tasks: needs at least 2 tasks for a confidence interval, got {args.tasks}")
+    if _is_rl(run_dir=args.run_dir):
+        from torchmaml import rl
+
+        report = rl.evaluate(args.run_dir)
+        print(report["table"])
+        print(f"wrote {Path(args.run_dir) / 'evaluation.json'}")
+        return 0
     report = evaluate_run(args.run_dir, eval_tasks=args.tasks)
     print(
         f"Meta-test on {report['eval_tasks']} held-out tasks, mean ± 95% CI (fine-tuning rates: {report['inner_lr']}):"

@@ -1,0 +1,139 @@
+"""Configuration of a meta-RL run: TOML presets (``rl/configs/``) plus ``key=value`` overrides, validated.
+
+Every problem (unknown key, wrong type, value out of range) becomes one ``ConfigError`` naming the key.
+Presets: ``navigation2d``, ``half-cheetah-dir``, ``half-cheetah-vel`` (the paper's settings, Finn et al. 2017,
+§5.3 and Appendix A.2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from torchmaml.config import parse_override, read_toml
+from torchmaml.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class RLConfig(BaseModel):
+    """Everything a meta-RL run needs; the resolved copy is saved in the run folder as ``config.toml``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    env: Literal["navigation2d", "half-cheetah-dir", "half-cheetah-vel"] = "navigation2d"
+    horizon: int | None = Field(None, ge=1)  # None: the environment's (100 navigation, 200 half-cheetah)
+    # meta-training
+    iterations: int = Field(500, ge=1)
+    meta_batch_size: int = Field(20, ge=1)
+    trajectories: int = Field(20, ge=1)
+    inner_lr: float = Field(0.1, gt=0)
+    inner_steps: int = Field(1, ge=1, le=10)
+    estimator: Literal["exact", "dice", "plain", "first_order"] = "exact"
+    # policy
+    hidden: list[int] = Field(default_factory=lambda: [100, 100], min_length=1)
+    init_log_std: float = 0.0
+    # advantages
+    discount: float = Field(0.99, gt=0, le=1)
+    gae_lambda: float = Field(1.0, ge=0, le=1)
+    baseline: bool = True
+    normalize_advantages: bool = True
+    # TRPO outer step
+    max_kl: float = Field(0.01, gt=0)
+    cg_iterations: int = Field(10, ge=1)
+    cg_damping: float = Field(1e-5, ge=0)
+    backtrack_ratio: float = Field(0.8, gt=0, lt=1)
+    max_backtracks: int = Field(15, ge=1)
+    fisher: Literal["exact", "post_adaptation"] = "exact"  # see rl.maml_trpo
+    fisher_subsample: int = Field(1, ge=1)  # Fisher-vector products on every k-th post-adaptation trajectory
+    # the "pretrained on all tasks" baseline: TRPO on random tasks without adaptation (0 = none)
+    pretrained_iterations: int = Field(0, ge=0)
+    # evaluation on held-out tasks
+    eval_tasks: int = Field(40, ge=2)
+    eval_steps: int = Field(3, ge=0, le=20)
+    eval_lrs: list[float] = Field(default_factory=lambda: [0.1, 0.05], min_length=1)
+    baseline_lr_grid: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0], min_length=1)
+    eval_seed: int = Field(2017, ge=0)
+    # sampling of gymnasium environments (half-cheetah): tasks per vectorised round, processes
+    tasks_per_round: int | None = Field(None, ge=1)  # None: all tasks of a batch at once
+    vector: Literal["sync", "async"] = "sync"
+    # bookkeeping
+    seed: int = Field(0, ge=0)
+    checkpoint_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_sizes(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError("every entry must be >= 1")
+        return value
+
+    @field_validator("eval_lrs", "baseline_lr_grid")
+    @classmethod
+    def _positive_rates(cls, value: list[float]) -> list[float]:
+        if any(not v > 0 for v in value):
+            raise ValueError("every rate must be > 0")
+        return value
+
+    def eval_rates(self, steps: int) -> list[float]:
+        """The inner step sizes of ``steps`` evaluation steps: ``eval_lrs``, its last entry repeated."""
+        return [self.eval_lrs[min(k, len(self.eval_lrs) - 1)] for k in range(steps)]
+
+
+def preset_names() -> list[str]:
+    """The meta-RL presets shipped with torchmaml."""
+    return sorted(path.stem for path in PRESET_DIR.glob("*.toml"))
+
+
+def build_config(values: dict[str, Any]) -> RLConfig:
+    """Validate ``values``; the first problem becomes a one-line ``ConfigError``."""
+    try:
+        return RLConfig(**values)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RLConfig:
+    """A preset name (``navigation2d``) or a TOML file, with ``key=value`` overrides applied, validated."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml" and not path.exists():
+        path = PRESET_DIR / f"{name_or_path}.toml"
+        if not path.exists():
+            raise ConfigError(
+                f"{name_or_path!r} is neither a file nor an RL preset; presets: {', '.join(preset_names())}"
+            )
+    values = read_toml(path)
+    for text in overrides:
+        key, value = parse_override(text)
+        values[key] = value
+    return build_config(values)
+
+
+def to_toml(config: RLConfig) -> str:
+    """The resolved configuration as TOML (``None`` values left out: TOML has no null)."""
+    return "".join(f"{key} = {_toml_value(value)}\n" for key, value in config.model_dump().items() if value is not None)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+def _describe(error: ValidationError) -> str:
+    problem = error.errors()[0]
+    key = ".".join(str(part) for part in problem["loc"])
+    if problem["type"] == "extra_forbidden":
+        return f"{key}: unknown key; known keys: {', '.join(RLConfig.model_fields)}"
+    message = problem["msg"].removeprefix("Value error, ")
+    given = problem.get("input")
+    if problem["type"] != "missing" and not isinstance(given, dict):
+        message += f" (got {given!r})"
+    return f"{key}: {message}" if key else message

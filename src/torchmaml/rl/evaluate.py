@@ -1,0 +1,110 @@
+"""Meta-test: average return after 0, 1, ..., K adaptation steps on held-out tasks, with 95% CIs.
+
+As in Finn et al. (2017, §5.3): ``eval_tasks`` (40) tasks drawn with ``eval_seed``, ``trajectories`` (20)
+rollouts per task and step; each step is a policy-gradient step on the rollouts just sampled (step sizes
+``eval_lrs``: 0.1 then 0.05, the paper's). The per-task value is the mean return of its rollouts, and the
+report is ``mean +- 1.96 std / sqrt(n)`` over tasks (``torchmaml.evaluate.mean_ci95``). Compared models:
+
+- ``maml``: the meta-trained initialisation;
+- ``pretrained``: TRPO on all tasks without adaptation (if the run trained it), then fine-tuned;
+- ``random``: the random initialisation MAML started from, fine-tuned.
+
+The baselines' constant step size is picked from ``baseline_lr_grid`` on separate validation tasks (the paper
+tuned them by hand). Every model sees the same tasks and the same noise (common random numbers).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from torchmaml.checkpoint import atomic_write_bytes, load_checkpoint
+from torchmaml.evaluate import mean_ci95
+from torchmaml.functional import FunctionalModel, Params
+from torchmaml.rl.config import RLConfig
+from torchmaml.rl.maml_trpo import sample_phases
+from torchmaml.rl.plots import plot_learning_curve, plot_navigation, plot_returns, read_metrics
+from torchmaml.rl.sampler import Sampler
+from torchmaml.rl.train import MAML, PRETRAINED, build_policy, load_run_config, make_sampler
+
+VALIDATION_TASKS = 20
+
+
+def evaluate(out_dir: str | Path, policy: nn.Module | None = None) -> dict:
+    """Evaluate the run in ``out_dir``; writes ``evaluation.json``, ``returns.png``, ``learning_curve.png`` and,
+    for navigation, ``adaptation.png``. Returns the report written to ``evaluation.json``. ``policy``: the module
+    given to ``train``, if any (its initial parameters are the "random" baseline)."""
+    out = Path(out_dir)
+    config = load_run_config(out)
+    steps = config.eval_steps
+    with make_sampler(config) as sampler:
+        module = policy if policy is not None else build_policy(config, sampler.observation_dim, sampler.action_dim)
+        model = FunctionalModel(module)
+        models: dict[str, tuple[Params, list[float]]] = {
+            MAML: (load_checkpoint(out / f"checkpoint-{MAML}.pt")["policy"], config.eval_rates(steps))
+        }
+        candidates = {"random": model.parameters()}
+        if (out / f"checkpoint-{PRETRAINED}.pt").exists():
+            candidates = {PRETRAINED: load_checkpoint(out / f"checkpoint-{PRETRAINED}.pt")["policy"], **candidates}
+        for name, params in candidates.items():
+            models[name] = (params, [_tune_step_size(sampler, model, params, config)] * steps)
+        tasks = sampler.sample_tasks(config.eval_tasks, torch.Generator().manual_seed(config.eval_seed))
+        results, trajectories = [], {}
+        for name, (params, lrs) in models.items():
+            phases = _adaptation(sampler, model, params, tasks, config, lrs, config.eval_seed + 2)
+            trajectories[name] = phases
+            for k, returns in enumerate(phases_returns(phases)):
+                estimate = mean_ci95(returns)
+                results.append({"model": name, "steps": k, "mean": estimate.mean, "ci95": estimate.ci95})
+    report = {
+        "env": config.env,
+        "tasks": config.eval_tasks,
+        "trajectories": config.trajectories,
+        "step_sizes": {name: lrs for name, (_, lrs) in models.items()},
+        "results": results,
+        "table": format_table(results),
+    }
+    atomic_write_bytes(out / "evaluation.json", (json.dumps(report, indent=2) + "\n").encode())
+    plot_returns(results, out / "returns.png")
+    kinds = [MAML, PRETRAINED] if (out / f"metrics-{PRETRAINED}.jsonl").exists() else [MAML]
+    plot_learning_curve({kind: read_metrics(out / f"metrics-{kind}.jsonl") for kind in kinds}, out)
+    if config.env == "navigation2d":
+        plot_navigation([phase.episodes for phase in trajectories[MAML]], tasks[:2].numpy(), out / "adaptation.png")
+    return report
+
+
+def phases_returns(phases) -> list[torch.Tensor]:
+    """Per adaptation step, each task's mean return over its rollouts: a list of ``[T]`` tensors."""
+    return [phase.episodes.returns().mean(1) for phase in phases]
+
+
+def format_table(results: list[dict]) -> str:
+    """The results as a text table: one row per model, one column per number of adaptation steps."""
+    steps = sorted({r["steps"] for r in results})
+    lines = ["model       " + "".join(f"{f'{k} steps':>20}" for k in steps)]
+    for model in dict.fromkeys(r["model"] for r in results):
+        cells = {r["steps"]: f"{r['mean']:.2f} ± {r['ci95']:.2f}" for r in results if r["model"] == model}
+        lines.append(f"{model:<12}" + "".join(f"{cells[k]:>20}" for k in steps))
+    return "\n".join(lines)
+
+
+def _adaptation(
+    sampler: Sampler, policy: FunctionalModel, params: Params, tasks: torch.Tensor, config: RLConfig, lrs, seed: int
+):
+    return sample_phases(sampler, policy, params, tasks, torch.Generator().manual_seed(seed), config, lrs)
+
+
+def _tune_step_size(sampler: Sampler, policy: FunctionalModel, params: Params, config: RLConfig) -> float:
+    """The rate of ``baseline_lr_grid`` with the best mean return over 1..K steps on validation tasks."""
+    grid = config.baseline_lr_grid
+    if len(grid) == 1 or config.eval_steps == 0:
+        return grid[0]
+    tasks = sampler.sample_tasks(VALIDATION_TASKS, torch.Generator().manual_seed(config.eval_seed + 1))
+    scores = []
+    for lr in grid:
+        phases = _adaptation(sampler, policy, params, tasks, config, [lr] * config.eval_steps, config.eval_seed + 3)
+        scores.append(float(torch.stack(phases_returns(phases)[1:]).mean()))
+    return grid[max(range(len(grid)), key=scores.__getitem__)]

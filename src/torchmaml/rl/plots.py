@@ -1,0 +1,110 @@
+"""Figures of a meta-RL run: the learning curve, returns against adaptation steps, and the paper's Figure 4
+(2D navigation trajectories before and after adaptation). Matplotlib with the Agg backend (no display)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from torchmaml.rl.episodes import Episodes
+from torchmaml.rl.navigation import MAX_ACTION
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The JSONL metrics of a phase, one dict per iteration (empty if the file does not exist)."""
+    if not Path(path).exists():
+        return []
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def plot_learning_curve(records: dict[str, list[dict]], out_dir: Path, window: int = 10) -> Path:
+    """Mean return before and after adaptation (moving average over up to ``window`` iterations) against
+    iteration and against training wall-clock minutes."""
+    out = Path(out_dir) / "learning_curve.png"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for label, rows in records.items():
+        if not rows:
+            continue
+        iterations = np.array([r["iteration"] for r in rows])
+        minutes = np.array([r["seconds"] for r in rows]) / 60
+        series = [("return_after", "-")] if label != "pretrained" else []
+        series.append(("return_before", ":"))
+        width = max(1, min(window, len(rows) // 10))
+        for key, style in series:
+            values = np.convolve([r[key] for r in rows], np.ones(width) / width, mode="valid")
+            name = f"{label}: {'after' if key == 'return_after' else 'before'} adaptation"
+            axes[0].plot(iterations[width - 1 :], values, style, label=name)
+            axes[1].plot(minutes[width - 1 :], values, style, label=name)
+    axes[0].set_xlabel("meta-iteration")
+    axes[1].set_xlabel("training wall-clock (minutes)")
+    axes[0].set_ylabel("mean return (moving average)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle("Learning curve")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_returns(results: list[dict], out: Path) -> Path:
+    """Mean return on held-out tasks against the number of adaptation steps, with 95% confidence intervals."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model in dict.fromkeys(r["model"] for r in results):
+        rows = [r for r in results if r["model"] == model]
+        ax.errorbar(
+            [r["steps"] for r in rows],
+            [r["mean"] for r in rows],
+            yerr=[r["ci95"] for r in rows],
+            capsize=3,
+            label=model,
+        )
+    ax.set_xlabel("adaptation steps")
+    ax.set_ylabel("mean return (95% CI)")
+    ax.set_xticks(sorted({r["steps"] for r in results}))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_navigation(
+    phases: list[Episodes], goals: np.ndarray, out: Path, steps: tuple[int, ...] = (0, 1, 3), per_task: int = 4
+) -> Path:
+    """Figure 4 of Finn et al. (2017): point-mass trajectories on held-out goals before adaptation and after
+    ``steps`` policy-gradient steps (``phases[k]`` sampled after ``k`` steps), one panel per goal."""
+    steps = tuple(k for k in steps if k < len(phases))
+    fig, axes = plt.subplots(1, len(goals), figsize=(4.2 * len(goals), 4.2), squeeze=False)
+    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(steps)))
+    for task, ax in enumerate(axes[0]):
+        for colour, k in zip(colours, steps, strict=True):
+            episodes = phases[k]
+            for n in range(min(per_task, episodes.mask.shape[1])):
+                length = int(episodes.mask[task, n].sum())
+                moves = episodes.actions[task, n, :length].clamp(-MAX_ACTION, MAX_ACTION)
+                path = np.vstack([np.zeros(2), moves.cumsum(0).numpy()])
+                label = ("pre-update" if k == 0 else f"{k} step{'s' * (k > 1)}") if n == 0 else None
+                ax.plot(path[:, 0], path[:, 1], color=colour, alpha=0.8, lw=1.2, label=label)
+        ax.scatter(*goals[task], marker="*", s=250, color="tab:red", zorder=5, label="goal")
+        ax.scatter(0, 0, marker="o", s=30, color="black", zorder=5)
+        ax.set_xlim(-0.6, 0.6)
+        ax.set_ylim(-0.6, 0.6)
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+        ax.set_title(f"goal ({goals[task][0]:+.2f}, {goals[task][1]:+.2f})")
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.suptitle("MAML on 2D navigation: trajectories before and after adaptation")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,187 @@
+"""Meta-training: sample tasks -> adapt -> TRPO -> log -> checkpoint, resumable; ``train`` is the entry point.
+
+    config = torchmaml.rl.load_config("navigation2d", ["iterations=200"])
+    torchmaml.rl.train(config, "runs/nav")      # then torchmaml.rl.evaluate("runs/nav")
+
+A run folder holds ``config.toml`` (the resolved configuration), one JSONL line of metrics per iteration
+(``metrics-maml.jsonl``: returns before/after adaptation, TRPO's KL and improvement, cumulative training
+wall-clock and CPU seconds, environment steps), periodic checkpoints ``checkpoints/<phase>-<iteration>.pt``
+and the final ``checkpoint-<phase>.pt`` (``torchmaml.checkpoint``: atomic, checksummed, plain tensors and
+numbers: the policy parameters, the task/noise generator's state and every global RNG state), and
+``learning_curve.png``.
+Phases: ``maml`` and, if ``pretrained_iterations > 0``, ``pretrained`` (TRPO without adaptation on random
+tasks: the paper's "pretrained" baseline). ``train(..., resume=True)`` continues every unfinished phase from
+its newest valid checkpoint with the folder's own configuration; everything a run draws comes from one
+``torch.Generator`` per phase, so a resumed run repeats the uninterrupted one. On an error or
+``KeyboardInterrupt`` the sampler's worker processes (if any) are shut down before the exception propagates;
+the last periodic checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from torchmaml.checkpoint import CheckpointStore, atomic_write_bytes, save_checkpoint
+from torchmaml.config import read_toml
+from torchmaml.errors import ConfigError
+from torchmaml.functional import FunctionalModel, Params
+from torchmaml.rl.config import RLConfig, build_config, to_toml
+from torchmaml.rl.maml_trpo import meta_update, sample_phases
+from torchmaml.rl.navigation import HORIZON as NAVIGATION_HORIZON
+from torchmaml.rl.plots import plot_learning_curve, read_metrics
+from torchmaml.rl.policy import GaussianMLPPolicy, check_policy
+from torchmaml.rl.sampler import BatchedNavigationSampler, Sampler, VectorEnvSampler
+from torchmaml.rng import capture_rng, restore_rng
+
+MAML, PRETRAINED = "maml", "pretrained"
+
+
+def make_sampler(config: RLConfig) -> Sampler:
+    """The sampler of ``config.env``: batched tensors for navigation, ``gymnasium.vector`` for half-cheetah."""
+    if config.env == "navigation2d":
+        return BatchedNavigationSampler(config.horizon or NAVIGATION_HORIZON)
+    from torchmaml.rl.half_cheetah import HalfCheetahDirEnv, HalfCheetahVelEnv  # needs gymnasium[mujoco]
+
+    env_class = HalfCheetahDirEnv if config.env == "half-cheetah-dir" else HalfCheetahVelEnv
+    return VectorEnvSampler(
+        env_class,
+        config.trajectories,
+        tasks_per_round=config.tasks_per_round or config.meta_batch_size,
+        asynchronous=config.vector == "async",
+        env_kwargs={"horizon": config.horizon} if config.horizon else None,
+    )
+
+
+def build_policy(config: RLConfig, observation_dim: int, action_dim: int) -> GaussianMLPPolicy:
+    """The paper's Gaussian MLP policy, initialised from ``config.seed`` (the global RNG is left untouched)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        return GaussianMLPPolicy(observation_dim, action_dim, config.hidden, config.init_log_std)
+
+
+def load_run_config(out_dir: str | Path) -> RLConfig:
+    """The configuration saved in a run folder; a clear error if it is not one."""
+    path = Path(out_dir) / "config.toml"
+    if not path.exists():
+        raise ConfigError(f"{out_dir} is not an RL run folder (no config.toml); train one first")
+    return build_config(read_toml(path))
+
+
+def train(
+    config: RLConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+    resume: bool = False,
+    policy: nn.Module | None = None,
+) -> Path:
+    """Meta-train (then the pretrained baseline, if configured) into ``out_dir``; returns the folder.
+
+    ``policy``: any ``nn.Module`` mapping observations to ``(mean, log_std)`` of a Gaussian (see ``rl.policy``)
+    to meta-train instead of the configured MLP; its parameters are the starting point. Pass the same module
+    to ``evaluate``.
+    """
+    out = Path(out_dir)
+    if resume:
+        config = load_run_config(out)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "config.toml", to_toml(config).encode())
+    phases = [(MAML, config.iterations, [config.inner_lr] * config.inner_steps)]
+    if config.pretrained_iterations:
+        phases.append((PRETRAINED, config.pretrained_iterations, []))
+    with make_sampler(config) as sampler:
+        for kind, iterations, lrs in phases:
+            if resume and (out / f"checkpoint-{kind}.pt").exists():
+                continue
+            module = policy if policy is not None else build_policy(config, sampler.observation_dim, sampler.action_dim)
+            check_policy(module, sampler.observation_dim, sampler.action_dim)
+            _train_phase(config, sampler, FunctionalModel(module), kind, iterations, lrs, out, progress, resume)
+    plot_learning_curve({kind: read_metrics(out / f"metrics-{kind}.jsonl") for kind, *_ in phases}, out)
+    return out
+
+
+def _train_phase(
+    config: RLConfig,
+    sampler: Sampler,
+    policy: FunctionalModel,
+    kind: str,
+    iterations: int,
+    lrs: list[float],
+    out: Path,
+    progress: bool,
+    resume: bool,
+) -> None:
+    params: Params = policy.parameters()
+    generator = torch.Generator().manual_seed(2 * config.seed + (kind == PRETRAINED))
+    store = CheckpointStore(out / "checkpoints", kind, config.keep_checkpoints)
+    iteration, seconds, cpu_seconds, env_steps = 0, 0.0, 0.0, 0
+    if resume and (found := store.newest_valid(warn=_warn)) is not None:
+        payload = found[1]
+        iteration, seconds, env_steps = payload["iteration"], payload["seconds"], payload["env_steps"]
+        cpu_seconds = payload["cpu_seconds"]
+        params = payload["policy"]
+        generator.set_state(payload["generator"])
+        restore_rng(payload["rng"])
+        print(f"resumed {kind} at iteration {iteration} from {found[0]}", file=sys.stderr)
+
+    def payload() -> dict:
+        return {
+            "kind": kind,
+            "iteration": iteration,
+            "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
+            "env_steps": env_steps,
+            "policy": params,
+            "generator": generator.get_state(),
+            "rng": capture_rng(),
+            "config": config.model_dump(),
+        }
+
+    metrics_path = out / f"metrics-{kind}.jsonl"
+    _truncate_metrics(metrics_path, iteration)
+    bar = tqdm(total=iterations, initial=iteration, desc=f"train {kind}", disable=not progress, dynamic_ncols=True)
+    with open(metrics_path, "a") as log, bar:
+        while iteration < iterations:
+            started, cpu_started = time.perf_counter(), time.process_time()
+            tasks = sampler.sample_tasks(config.meta_batch_size, generator)
+            phases = sample_phases(sampler, policy, params, tasks, generator, config, lrs)
+            params, metrics = meta_update(policy, params, phases, config, lrs, config.estimator)
+            iteration += 1
+            seconds += time.perf_counter() - started
+            cpu_seconds += time.process_time() - cpu_started
+            env_steps += sum(phase.episodes.num_steps() for phase in phases)
+            record = {
+                "iteration": iteration,
+                **metrics,
+                "seconds": round(seconds, 3),
+                "cpu_seconds": round(cpu_seconds, 3),
+                "env_steps": env_steps,
+            }
+            log.write(json.dumps(record) + "\n")
+            bar.update(1)
+            bar.set_postfix(before=f"{metrics['return_before']:.1f}", after=f"{metrics['return_after']:.1f}")
+            if iteration % config.checkpoint_every == 0:
+                log.flush()
+                store.save(iteration, payload())
+    save_checkpoint(out / f"checkpoint-{kind}.pt", payload())
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop metric lines past ``iteration`` (written after the checkpoint a run resumes from)."""
+    if not path.exists():
+        return
+    keep = [
+        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["iteration"] <= iteration
+    ]
+    atomic_write_bytes(path, "".join(f"{line}\n" for line in keep).encode())
+
+
+def _warn(message: str) -> None:
+    print(f"torchmaml: warning: {message}", file=sys.stderr)

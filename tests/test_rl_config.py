@@ -1,0 +1,42 @@
+"""Meta-RL configuration: presets, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from torchmaml.errors import ConfigError
+from torchmaml.rl.config import build_config, load_config, preset_names, to_toml
+
+
+def test_presets_load_and_round_trip(tmp_path):
+    assert preset_names() == ["half-cheetah-dir", "half-cheetah-vel", "navigation2d"]
+    for name in preset_names():
+        config = load_config(name)
+        assert config.env == name and config.max_kl == 0.01 and config.inner_lr == 0.1
+        path = tmp_path / f"{name}.toml"
+        path.write_text(to_toml(config))
+        assert load_config(str(path)) == config
+    assert load_config("navigation2d").eval_rates(3) == [0.1, 0.05, 0.05]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"inner_lrr": 0.1}, "inner_lrr: unknown key"),
+        ({"inner_lr": -1.0}, "inner_lr: Input should be greater than 0"),
+        ({"estimator": "magic"}, "estimator: Input should be"),
+        ({"iterations": "many"}, "iterations: Input should be a valid integer"),
+        ({"hidden": [100, 0]}, "hidden: every entry must be >= 1"),
+    ],
+)
+def test_errors_are_one_line_config_errors(values, message):
+    with pytest.raises(ConfigError) as error:
+        build_config(values)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_overrides_and_unknown_presets():
+    config = load_config("navigation2d", ["iterations=7", "estimator=exact", "hidden=[32]"])
+    assert (config.iterations, config.estimator, config.hidden) == (7, "exact", [32])
+    with pytest.raises(ConfigError, match="presets: half-cheetah-dir"):
+        load_config("navigation3d")
