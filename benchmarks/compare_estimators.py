@@ -1,0 +1,439 @@
+"""Every meta-gradient estimator on sinusoid regression for the same number of meta-iterations, plus the
+theory-guided outer step size (Fallah, Mokhtari, Ozdaglar 2019) against the tuned Adam of the paper.
+
+Each row is one ``torchmaml train --config sinusoid --set estimator=NAME --set iterations=N --set
+baseline=false --set compile=true --out runs/compare/ROW --no-progress`` in a subprocess of its own, then
+``torchmaml evaluate runs/compare/ROW``. From the run folder it collects:
+
+* the 5- and 10-shot meta-test MSE after 1, 5 and 10 steps at ``inner_lr`` 0.01 (600 held-out tasks,
+  mean ± 95% CI, ``evaluation.json``);
+* the median seconds per meta-iteration over the second half of the run (differences of the cumulative
+  ``seconds`` field of ``metrics-maml.jsonl``; the first half, with the one-off compilation, is left out);
+* the peak resident set size of the training process (``ru_maxrss`` of the ``os.wait4`` rusage of that
+  one child, which includes the children it waited for, e.g. compile workers);
+* whether ``torch.compile`` worked or the run fell back to eager (the learner's warning in the log);
+* for the theory rows, the step size ``beta_k`` it used (``outer_lr``) and the ``L``, ``rho`` it estimated.
+
+Rows (all with the preset's alpha = 0.01, 10-shot training, meta-batch 25; one inner step unless stated):
+
+* ``unrolled``: exact MAML with Adam 1e-3, the paper's tuned protocol; also the "tuned Adam" reference of
+  the theory rows.
+* ``first_order`` (FO-MAML), ``hessian_free`` (HF-MAML, default ``delta`` 1e-3), ``three_batch`` (the
+  sinusoid sampler draws no separate Hessian batch, so ``D_h = D_in`` and it computes the ``unrolled``
+  gradient by another route): Adam 1e-3.
+* ``implicit`` (iMAML): ``lam = 1/alpha = 100``, ``cg_iterations = 5``, one inner step. With ``lam =
+  1/alpha`` the proximal inner iteration ``phi <- phi - alpha (grad f(phi) + lam (phi - w))`` is
+  ``phi <- w - alpha grad f(phi)``, whose first step is MAML's adapted point ``w - alpha grad f(w)``: the
+  regulariser matches the one-step adaptation used at meta-test. Adam 1e-3.
+* ``reptile``: 5 inner SGD steps at alpha on support and query together (``use_query``, the paper trains
+  on all of a task's data); outer plain SGD with the paper's ``epsilon = 1`` annealed to 0 (the paper
+  anneals linearly; the closest schedule here is ``outer_lr_schedule = "cosine"``). Meta-tested like
+  every row (alpha 0.01, 1/5/10 steps on the support set).
+* ``unrolled-theory``, ``first_order-theory``: ``outer_optimizer = "theory"``, SGD with ``beta_k = c / (4L
+  + 2 rho alpha E||grad f_j(w_k)||)`` (c = 1/12, 1/18), ``L`` and ``rho`` estimated at the start.
+
+Run from the repository root, with one thread per process on a shared CPU::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_estimators.py --iterations 20000 \\
+        --json runs/compare/results.json > runs/compare/table.md
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_estimators.py --iterations 200   # a smoke test
+
+The markdown goes to stdout, progress to stderr; each row's training and evaluation output is kept in
+``runs/compare/ROW.log``. A row that fails is reported as such and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ESTIMATORS = ("unrolled", "first_order", "hessian_free", "implicit", "reptile", "three_batch")
+THEORY = ("unrolled", "first_order")
+SUPPORT_SIZES, STEPS = (5, 10), (1, 5, 10)
+COMPILE_FALLBACK = "torch.compile failed"
+
+# Options per estimator (see the module docstring for why).
+ESTIMATOR_SETTINGS: dict[str, tuple[str, ...]] = {
+    "implicit": ("estimator_options={lam=100.0, cg_iterations=5}",),
+    "reptile": (
+        "estimator_options={use_query=true}",
+        "inner_steps=5",
+        "outer_optimizer=sgd",
+        "outer_lr=1.0",
+        "outer_lr_schedule=cosine",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One training run: its folder name under the output root, its estimator and its extra ``--set``s."""
+
+    name: str
+    estimator: str
+    settings: tuple[str, ...] = ()
+
+    @property
+    def optimizer(self) -> str:
+        values = dict(setting.split("=", 1) for setting in self.settings)
+        kind = values.get("outer_optimizer", "adam")
+        if kind == "theory":
+            return "theory β_k (SGD)"
+        rate = values.get("outer_lr", "0.001")
+        schedule = values.get("outer_lr_schedule", "constant")
+        text = f"{'Adam' if kind == 'adam' else kind.upper()} {float(rate):g}"
+        return text + (f", {schedule} to 0" if schedule != "constant" else "")
+
+    @property
+    def options(self) -> str:
+        shown = [s for s in self.settings if not s.startswith(("outer_optimizer", "outer_lr"))]
+        return ", ".join(shown) if shown else "defaults"
+
+
+@dataclass
+class Result:
+    """What one row measured; ``error`` is set when training or evaluation failed."""
+
+    row: Row
+    error: str | None = None
+    mse: dict[str, list[float]] = field(default_factory=dict)  # "K/steps" -> [mean, ci95]
+    seconds_per_iteration: float | None = None
+    train_seconds: float | None = None
+    first_iteration_seconds: float | None = None
+    wall_seconds: float | None = None
+    peak_rss_mb: float | None = None
+    compiled: bool | None = None
+    iterations_logged: int = 0
+    skipped: int = 0
+    final_loss_after: float | None = None
+    outer_lr: dict[str, float] = field(default_factory=dict)
+    theory: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.row.name,
+            "estimator": self.row.estimator,
+            "settings": list(self.row.settings),
+            "error": self.error,
+            "mse": self.mse,
+            "seconds_per_iteration": self.seconds_per_iteration,
+            "train_seconds": self.train_seconds,
+            "first_iteration_seconds": self.first_iteration_seconds,
+            "wall_seconds": self.wall_seconds,
+            "peak_rss_mb": self.peak_rss_mb,
+            "compiled": self.compiled,
+            "iterations_logged": self.iterations_logged,
+            "skipped": self.skipped,
+            "final_loss_after": self.final_loss_after,
+            "outer_lr": self.outer_lr,
+            "theory": self.theory,
+        }
+
+
+def build_rows(estimators: list[str], theory: list[str]) -> list[Row]:
+    rows = [Row(name, name, ESTIMATOR_SETTINGS.get(name, ())) for name in estimators]
+    rows += [Row(f"{name}-theory", name, ("outer_optimizer=theory",)) for name in theory]
+    return rows
+
+
+def cli_command() -> list[str]:
+    """``torchmaml`` beside this interpreter (the venv's), else on the PATH."""
+    beside = Path(sys.executable).parent / "torchmaml"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("torchmaml")
+    if found is None:
+        sys.exit("compare_estimators: cannot find the torchmaml command; install the package (pip install -e .)")
+    return [found]
+
+
+def train_arguments(row: Row, iterations: int, out: Path) -> list[str]:
+    settings = [
+        f"estimator={row.estimator}",
+        f"iterations={iterations}",
+        "baseline=false",
+        "compile=true",
+        *row.settings,
+    ]
+    sets = [part for setting in settings for part in ("--set", setting)]
+    return ["train", "--config", "sinusoid", *sets, "--out", str(out), "--no-progress"]
+
+
+def run_child(argv: list[str], log_path: Path) -> tuple[int, float, float]:
+    """Run ``argv`` with its output appended to ``log_path``; return exit code, wall seconds, peak RSS (MB).
+
+    ``os.wait4`` gives the resource usage of this one child (and of the children it waited for), so the
+    peak memory is per run, not the maximum over every child this script has started.
+    """
+    with open(log_path, "a") as log:
+        log.write(f"$ {shlex.join(argv)}\n")
+        log.flush()
+        start = time.perf_counter()
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    scale = 2**20 if sys.platform == "darwin" else 2**10  # ru_maxrss: bytes on macOS, KiB on Linux
+    return process.returncode, wall, usage.ru_maxrss / scale
+
+
+def last_lines(path: Path, count: int = 3) -> str:
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return " | ".join(lines[-count:])
+
+
+def read_metrics(result: Result, path: Path) -> None:
+    """Time per iteration, outer rates and theory constants from ``metrics-maml.jsonl``."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not records:
+        return
+    result.iterations_logged = len(records)
+    result.train_seconds = records[-1]["seconds"]
+    result.first_iteration_seconds = records[0]["seconds"]
+    result.skipped = int(sum(r.get("skipped", 0.0) for r in records))
+    result.final_loss_after = statistics.fmean(r["loss_after"] for r in records[-100:])
+    half = records[len(records) // 2 - 1 :] if len(records) > 1 else records
+    steps = [b["seconds"] - a["seconds"] for a, b in itertools.pairwise(half)]
+    if steps:
+        result.seconds_per_iteration = statistics.median(steps)
+    rates = [r["outer_lr"] for r in records if "outer_lr" in r]
+    if rates:
+        result.outer_lr = {
+            "first": rates[0],
+            "median": statistics.median(rates),
+            "last": rates[-1],
+            "min": min(rates),
+            "max": max(rates),
+        }
+    if "theory_L" in records[-1]:
+        norms = [r["mean_grad_norm"] for r in records]
+        result.theory = {
+            "L": records[-1]["theory_L"],
+            "rho": records[-1]["theory_rho"],
+            "mean_grad_norm_first": norms[0],
+            "mean_grad_norm_last": norms[-1],
+        }
+
+
+def read_evaluation(result: Result, path: Path) -> None:
+    report = json.loads(path.read_text())
+    for entry in report["results"]:
+        if entry["model"] == "maml":
+            result.mse[f"{entry['support_size']}/{entry['steps']}"] = [entry["mean"], entry["ci95"]]
+
+
+def measure(row: Row, iterations: int, root: Path, torchmaml: list[str]) -> Result:
+    """Train and evaluate one row in fresh subprocesses; collect its numbers."""
+    result = Result(row)
+    out = root / row.name
+    log_path = root / f"{row.name}.log"
+    if out.exists():
+        shutil.rmtree(out)
+    log_path.unlink(missing_ok=True)
+    code, wall, rss = run_child([*torchmaml, *train_arguments(row, iterations, out)], log_path)
+    result.wall_seconds, result.peak_rss_mb = wall, rss
+    result.compiled = COMPILE_FALLBACK not in log_path.read_text(errors="replace")
+    if (out / "metrics-maml.jsonl").exists():
+        read_metrics(result, out / "metrics-maml.jsonl")
+    if code != 0:
+        result.error = f"train exit code {code}: {last_lines(log_path)}"
+        return result
+    code, _, _ = run_child([*torchmaml, "evaluate", str(out)], log_path)
+    if code != 0:
+        result.error = f"evaluate exit code {code}: {last_lines(log_path)}"
+        return result
+    read_evaluation(result, out / "evaluation.json")
+    return result
+
+
+# -- the report ------------------------------------------------------------------------------------------
+
+
+def mse_cell(result: Result, support: int, steps: int) -> str:
+    value = result.mse.get(f"{support}/{steps}")
+    return f"{value[0]:.3f} ± {value[1]:.3f}" if value else "—"
+
+
+def number(value: float | None, fmt: str) -> str:
+    return format(value, fmt) if value is not None else "—"
+
+
+def table(results: list[Result]) -> str:
+    mse_headers = [f"K={k}, {s} step{'s' if s > 1 else ''}" for k in SUPPORT_SIZES for s in STEPS]
+    headers = [
+        "run",
+        "estimator",
+        "outer optimiser",
+        "options",
+        *mse_headers,
+        "ms/it (median, 2nd half)",
+        "train s",
+        "peak RSS MB",
+        "compiled",
+    ]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * 4 + "---:|" * (len(headers) - 5) + "---|"]
+    for result in results:
+        row = result.row
+        per_it = result.seconds_per_iteration * 1000 if result.seconds_per_iteration is not None else None
+        cells = [
+            row.name,
+            row.estimator,
+            row.optimizer,
+            row.options.replace("|", "\\|"),
+            *(mse_cell(result, k, s) for k in SUPPORT_SIZES for s in STEPS),
+            number(per_it, ".2f"),
+            number(result.train_seconds, ".0f"),
+            number(result.peak_rss_mb, ".0f"),
+            {True: "yes", False: "no (eager fallback)", None: "—"}[result.compiled],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def theory_notes(results: list[Result]) -> list[str]:
+    """β_k used by each theory row, and its MSE relative to the Adam row of the same estimator."""
+    by_name = {r.row.name: r for r in results}
+    notes = []
+    for result in results:
+        if not result.theory:
+            continue
+        t, rates = result.theory, result.outer_lr
+        notes.append(
+            f"- {result.row.name}: L = {t['L']:.4g}, rho = {t['rho']:.4g} (estimated at the start); "
+            f"E||grad f_j|| {t['mean_grad_norm_first']:.3g} → {t['mean_grad_norm_last']:.3g}; "
+            f"β_k first {rates['first']:.3g}, median {rates['median']:.3g}, last {rates['last']:.3g} "
+            f"(range {rates['min']:.3g}-{rates['max']:.3g})"
+        )
+        adam = by_name.get(result.row.estimator)
+        if adam is None or not adam.mse or not result.mse:
+            continue
+        ratios = [
+            f"K={k}/{s}: {result.mse[f'{k}/{s}'][0] / adam.mse[f'{k}/{s}'][0]:.2f}"
+            for k in SUPPORT_SIZES
+            for s in STEPS
+            if f"{k}/{s}" in result.mse and f"{k}/{s}" in adam.mse
+        ]
+        notes.append(f"  - MSE ratio to the Adam row `{adam.row.name}` (1.10 = 10% worse): " + ", ".join(ratios))
+    return notes
+
+
+def report(results: list[Result], header: dict[str, Any], iterations: int) -> str:
+    lines = [
+        f"# Meta-gradient estimators on sinusoid regression, {iterations} meta-iterations each",
+        "",
+        f"command: `{header['command']}`",
+        "",
+        f"torch {header['torch']}, Python {header['python']}, {header['machine']}, {header['cpus']} CPUs, "
+        f"OMP_NUM_THREADS={header['omp_num_threads']}, torch threads {header['torch_threads']}; "
+        f"load average {header['load_start']} at the start, {header['load_end']} at the end; "
+        f"total {header['total_seconds']:.0f} s",
+        "",
+        "Sinusoid preset (MLP 1-40-40-1, alpha 0.01, 10-shot training, meta-batch 25, seed 0), `baseline=false`,"
+        " `compile=true`; one inner step unless the options say otherwise. Meta-test: 600 held-out tasks, 100"
+        " query points, fine-tuning at alpha 0.01; MSE mean ± 95% CI. ms/it: median difference of the"
+        " cumulative `seconds` of `metrics-maml.jsonl` over the second half of the run (the theory rows"
+        " include the per-iteration E||grad f_j|| estimate). Peak RSS: `ru_maxrss` of the training process"
+        " (`os.wait4`). train s: cumulative training time, including the one-off compilation.",
+        "",
+        table(results),
+    ]
+    notes = theory_notes(results)
+    if notes:
+        lines += ["", "Theory-guided step size:", "", *notes]
+    failures = [r for r in results if r.error]
+    if failures:
+        lines += ["", "Failures:", "", *(f"- {r.row.name}: {r.error}" for r in failures)]
+    return "\n".join(lines) + "\n"
+
+
+def names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train and meta-test every estimator on sinusoid for the same iterations; print a markdown table."
+    )
+    parser.add_argument("--iterations", type=int, default=20_000, help="meta-iterations per run (default 20000)")
+    parser.add_argument(
+        "--estimators", type=names, default=list(ESTIMATORS), help=f"comma-separated (default {','.join(ESTIMATORS)})"
+    )
+    parser.add_argument(
+        "--theory",
+        type=names,
+        default=list(THEORY),
+        help=f"estimators to also run with outer_optimizer=theory (default {','.join(THEORY)}; '' for none)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="run folders (default runs/compare)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every measurement to this JSON file")
+    args = parser.parse_args(argv)
+    if args.iterations < 2:
+        parser.error("--iterations: needs at least 2 (the time per iteration is a difference)")
+    unknown = sorted(set(args.estimators + args.theory) - set(ESTIMATORS))
+    if unknown:
+        parser.error(f"unknown estimators {', '.join(unknown)}; choose from {', '.join(ESTIMATORS)}")
+    return args
+
+
+def load_average() -> str:
+    try:
+        return "/".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    started = time.perf_counter()
+    header = {
+        "command": shlex.join(
+            [f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] * ("OMP_NUM_THREADS" in os.environ)
+            + [os.path.relpath(sys.executable), *sys.argv]
+        ),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+        "torch_threads": torch.get_num_threads(),
+        "load_start": load_average(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    torchmaml = cli_command()
+    rows = build_rows(args.estimators, args.theory)
+    results = []
+    for index, row in enumerate(rows, 1):
+        print(f"[{index}/{len(rows)}] {row.name}: training {args.iterations} iterations", file=sys.stderr, flush=True)
+        result = measure(row, args.iterations, args.out, torchmaml)
+        results.append(result)
+        status = result.error or (
+            f"done in {result.wall_seconds:.0f} s, {number(result.seconds_per_iteration, '.4f')} s/it, "
+            f"5-shot 10-step MSE {mse_cell(result, 5, 10)}"
+        )
+        print(f"[{index}/{len(rows)}] {row.name}: {status}", file=sys.stderr, flush=True)
+    header["load_end"] = load_average()
+    header["total_seconds"] = time.perf_counter() - started
+    print(report(results, header, args.iterations), end="")
+    if args.json is not None:
+        payload = {"iterations": args.iterations, **header, "rows": [r.to_dict() for r in results]}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
