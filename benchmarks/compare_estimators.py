@@ -11,7 +11,9 @@ baseline=false --set compile=true --out runs/compare/ROW --no-progress`` in a su
   ``seconds`` field of ``metrics-maml.jsonl``; the first half, with the one-off compilation, is left out);
 * the peak resident set size of the training process (``ru_maxrss`` of the ``os.wait4`` rusage of that
   one child, which includes the children it waited for, e.g. compile workers);
-* whether ``torch.compile`` worked or the run fell back to eager (the learner's warning in the log);
+* whether ``torch.compile`` worked: the number of dynamo graph breaks (the training child runs with
+  ``TORCH_LOGS=graph_breaks``; a graph break runs the code around it eagerly), or the learner's fallback to
+  eager after a failed compilation (its warning in the log);
 * for the theory rows, the step size ``beta_k`` it used (``outer_lr``) and the ``L``, ``rho`` it estimated.
 
 Rows (all with the preset's alpha = 0.01, 10-shot training, meta-batch 25; one inner step unless stated):
@@ -49,6 +51,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -63,6 +66,7 @@ ESTIMATORS = ("unrolled", "first_order", "hessian_free", "implicit", "reptile", 
 THEORY = ("unrolled", "first_order")
 SUPPORT_SIZES, STEPS = (5, 10), (1, 5, 10)
 COMPILE_FALLBACK = "torch.compile failed"
+GRAPH_BREAK = re.compile(r"\[__graph_breaks\] Graph break")
 
 # Options per estimator (see the module docstring for why).
 ESTIMATOR_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -115,6 +119,7 @@ class Result:
     wall_seconds: float | None = None
     peak_rss_mb: float | None = None
     compiled: bool | None = None
+    graph_breaks: int | None = None
     iterations_logged: int = 0
     skipped: int = 0
     final_loss_after: float | None = None
@@ -134,6 +139,7 @@ class Result:
             "wall_seconds": self.wall_seconds,
             "peak_rss_mb": self.peak_rss_mb,
             "compiled": self.compiled,
+            "graph_breaks": self.graph_breaks,
             "iterations_logged": self.iterations_logged,
             "skipped": self.skipped,
             "final_loss_after": self.final_loss_after,
@@ -171,7 +177,7 @@ def train_arguments(row: Row, iterations: int, out: Path) -> list[str]:
     return ["train", "--config", "sinusoid", *sets, "--out", str(out), "--no-progress"]
 
 
-def run_child(argv: list[str], log_path: Path) -> tuple[int, float, float]:
+def run_child(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> tuple[int, float, float]:
     """Run ``argv`` with its output appended to ``log_path``; return exit code, wall seconds, peak RSS (MB).
 
     ``os.wait4`` gives the resource usage of this one child (and of the children it waited for), so the
@@ -181,7 +187,7 @@ def run_child(argv: list[str], log_path: Path) -> tuple[int, float, float]:
         log.write(f"$ {shlex.join(argv)}\n")
         log.flush()
         start = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -242,9 +248,12 @@ def measure(row: Row, iterations: int, root: Path, torchmaml: list[str]) -> Resu
     if out.exists():
         shutil.rmtree(out)
     log_path.unlink(missing_ok=True)
-    code, wall, rss = run_child([*torchmaml, *train_arguments(row, iterations, out)], log_path)
+    env = {**os.environ, "TORCH_LOGS": "graph_breaks"}
+    code, wall, rss = run_child([*torchmaml, *train_arguments(row, iterations, out)], log_path, env)
     result.wall_seconds, result.peak_rss_mb = wall, rss
-    result.compiled = COMPILE_FALLBACK not in log_path.read_text(errors="replace")
+    text = log_path.read_text(errors="replace")
+    result.compiled = COMPILE_FALLBACK not in text
+    result.graph_breaks = len(GRAPH_BREAK.findall(text))
     if (out / "metrics-maml.jsonl").exists():
         read_metrics(result, out / "metrics-maml.jsonl")
     if code != 0:
@@ -263,11 +272,22 @@ def measure(row: Row, iterations: int, root: Path, torchmaml: list[str]) -> Resu
 
 def mse_cell(result: Result, support: int, steps: int) -> str:
     value = result.mse.get(f"{support}/{steps}")
-    return f"{value[0]:.3f} ± {value[1]:.3f}" if value else "—"
+    if not value:
+        return "—"
+    fmt = ".3f" if abs(value[0]) < 1e4 else ".3g"  # diverged adaptations: keep the cell readable
+    return f"{value[0]:{fmt}} ± {value[1]:{fmt}}"
 
 
 def number(value: float | None, fmt: str) -> str:
     return format(value, fmt) if value is not None else "—"
+
+
+def compile_cell(result: Result) -> str:
+    if result.compiled is None:
+        return "—"
+    if not result.compiled:
+        return "no (eager fallback)"
+    return f"yes, {result.graph_breaks} graph breaks" if result.graph_breaks else "yes"
 
 
 def table(results: list[Result]) -> str:
@@ -296,7 +316,7 @@ def table(results: list[Result]) -> str:
             number(per_it, ".2f"),
             number(result.train_seconds, ".0f"),
             number(result.peak_rss_mb, ".0f"),
-            {True: "yes", False: "no (eager fallback)", None: "—"}[result.compiled],
+            compile_cell(result),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -345,7 +365,9 @@ def report(results: list[Result], header: dict[str, Any], iterations: int) -> st
         " query points, fine-tuning at alpha 0.01; MSE mean ± 95% CI. ms/it: median difference of the"
         " cumulative `seconds` of `metrics-maml.jsonl` over the second half of the run (the theory rows"
         " include the per-iteration E||grad f_j|| estimate). Peak RSS: `ru_maxrss` of the training process"
-        " (`os.wait4`). train s: cumulative training time, including the one-off compilation.",
+        " (`os.wait4`). train s: cumulative training time, including the one-off compilation. compiled: whether"
+        " the run kept torch.compile (no fallback to eager) and how many dynamo graph breaks it logged (code"
+        " around a break runs eagerly).",
         "",
         table(results),
     ]

@@ -8,7 +8,7 @@ clones on each call, so running statistics can never leak from one task to anoth
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 
 import torch
@@ -26,12 +26,18 @@ class FunctionalModel:
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
+        self.step_aware = any(getattr(m, "uses_inner_step", False) for m in module.modules())
         self.has_fused_batch_norm = any(isinstance(m, BATCH_NORM_TYPES) for m in module.modules())
         self.has_convolution = any(isinstance(m, CONV_TYPES) for m in module.modules())
 
     def __call__(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         buffers = {name: b.clone() for name, b in self.module.named_buffers()}
         return functional_call(self.module, (params, buffers), (x,))
+
+    def at_step(self, step: int | None) -> AbstractContextManager:
+        """``at_inner_step(step)`` for models with per-step layers; a no-op otherwise (so that
+        ``torch.compile`` never sees the context variable on the common path)."""
+        return at_inner_step(step) if self.step_aware else nullcontext()
 
     def parameters(self) -> Params:
         """The module's current parameters, detached: the point ``w`` at which meta-gradients are taken."""

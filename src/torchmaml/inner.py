@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 import torch
 from torch.func import grad
 
-from torchmaml.functional import FunctionalModel, Params, at_inner_step
+from torchmaml.functional import FunctionalModel, Params
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # A learning rate: one number, or one per parameter tensor (a scalar or a tensor shaped like it).
@@ -68,7 +68,7 @@ def adapt(
         point = trajectory[-1]
         fast = {name: point[name] for name in names}
         fixed = {name: p for name, p in point.items() if name not in fast}
-        with at_inner_step(step):
+        with model.at_step(step):
             if first_order:  # the gradient at a detached point carries no graph back to w
                 grads = grad(support_loss)(_detached(fast), _detached(fixed))
             else:

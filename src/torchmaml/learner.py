@@ -23,7 +23,7 @@ from torch import nn
 from torchmaml.errors import ConfigError, ModelError
 from torchmaml.estimators import InnerProblem, MetaParams, Metrics, Task, get_estimator
 from torchmaml.execution import map_tasks, mean_task_gradient, resolve_strategy
-from torchmaml.functional import FunctionalModel, Params, at_inner_step
+from torchmaml.functional import FunctionalModel, Params
 from torchmaml.inner import InnerLR, LossFn, adapt
 from torchmaml.learning_rates import make_inner_lr
 from torchmaml.tasks import TaskBatch
@@ -246,7 +246,7 @@ class MetaLearner(nn.Module):
             trajectory = adapt(self._functional, params, sx, sy, self.loss, rates, steps, True, self.adapted)
             scores = []
             for step, point in enumerate(trajectory):
-                with at_inner_step(step):
+                with self._functional.at_step(step):
                     scores.append(metric(self._functional(point, qx), qy))
             return torch.stack(scores)
 

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from torchmaml.functional import FunctionalModel, Params, at_inner_step
+from torchmaml.functional import FunctionalModel, Params
 from torchmaml.inner import InnerLR, LossFn, adapt
 
 MetaParams = dict[str, Params]
@@ -46,7 +46,7 @@ class InnerProblem:
     def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int | None = None) -> torch.Tensor:
         """``f(w; (x, y))``, the task loss of the model at ``params`` (evaluated at inner step ``step``: the
         trajectory index of ``params``, for per-step layers; ``None`` is the final step)."""
-        with at_inner_step(step):
+        with self.model.at_step(step):
             return self.loss_fn(self.model(params, x), y)
 
 

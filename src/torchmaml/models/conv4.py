@@ -33,6 +33,7 @@ class MetaBatchNorm2d(nn.Module):
         super().__init__()
         self.eps = eps
         self.steps = steps
+        self.uses_inner_step = steps is not None  # read by FunctionalModel: set the step while adapting
         shape = (channels,) if steps is None else (steps + 1, channels)
         self.weight = nn.Parameter(torch.ones(shape))
         self.bias = nn.Parameter(torch.zeros(shape))
