@@ -97,6 +97,7 @@ class TrainConfig(BaseModel):
     max_consecutive_skips: int = Field(20, ge=1)
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "cpu"
+    threads: int | None = Field(None, ge=1)
 
     @field_validator("estimator")
     @classmethod
