@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from torchmaml.config import to_toml
 from torchmaml.errors import ConfigError
-from torchmaml.rl.config import build_config, load_config, preset_names, to_toml
+from torchmaml.rl.config import build_config, load_config, preset_names
 
 
 def test_presets_load_and_round_trip(tmp_path):

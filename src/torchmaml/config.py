@@ -263,7 +263,7 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     return build_config(values)
 
 
-def to_toml(config: TrainConfig) -> str:
+def to_toml(config: BaseModel) -> str:
     """The resolved configuration as TOML text (``None`` values are left out, as TOML has no null)."""
     lines = []
     for key, value in config.model_dump().items():

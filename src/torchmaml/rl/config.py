@@ -112,21 +112,6 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
     return build_config(values)
 
 
-def to_toml(config: RLConfig) -> str:
-    """The resolved configuration as TOML (``None`` values left out: TOML has no null)."""
-    return "".join(f"{key} = {_toml_value(value)}\n" for key, value in config.model_dump().items() if value is not None)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-
-
 def _describe(error: ValidationError) -> str:
     problem = error.errors()[0]
     key = ".".join(str(part) for part in problem["loc"])

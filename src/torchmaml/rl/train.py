@@ -29,10 +29,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from torchmaml.checkpoint import CheckpointStore, atomic_write_bytes, save_checkpoint
-from torchmaml.config import read_toml
+from torchmaml.config import read_toml, to_toml
 from torchmaml.errors import ConfigError
 from torchmaml.functional import FunctionalModel, Params
-from torchmaml.rl.config import RLConfig, build_config, to_toml
+from torchmaml.rl.config import RLConfig, build_config
 from torchmaml.rl.maml_trpo import meta_update, sample_phases
 from torchmaml.rl.navigation import HORIZON as NAVIGATION_HORIZON
 from torchmaml.rl.plots import plot_learning_curve, read_metrics
