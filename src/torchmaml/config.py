@@ -251,7 +251,7 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
     try:
         return TrainConfig(**values)
     except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
+        raise ConfigError(describe_validation_error(error, TrainConfig)) from None
 
 
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
@@ -286,11 +286,12 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
-def _describe(error: ValidationError) -> str:
+def describe_validation_error(error: ValidationError, schema: type[BaseModel]) -> str:
+    """The first problem of ``error`` as one line naming the key (and, for an unknown key, the known ones)."""
     problem = error.errors()[0]
     key = ".".join(str(part) for part in problem["loc"])
     if problem["type"] == "extra_forbidden":
-        known = ", ".join(TrainConfig.model_fields)
+        known = ", ".join(schema.model_fields)
         return f"{key}: unknown key; known keys: {known}"
     message = problem["msg"].removeprefix("Value error, ")
     given = problem.get("input")

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from torchmaml.config import parse_override, read_toml
+from torchmaml.config import describe_validation_error, parse_override, read_toml
 from torchmaml.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -93,7 +93,7 @@ def build_config(values: dict[str, Any]) -> RLConfig:
     try:
         return RLConfig(**values)
     except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
+        raise ConfigError(describe_validation_error(error, RLConfig)) from None
 
 
 def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RLConfig:
@@ -110,15 +110,3 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
         key, value = parse_override(text)
         values[key] = value
     return build_config(values)
-
-
-def _describe(error: ValidationError) -> str:
-    problem = error.errors()[0]
-    key = ".".join(str(part) for part in problem["loc"])
-    if problem["type"] == "extra_forbidden":
-        return f"{key}: unknown key; known keys: {', '.join(RLConfig.model_fields)}"
-    message = problem["msg"].removeprefix("Value error, ")
-    given = problem.get("input")
-    if problem["type"] != "missing" and not isinstance(given, dict):
-        message += f" (got {given!r})"
-    return f"{key}: {message}" if key else message
