@@ -48,15 +48,14 @@ import math
 import os
 import platform
 import shlex
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from _harness import TORCHMAML, fresh, last_error_line, names, read_metrics, run_child, seconds_per_iteration
+
 ESTIMATORS = ("unrolled", "first_order", "hessian_free", "implicit", "reptile")
-TORCHMAML = Path(sys.executable).parent / "torchmaml"
 # Reptile (Nichol et al. 2018): 5 full-batch SGD inner steps at the preset's rate 0.4 on the 5 support images
 # (use_query=false: the data of the 1-shot meta-test, and about 3x cheaper per iteration than the estimator's
 # default of support + 75 query images, so about 3x more meta-updates in the budget), outer SGD with the
@@ -96,46 +95,6 @@ def train_command(args: argparse.Namespace, name: str, iterations: int, out: Pat
     for override in overrides:
         command += ["--set", override]
     return [*command, "--out", str(out), "--no-progress"]
-
-
-def run_child(command: list[str], log: Path, threads: int) -> tuple[int, float, float]:
-    """Run ``command`` as one child process (output to ``log``); return its exit code, wall seconds and the
-    peak resident set size of that child in MB (``ru_maxrss`` from ``os.wait4``, KiB on Linux)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    start = time.perf_counter()
-    with open(log, "w") as handle:
-        handle.write("$ " + shlex.join(command) + "\n")
-        handle.flush()
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    rss = usage.ru_maxrss / 2**20 if sys.platform == "darwin" else usage.ru_maxrss / 2**10
-    return process.returncode, time.perf_counter() - start, rss
-
-
-def read_metrics(run: Path) -> list[dict[str, Any]]:
-    """The per-iteration records of a run's ``metrics-maml.jsonl``."""
-    path = run / "metrics-maml.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def seconds_per_iteration(records: list[dict[str, Any]]) -> float:
-    """Mean training seconds per iteration, leaving out the first iteration when there are more."""
-    if len(records) > 1:
-        return (records[-1]["seconds"] - records[0]["seconds"]) / (len(records) - 1)
-    return records[-1]["seconds"]
-
-
-def last_error_line(log: Path) -> str:
-    lines = [line for line in log.read_text().splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
-
-
-def fresh(path: Path) -> Path:
-    """An empty run folder (a previous run of the same name is removed)."""
-    if path.exists():
-        shutil.rmtree(path)
-    return path
 
 
 def compare(args: argparse.Namespace, name: str) -> dict[str, Any]:
@@ -230,11 +189,6 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, torch_versio
     if failures:
         lines += ["", "Failures:", *(f"- {result['estimator']}: {result['error']}" for result in failures)]
     return "\n".join(lines)
-
-
-def names(text: str) -> list[str]:
-    """``"a, b"`` -> ``["a", "b"]``."""
-    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -112,3 +112,13 @@ def test_half_cheetah_trains_and_evaluates_through_gymnasium_vector(tmp_path, pr
     report = evaluate(tmp_path)
     assert {(r["model"], r["steps"]) for r in report["results"]} == {(m, k) for m in ("maml", "random") for k in (0, 1)}
     assert "adaptation.png" not in {p.name for p in tmp_path.iterdir()}  # the trajectory figure is navigation's
+
+
+def test_time_limit_stops_training_with_a_final_checkpoint(tmp_path):
+    config = load_config(
+        "navigation2d", [*TINY, "iterations=1000", "pretrained_iterations=0", "time_limit_minutes=0.002"]
+    )
+    run = train(config, tmp_path / "run", progress=False)
+    lines = (run / "metrics-maml.jsonl").read_text().splitlines()
+    assert 1 <= len(lines) < 1000 and json.loads(lines[-1])["seconds"] >= 0.12
+    assert load_checkpoint(run / "checkpoint-maml.pt")["iteration"] == len(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 import torch
@@ -118,3 +119,22 @@ def test_trainer_switches_to_exact_gradients_and_anneals_weights_at_the_right_it
     rates = [lr for _, _, lr in seen]
     assert rates[0] == pytest.approx(1e-3) and all(a > b for a, b in itertools.pairwise(rates))
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
+
+
+def test_time_limit_stops_the_phase_and_writes_the_final_checkpoint(tmp_path, monkeypatch):
+    config = load_config(
+        "sinusoid-demo", ["iterations=50", "time_limit_minutes=0.001", "checkpoint_every=100", "compile=false"]
+    )
+    (tmp_path / "config.toml").write_text("")
+    trainer = PhaseTrainer(config, MAML, 50, RunDir(tmp_path), progress=False)
+    original = trainer.learner.meta_step
+
+    def slow_step(batch, optimizer):  # each meta-step takes >= 25 ms: the 60 ms limit stops the phase by 3
+        time.sleep(0.025)
+        return original(batch, optimizer)
+
+    monkeypatch.setattr(trainer.learner, "meta_step", slow_step)
+    trainer.run(stop=type("Flag", (), {"signal_number": None})(), resume=False)
+    assert 2 <= trainer.iteration <= 3 and trainer.elapsed >= 0.06
+    assert len(RunDir(tmp_path).metrics(MAML).read_text().splitlines()) == trainer.iteration
+    assert RunDir(tmp_path).checkpoint(MAML).exists()

@@ -33,6 +33,7 @@ class TrainConfig(BaseModel):
     benchmark: Literal["sinusoid", "omniglot", "folder"] = "sinusoid"
     # outer loop
     iterations: int = Field(70_000, ge=1)
+    time_limit_minutes: float | None = Field(None, gt=0)  # stop each phase after this much training time
     meta_batch_size: int = Field(25, ge=1)
     outer_lr: float = Field(1e-3, gt=0)
     # inner loop

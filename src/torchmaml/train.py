@@ -202,6 +202,13 @@ class PhaseTrainer:
                     self.last_checkpoint = store.save(self.iteration, self.state_dict())
                 if stop.signal_number is not None:
                     raise Interrupted(stop.signal_number, self.last_checkpoint)
+                if self._out_of_time():
+                    print(
+                        f"{self.kind}: time limit of {config.time_limit_minutes} minutes reached at iteration "
+                        f"{self.iteration}; stopping",
+                        flush=True,
+                    )
+                    break
                 if self._reached_epsilon(metrics):
                     print(
                         f"{self.kind}: ||grad F|| = {metrics['grad_norm']:.4g} <= stop_at_epsilon "
@@ -242,6 +249,10 @@ class PhaseTrainer:
             self.best_validation = value
             save_checkpoint(self.run_dir.best_checkpoint(self.kind), self.state_dict())
         return {f"val_{self.metric.name}": value}
+
+    def _out_of_time(self) -> bool:
+        limit = self.config.time_limit_minutes
+        return limit is not None and self.elapsed >= 60 * limit
 
     def _reached_epsilon(self, metrics: dict[str, float]) -> bool:
         epsilon = self.config.stop_at_epsilon

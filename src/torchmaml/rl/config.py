@@ -27,6 +27,7 @@ class RLConfig(BaseModel):
     horizon: int | None = Field(None, ge=1)  # None: the environment's (100 navigation, 200 half-cheetah)
     # meta-training
     iterations: int = Field(500, ge=1)
+    time_limit_minutes: float | None = Field(None, gt=0)  # stop each phase after this much training time
     meta_batch_size: int = Field(20, ge=1)
     trajectories: int = Field(20, ge=1)
     inner_lr: float = Field(0.1, gt=0)

@@ -170,6 +170,9 @@ def _train_phase(
             if iteration % config.checkpoint_every == 0:
                 log.flush()
                 store.save(iteration, payload())
+            if config.time_limit_minutes is not None and seconds >= 60 * config.time_limit_minutes:
+                print(f"{kind}: time limit of {config.time_limit_minutes} minutes reached at iteration {iteration}")
+                break
     save_checkpoint(out / f"checkpoint-{kind}.pt", payload())
 
 
