@@ -16,9 +16,11 @@ Each (estimator, inner steps) configuration runs in a fresh subprocess of its ow
   warm-up ones.
 
 Expected: ``unrolled`` grows linearly with the inner steps (it keeps every step's activations for the
-backward pass); ``first_order``, ``hessian_free``, ``implicit``, ``reptile`` stay flat; ``three_batch``
-keeps two parameter copies per step (``w_s`` and ``g_s``, about 0.9 MB for conv4): nearly flat. Most of
-the memory of every row is the forward and backward pass of the 75 query images, the same for all.
+backward pass); ``unrolled+checkpoint`` (``estimator_options={"checkpoint": True}``: the same exact gradient,
+recomputing each step in reverse) stays flat at about one step's cost; ``first_order``, ``hessian_free``,
+``implicit``, ``reptile`` stay flat; ``three_batch`` keeps two parameter copies per step (``w_s`` and
+``g_s``, about 0.9 MB for conv4): nearly flat. Most of the memory of every row is the forward and backward
+pass of the 75 query images, the same for all.
 
 Run from the repository root (the full table takes a while: ``unrolled`` with 20 steps is the slowest)::
 
@@ -44,7 +46,18 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-ESTIMATORS = ("unrolled", "first_order", "hessian_free", "implicit", "reptile", "three_batch")
+# name -> (estimator, estimator_options); "unrolled+checkpoint" is the exact gradient with the inner loop
+# recomputed in reverse (gradient checkpointing), which trades time for memory.
+ESTIMATOR_SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "unrolled": ("unrolled", {}),
+    "unrolled+checkpoint": ("unrolled", {"checkpoint": True}),
+    "first_order": ("first_order", {}),
+    "hessian_free": ("hessian_free", {}),
+    "implicit": ("implicit", {}),
+    "reptile": ("reptile", {}),
+    "three_batch": ("three_batch", {}),
+}
+ESTIMATORS = tuple(ESTIMATOR_SETTINGS)
 STEPS = (1, 5, 10, 20)
 WAYS, QUERIES_PER_CLASS, INNER_LR = 5, 15, 0.4
 MODEL_SEED, DATA_SEED = 0, 1
@@ -91,8 +104,15 @@ def measure(config: Config) -> dict[str, Any]:
         torch.randn(tasks, queries, 1, 28, 28, generator=generator),
         torch.arange(WAYS).repeat_interleave(QUERIES_PER_CLASS).repeat(tasks, 1),
     )
+    estimator, options = ESTIMATOR_SETTINGS[config.estimator]
     learner = MetaLearner(
-        model, F.cross_entropy, inner_lr=INNER_LR, inner_steps=config.steps, estimator=config.estimator, strategy="loop"
+        model,
+        F.cross_entropy,
+        inner_lr=INNER_LR,
+        inner_steps=config.steps,
+        estimator=estimator,
+        strategy="loop",
+        estimator_options=options,
     )
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
     rss_before = max_rss_mb()

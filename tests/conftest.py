@@ -82,6 +82,19 @@ def unflatten(vector, like):
     return out
 
 
+# (MetaLearner options, multi-step loss weights for 3 inner steps) covering every learned-rate rule, ANIL
+# (small_mlp's head is module "4") and the multi-step loss: estimators that must agree are compared on each.
+INNER_LOOP_VARIANTS = [
+    ({}, None),
+    ({"inner_lr_mode": "scalar"}, None),
+    ({"inner_lr_mode": "meta_sgd"}, None),
+    ({"inner_lr_mode": "per_layer_per_step"}, None),
+    ({"adapt_only": ["4"]}, None),
+    ({}, (0.2, 0.3, 0.5)),
+    ({"inner_lr_mode": "per_layer_per_step"}, (0.0, 0.4, 0.6)),
+]
+
+
 def small_mlp(dtype=torch.float64) -> nn.Module:
     return nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1)).to(dtype)
 

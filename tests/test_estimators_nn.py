@@ -12,7 +12,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import flat, small_convnet, small_mlp, unflatten
+from conftest import INNER_LOOP_VARIANTS, flat, small_convnet, small_mlp, unflatten
 from torch import nn
 from torch.func import functional_call
 
@@ -198,17 +198,7 @@ def test_reptile_matches_sgd_on_support_and_query(workload):
 # -- relations between the estimators ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "learner_options,step_weights",
-    [
-        ({}, None),
-        ({"inner_lr_mode": "scalar"}, None),
-        ({"inner_lr_mode": "meta_sgd"}, None),
-        ({"inner_lr_mode": "per_layer_per_step"}, None),
-        ({"adapt_only": ["4"]}, None),
-        ({}, (0.2, 0.3, 0.5)),
-    ],
-)
+@pytest.mark.parametrize("learner_options,step_weights", INNER_LOOP_VARIANTS)
 def test_three_batch_without_hessian_set_is_unrolled_and_hessian_free_approximates_it(learner_options, step_weights):
     model, batch = small_mlp(), regression_batch()
     batch = TaskBatch(batch.support_x, batch.support_y, batch.query_x, batch.query_y)  # D_h = D_in

@@ -58,23 +58,40 @@ def adapt(
     ``None``; ANIL adapts only the head); the others are passed through as the very same tensors. Works
     inside ``torch.func.vmap`` (one task per call) and under an outer ``torch.func.grad``.
     """
+    trajectory = [params]
+    for step in range(steps):
+        trajectory.append(
+            inner_step(model, trajectory[-1], x, y, loss_fn, step_lr(lr, step), step, first_order, adapted)
+        )
+    return trajectory
+
+
+def inner_step(
+    model: FunctionalModel,
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    lr: StepLR,
+    step: int,
+    first_order: bool = False,
+    adapted: Collection[str] | None = None,
+) -> Params:
+    """Inner step number ``step`` (0-based; the model runs ``at_step(step)``): ``w - lr * grad f(w; (x, y))``
+    on the parameters in ``adapted`` (all when ``None``), the others passed through unchanged."""
     names = [name for name in params if adapted is None or name in adapted]
+    fast = {name: params[name] for name in names}
+    fixed = {name: p for name, p in params.items() if name not in fast}
 
     def support_loss(fast: Params, fixed: Params) -> torch.Tensor:
         return loss_fn(model({**fixed, **fast}, x), y)
 
-    trajectory = [params]
-    for step in range(steps):
-        point = trajectory[-1]
-        fast = {name: point[name] for name in names}
-        fixed = {name: p for name, p in point.items() if name not in fast}
-        with model.at_step(step):
-            if first_order:  # the gradient at a detached point carries no graph back to w
-                grads = grad(support_loss)(_detached(fast), _detached(fixed))
-            else:
-                grads = grad(support_loss)(fast, fixed)
-        trajectory.append({**point, **sgd_step(fast, grads, step_lr(lr, step))})
-    return trajectory
+    with model.at_step(step):
+        if first_order:  # the gradient at a detached point carries no graph back to w
+            grads = grad(support_loss)(_detached(fast), _detached(fixed))
+        else:
+            grads = grad(support_loss)(fast, fixed)
+    return {**params, **sgd_step(fast, grads, lr)}
 
 
 def _detached(params: Params) -> Params:

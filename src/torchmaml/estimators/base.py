@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 
 from torchmaml.functional import FunctionalModel, Params
-from torchmaml.inner import InnerLR, LossFn, adapt
+from torchmaml.inner import InnerLR, LossFn, adapt, inner_step, step_lr
 
 MetaParams = dict[str, Params]
 Task = dict[str, torch.Tensor]
@@ -42,6 +42,11 @@ class InnerProblem:
         """The inner trajectory ``[w_0, ..., w_K]`` from ``meta["params"]`` on ``(x, y)``."""
         rates = self.rates(meta["lrs"])
         return adapt(self.model, meta["params"], x, y, self.loss_fn, rates, self.steps, first_order, self.adapted)
+
+    def step(self, params: Params, lrs: Params, x: torch.Tensor, y: torch.Tensor, step: int) -> Params:
+        """Inner step ``step`` (0-based) from ``params``, at the rate the learned-rate tensors ``lrs`` give."""
+        rate = step_lr(self.rates(lrs), step)
+        return inner_step(self.model, params, x, y, self.loss_fn, rate, step, adapted=self.adapted)
 
     def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int | None = None) -> torch.Tensor:
         """``f(w; (x, y))``, the task loss of the model at ``params`` (evaluated at inner step ``step``: the

@@ -6,7 +6,19 @@ For task ``i`` with support set ``D_in`` and query set ``D_o`` the meta-loss is
     G_i = prod_{s=K-1..0} (I - alpha_s H_i(w_s; D_in)) grad f_i(w_K; D_o),
 
 which ``torch.func.grad`` computes by differentiating through the inner steps (Hessian-vector products
-by double backward, never a formed Hessian). Memory grows linearly with ``K``.
+by double backward, never a formed Hessian). Memory grows linearly with ``K``: every step's activations
+and their gradients stay alive until the outer backward pass.
+
+``checkpoint=True`` trades time for memory (gradient checkpointing of the inner loop): the forward pass
+keeps only the points ``w_0..w_K`` (no graph), then the backward pass walks the steps in reverse,
+recomputing each step ``w_{s+1} = w_s - alpha_s grad f_i(w_s; D_in)`` and pulling the cotangent back
+through it with one vector-Jacobian product,
+
+    v_K = grad f_i(w_K; D_o),    v_s = v_{s+1} - alpha_s H_i(w_s; D_in) v_{s+1}    (+ v_s f_i(w_s; D_o)'s
+    gradient under the multi-step loss),  G_i = v_0,
+
+and the learned rates' gradients from the same products. The result is the same exact gradient; peak memory
+holds one step's graph instead of ``K``; the cost is one more forward and backward pass per step.
 
 With MAML++'s multi-step loss (``problem.step_weights``) the differentiated objective is
 ``sum_s v_s f_i(w_s; D_o)`` over the steps ``s = 1..K``; ``loss_after`` still reports ``f_i(w_K; D_o)``.
@@ -21,7 +33,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch.func import grad
+from torch.func import grad, vjp
 
 from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, Task
 
@@ -31,8 +43,12 @@ class Unrolled:
     """Exact second-order MAML gradient of one task (see the module docstring)."""
 
     first_order: ClassVar[bool] = False
+    checkpoint: bool = False
 
     def __call__(self, problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[MetaParams, Metrics]:
+        if self.checkpoint and not self.first_order:
+            return _checkpointed(problem, meta, task)
+
         def meta_loss(meta: MetaParams) -> tuple[torch.Tensor, torch.Tensor]:
             trajectory = problem.adapt(meta, task["support_x"], task["support_y"], self.first_order)
             loss_after = problem.loss(trajectory[-1], task["query_x"], task["query_y"])
@@ -55,3 +71,33 @@ class FirstOrder(Unrolled):
     """First-order MAML gradient of one task: the query gradient at the adapted point."""
 
     first_order: ClassVar[bool] = True
+
+
+def _checkpointed(problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[MetaParams, Metrics]:
+    """The exact gradient of ``Unrolled`` by reverse recomputation of the inner steps (``checkpoint=True``)."""
+    x, y, query_x, query_y = task["support_x"], task["support_y"], task["query_x"], task["query_y"]
+    meta = {key: {name: t.detach() for name, t in tree.items()} for key, tree in meta.items()}
+    with torch.no_grad():
+        trajectory = problem.adapt(meta, x, y)
+        loss_before = problem.loss(meta["params"], query_x, query_y, step=0)
+
+    def query_loss(params, step: int | None) -> torch.Tensor:
+        return problem.loss(params, query_x, query_y, step)
+
+    weights = problem.step_weights or (0.0,) * (problem.steps - 1) + (1.0,)
+    last = problem.steps
+    final_step = None if problem.step_weights is None else last  # as in Unrolled: the final loss at step None
+    cotangent = {name: weights[-1] * g for name, g in grad(query_loss)(trajectory[last], final_step).items()}
+    with torch.no_grad():
+        loss_after = query_loss(trajectory[last], None)
+    lr_grads = {name: torch.zeros_like(t) for name, t in meta["lrs"].items()}
+    for step in reversed(range(last)):
+        _, pull_back = vjp(
+            lambda params, lrs, s=step: problem.step(params, lrs, x, y, s), trajectory[step], meta["lrs"]
+        )
+        cotangent, lr_cotangent = pull_back(cotangent)
+        lr_grads = {name: g + lr_cotangent[name] for name, g in lr_grads.items()}
+        if step > 0 and weights[step - 1]:
+            extra = grad(query_loss)(trajectory[step], step)
+            cotangent = {name: g + weights[step - 1] * extra[name] for name, g in cotangent.items()}
+    return {"params": cotangent, "lrs": lr_grads}, {"loss_before": loss_before, "loss_after": loss_after}
