@@ -21,6 +21,7 @@ from torch import nn
 
 from torchmaml.errors import ModelError
 from torchmaml.functional import FunctionalModel, Params
+from torchmaml.models.mlp import mlp
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -32,13 +33,7 @@ class GaussianMLPPolicy(nn.Module):
         self, observation_dim: int, action_dim: int, hidden: Sequence[int] = (100, 100), init_log_std: float = 0.0
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        width = observation_dim
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.ReLU()]
-            width = size
-        layers.append(nn.Linear(width, action_dim))
-        self.mean = nn.Sequential(*layers)
+        self.mean = mlp(observation_dim, hidden, action_dim)
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
         for module in self.mean:
             if isinstance(module, nn.Linear):

@@ -20,7 +20,7 @@ does not depend on how the trajectories are spread over vectorised environments 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -64,6 +64,12 @@ def act(policy: FunctionalModel, params: Params, observations: torch.Tensor, noi
     """Actions ``mean + exp(log_std) * noise`` for observations ``[T, N, obs]`` with per-task ``params``."""
     mean, log_std = vmap(functools.partial(distribution, policy))(params, observations)
     return mean + torch.exp(log_std) * noise
+
+
+def stack_steps(steps: Sequence[tuple[torch.Tensor, ...]]) -> Episodes:
+    """Per-step ``(observation, action, reward, alive)`` tensors ``[tasks, N, ...]`` -> ``Episodes`` with the
+    time axis third: ``[tasks, N, H, ...]``."""
+    return Episodes(*(torch.stack(parts, dim=2) for parts in zip(*steps, strict=True)))
 
 
 class _ClosingContext:
@@ -110,7 +116,7 @@ class BatchedNavigationSampler(_ClosingContext):
             steps.append((observation, action, reward, alive))
             alive = alive * (~terminated).float()
             observation = next_observation
-        return Episodes(*(torch.stack(parts, dim=2) for parts in zip(*steps, strict=True)))
+        return stack_steps(steps)
 
 
 class VectorEnvSampler(_ClosingContext):
@@ -185,7 +191,7 @@ class VectorEnvSampler(_ClosingContext):
             mask = torch.as_tensor(alive, dtype=torch.float32).reshape(per_round, trajectories)
             steps.append((obs, action, reward, mask))
             alive &= ~(terminated | truncated)
-        return Episodes(*(torch.stack(parts, dim=2) for parts in zip(*steps, strict=True)))
+        return stack_steps(steps)
 
     def close(self) -> None:
         if not self._closed:
