@@ -35,3 +35,8 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+
+# The theory lab: regenerates docs/theory.md and the figures and numbers in docs/theory/ (about 10-15 min on 2 cores).
+.PHONY: theory
+theory: venv
+	OMP_NUM_THREADS=1 $(BIN)/torchmaml theory report --out docs

@@ -1,4 +1,4 @@
-"""The ``torchmaml`` command line: ``train``, ``evaluate`` and ``adapt``.
+"""The ``torchmaml`` command line: ``train``, ``evaluate``, ``adapt`` and ``theory``.
 
 Every user error (bad config, missing run folder, corrupt checkpoint) is one line on stderr and exit code 2.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torchmaml.config import load_config, preset_names
 from torchmaml.errors import TorchMAMLError
+from torchmaml.theory.lab.commands import add_theory_parser
 
 EXIT_USAGE = 2
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--query", type=Path, required=True, help="folder of images to classify")
     adapt.add_argument("--steps", type=int, default=None, help="inner steps (default: the largest eval step)")
     adapt.add_argument("--out", type=Path, default=None, help="CSV path (default: RUN_DIR/predictions.csv)")
+    add_theory_parser(commands)
     return parser
 
 
@@ -54,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "adapt":
             return _adapt(args)
+        if args.command == "theory":
+            from torchmaml.theory.lab.commands import run_theory
+
+            return run_theory(args)
         return _evaluate(args)
     except TorchMAMLError as error:
         print(f"torchmaml: error: {error}", file=sys.stderr)

@@ -1,0 +1,9 @@
+"""The theory lab: the experiments behind ``torchmaml theory`` and ``docs/theory.md``.
+
+- ``setups``: the two task families (linear regression, sinusoid) and every experiment's sizes;
+- ``constants``: estimated constants against closed forms, and along a meta-training run;
+- ``bias_variance`` (with ``control_variate`` and ``estimators``): bias and moments of the meta-gradient
+  estimators against ``D_in``, ``D_o``, ``D_h``, ``B``, next to the bounds;
+- ``complexity``: iterations to an epsilon-stationary point with the theory-guided step size, next to ``T``;
+- ``run``, ``figures``, ``docs``, ``commands``: JSON and PNG outputs, the Markdown page, the command line.
+"""
