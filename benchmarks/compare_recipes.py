@@ -149,6 +149,7 @@ def run_variant(args: argparse.Namespace, comparison: str, variant: Variant) -> 
         iterations = plan_iterations(args, variant, key, result)
         if iterations is None:
             return result
+        result["planned_iterations"] = iterations
         overrides = [
             f"iterations={iterations}",
             f"time_limit_minutes={args.budget_minutes}",
@@ -221,6 +222,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, wall: float)
             rss = f"{row['peak_rss_mb']:.0f}" if "peak_rss_mb" in row else "-"
             cells = " | ".join(cell(row, s, comparison.metric) for s in steps)
             done = row.get("iterations", "-")
+            if row.get("planned_iterations", done) != done:
+                done = f"{done} of {row['planned_iterations']} planned"
             lines.append(f"| {row['variant']} | {row['preset']} | {done} | {spi} | {secs} | {rss} | {cells} |")
         lines += [f"- {row['variant']} failed: {row['error']}" for row in rows if not row["ok"]]
     return "\n".join(lines)
