@@ -63,3 +63,14 @@ def fresh(path: Path) -> Path:
 def names(text: str) -> list[str]:
     """``"a, b"`` -> ``["a", "b"]`` (a comma-separated command-line list)."""
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def read_json_line(log: Path) -> dict[str, Any] | None:
+    """The last line of ``log`` that is a JSON object (a child's result), or ``None`` if there is none."""
+    for line in reversed(log.read_text().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    return None
