@@ -69,6 +69,8 @@ def test_defaults_are_the_paper_protocol():
 def test_combinations_that_cannot_work_are_refused_up_front():
     with pytest.raises(ConfigError, match="multi_step_loss_iterations: the multi-step loss"):
         load_config("sinusoid", ["estimator=reptile", "multi_step_loss_iterations=5"])
+    with pytest.raises(ConfigError, match="learned rates would get no gradient"):
+        load_config("sinusoid-metasgd", ["estimator=implicit"])
     with pytest.raises(ConfigError, match="baseline: the joint-training baseline"):
         load_config("omniglot-5w1s", ["baseline=true"])
     with pytest.raises(ConfigError, match="stop_at_epsilon needs the stationarity monitor"):

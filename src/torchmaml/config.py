@@ -190,6 +190,16 @@ class TrainConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _learned_rates(self) -> TrainConfig:
+        if self.inner_lr_mode != "fixed" and self.estimator in ("implicit", "reptile"):
+            raise ValueError(
+                f"inner_lr_mode {self.inner_lr_mode!r}: estimator {self.estimator!r} does not differentiate the inner "
+                "steps, so learned rates would get no gradient; use inner_lr_mode 'fixed' or estimator unrolled, "
+                "first_order, three_batch or hessian_free"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _per_step_batch_norm(self) -> TrainConfig:
         if self.batch_norm == "per_step" and self.estimator not in ("unrolled", "first_order"):
             raise ValueError(
