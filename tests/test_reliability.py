@@ -187,3 +187,21 @@ def test_store_keeps_the_newest_and_falls_back_past_bad_files(tmp_path):
     assert "maml-000000003.pt is corrupted" in warnings[0]
     store.paths()[0].write_bytes(b"")
     assert store.newest_valid() is None
+
+
+def test_a_second_trainer_on_a_busy_run_folder_is_refused_naming_the_holder(tmp_path):
+    """The bug this prevents: `--resume` started while the first run still trains, both writing one folder."""
+    run = tmp_path / "run"
+    first = start_cli("train", "--config", "sinusoid-demo", *QUICK, "--out", str(run))
+    try:
+        wait_for_checkpoints(run, 1, first)
+        second = run_cli("train", "--resume", str(run))
+        assert second.returncode == 2
+        assert re.fullmatch(
+            rf"torchmaml: error: {re.escape(str(run))} is being trained by another process \(pid {first.pid}\); .*\n",
+            second.stderr,
+        ), second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert run_cli("train", "--resume", str(run), "--no-progress").returncode == 0  # the lock went with the process

@@ -122,3 +122,12 @@ def test_time_limit_stops_training_with_a_final_checkpoint(tmp_path):
     lines = (run / "metrics-maml.jsonl").read_text().splitlines()
     assert 1 <= len(lines) < 1000 and json.loads(lines[-1])["seconds"] >= 0.12
     assert load_checkpoint(run / "checkpoint-maml.pt")["iteration"] == len(lines)
+
+
+def test_a_run_folder_in_use_is_refused(tmp_path):
+    from torchmaml.errors import ConfigError
+    from torchmaml.runlock import exclusive_run
+
+    with exclusive_run(tmp_path / "run"), pytest.raises(ConfigError, match=r"being trained by another process"):
+        train(load_config("navigation2d", TINY), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "metrics-maml.jsonl").exists()

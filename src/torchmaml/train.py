@@ -45,6 +45,7 @@ from torchmaml.learner import MetaLearner
 from torchmaml.plots import plot_learning_curve, read_metrics
 from torchmaml.rng import capture_rng, restore_rng
 from torchmaml.rundir import RunDir
+from torchmaml.runlock import exclusive_run
 from torchmaml.schedules import multi_step_weights, uses_first_order
 from torchmaml.theory.stationarity import meta_gradient_norm
 
@@ -71,13 +72,12 @@ def train_run(config: TrainConfig, root: Path, progress: bool = True, resume: bo
     run = RunDir(Path(root))
     if config.threads is not None:  # small models run best on one thread, and do not slow down on a busy CPU
         torch.set_num_threads(config.threads)
-    if not resume:
-        run.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run.config, to_toml(config).encode())
     phases = [(MAML, config.iterations)]
     if config.baseline:
         phases.append((PRETRAINED, config.baseline_iterations))
-    with _stop_requests() as stop:
+    with exclusive_run(run.root), _stop_requests() as stop:
+        if not resume:
+            atomic_write_bytes(run.config, to_toml(config).encode())
         for kind, iterations in phases:
             if resume and run.checkpoint(kind).exists():
                 continue

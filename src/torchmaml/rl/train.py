@@ -39,6 +39,7 @@ from torchmaml.rl.plots import plot_learning_curve, read_metrics
 from torchmaml.rl.policy import GaussianMLPPolicy, check_policy
 from torchmaml.rl.sampler import BatchedNavigationSampler, Sampler, VectorEnvSampler
 from torchmaml.rng import capture_rng, restore_rng
+from torchmaml.runlock import exclusive_run
 
 MAML, PRETRAINED = "maml", "pretrained"
 
@@ -90,9 +91,14 @@ def train(
     out = Path(out_dir)
     if resume:
         config = load_run_config(out)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "config.toml", to_toml(config).encode())
+    with exclusive_run(out):
+        if not resume:
+            atomic_write_bytes(out / "config.toml", to_toml(config).encode())
+        _train_phases(config, out, progress, resume, policy)
+    return out
+
+
+def _train_phases(config: RLConfig, out: Path, progress: bool, resume: bool, policy: nn.Module | None) -> None:
     phases = [(MAML, config.iterations, [config.inner_lr] * config.inner_steps)]
     if config.pretrained_iterations:
         phases.append((PRETRAINED, config.pretrained_iterations, []))
@@ -104,7 +110,6 @@ def train(
             check_policy(module, sampler.observation_dim, sampler.action_dim)
             _train_phase(config, sampler, FunctionalModel(module), kind, iterations, lrs, out, progress, resume)
     plot_learning_curve({kind: read_metrics(out / f"metrics-{kind}.jsonl") for kind, *_ in phases}, out)
-    return out
 
 
 def _train_phase(
