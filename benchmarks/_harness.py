@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -74,3 +75,9 @@ def read_json_line(log: Path) -> dict[str, Any] | None:
             except json.JSONDecodeError:
                 continue
     return None
+
+
+def max_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10

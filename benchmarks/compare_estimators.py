@@ -234,9 +234,10 @@ def read_metrics(result: Result, path: Path) -> None:
 
 
 def read_evaluation(result: Result, path: Path) -> None:
+    """The MAML rows of ``evaluation.json``; a diverged row (``mean`` null) is left out of the table."""
     report = json.loads(path.read_text())
     for entry in report["results"]:
-        if entry["model"] == "maml":
+        if entry["model"] == "maml" and entry["mean"] is not None:
             result.mse[f"{entry['support_size']}/{entry['steps']}"] = [entry["mean"], entry["ci95"]]
 
 

@@ -145,7 +145,8 @@ def compare(args: argparse.Namespace, name: str) -> dict[str, Any]:
         return result
     evaluation = json.loads((run / "evaluation.json").read_text())
     for row in evaluation["results"]:
-        result[f"accuracy_{row['steps']}"] = {"mean": row["mean"], "ci95": row["ci95"]}
+        if row["mean"] is not None:  # null: adaptation diverged on some task
+            result[f"accuracy_{row['steps']}"] = {"mean": row["mean"], "ci95": row["ci95"]}
     result.update(ok=True, eval_tasks=evaluation["eval_tasks"], evaluate_wall_seconds=wall)
     print(f"  evaluated in {wall:.0f} s", file=sys.stderr, flush=True)
     return result

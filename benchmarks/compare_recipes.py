@@ -177,7 +177,7 @@ def run_variant(args: argparse.Namespace, comparison: str, variant: Variant) -> 
     shots = min(row["support_size"] for row in evaluation["results"])
     for row in evaluation["results"]:
         if row["model"] == "maml" and row["support_size"] == shots:
-            result[f"steps_{row['steps']}"] = {"mean": row["mean"], "ci95": row["ci95"]}
+            result[f"steps_{row['steps']}"] = {"mean": row["mean"], "ci95": row["ci95"]}  # mean null: diverged
     result.update(ok=True, eval_tasks=evaluation["eval_tasks"])
     print(f"  {done} iterations in {seconds:.0f} s; evaluated", file=sys.stderr, flush=True)
     return result
@@ -187,6 +187,8 @@ def cell(result: dict[str, Any], steps: int, metric: str) -> str:
     value = result.get(f"steps_{steps}")
     if value is None:
         return "-"
+    if value["mean"] is None:
+        return "diverged"
     if metric == "accuracy":
         return f"{100 * value['mean']:.1f} ± {100 * value['ci95']:.1f} %"
     return f"{value['mean']:.3f} ± {value['ci95']:.3f}"

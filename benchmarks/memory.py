@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -45,6 +44,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from _harness import max_rss_mb
 
 # name -> (estimator, estimator_options); "unrolled+checkpoint" is the exact gradient with the inner loop
 # recomputed in reverse (gradient checkpointing), which trades time for memory.
@@ -76,12 +77,6 @@ class Config:
 
 
 # -- child: build the workload, time meta_step, print one JSON line -----------------------------------
-
-
-def max_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 def measure(config: Config) -> dict[str, Any]:

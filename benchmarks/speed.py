@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -47,6 +46,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from _harness import max_rss_mb
 
 WORKLOADS = ("W1", "W2")
 ORDERS = {"second": "unrolled", "first": "first_order"}
@@ -75,12 +76,6 @@ class Config:
 
 
 # -- child: build one workload, time meta_step, print one JSON line -----------------------------------
-
-
-def max_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 def build_workload(name: str) -> tuple[Any, Any, float, Any]:

@@ -64,7 +64,7 @@ def test_evaluate_prints_and_writes_the_table(trained_run):
     assert "Meta-test on 20 held-out tasks" in result.stdout
     assert "MSE, 10 steps" in result.stdout and "pretrained" in result.stdout
     report = json.loads((run / "evaluation.json").read_text())
-    assert report["schema_version"] == 1 and report["eval_tasks"] == 20
+    assert report["schema_version"] == 2 and report["eval_tasks"] == 20
     cells = {(r["model"], r["support_size"], r["steps"]) for r in report["results"]}
     assert cells == {(m, k, s) for m in ("maml", "pretrained") for k in (5, 10) for s in (1, 5, 10)}
     assert all(r["ci95"] > 0 for r in report["results"])

@@ -45,11 +45,17 @@ class AdaptationResult:
     model: str
     support_size: int
     steps: int
-    mean: float
-    ci95: float
+    mean: float | None  # None when the adapted model diverged on some task (a non-finite metric)
+    ci95: float | None
+    diverged_tasks: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def cell(self, scale: float) -> str:
+        if self.mean is None or self.ci95 is None:
+            return f"diverged ({self.diverged_tasks} tasks)"
+        return str(Estimate(self.mean * scale, self.ci95 * scale))
 
 
 def adaptation_scores(
@@ -67,12 +73,18 @@ def evaluate_adaptation(
     metric: MetricFn,
     inner_lr: float | None = None,
 ) -> list[AdaptationResult]:
-    """The query metric after each number of inner steps in ``steps``, over the tasks of ``batches``."""
+    """The query metric after each number of inner steps in ``steps``, over the tasks of ``batches``; a step
+    count where the metric is not finite on some task is reported as diverged (no mean, the task count)."""
     scores = adaptation_scores(learner, batches, max(steps), metric, inner_lr)
     support_size = batches[0].support_x.shape[1]
     results = []
     for count in steps:
-        estimate = mean_ci95(scores[:, count])
+        column = scores[:, count]
+        diverged = int((~torch.isfinite(column)).sum())
+        if diverged:
+            results.append(AdaptationResult(model_name, support_size, count, None, None, diverged))
+            continue
+        estimate = mean_ci95(column)
         results.append(AdaptationResult(model_name, support_size, count, estimate.mean, estimate.ci95))
     return results
 
@@ -100,6 +112,6 @@ def format_table(results: list[AdaptationResult], metric: str, scale: float = 1.
     for r in results:
         rows.setdefault((r.model, r.support_size), {})[r.steps] = r
     for (model, k), by_step in rows.items():
-        cells = "".join(f"{Estimate(by_step[s].mean * scale, by_step[s].ci95 * scale)!s:>24}" for s in steps)
+        cells = "".join(f"{by_step[s].cell(scale):>24}" for s in steps)
         lines.append(f"{model:<12}{k:>7}{cells}")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from torchmaml.learner import MetaLearner
 from torchmaml.plots import plot_sinusoid_fits
 from torchmaml.rundir import RunDir
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def load_learner(run: RunDir, config: TrainConfig, kind: str) -> tuple[MetaLearner, Path]:
