@@ -77,10 +77,10 @@ def test_a_fixed_task_and_the_horizon():
 def test_navigation_reward_and_termination():
     env = Navigation2DEnv(task=np.array([0.15, 0.0]))
     env.reset(seed=0)
-    observation, reward, terminated, _, _ = env.step(np.array([5.0, 0.0], dtype=np.float32))  # clipped to 0.1
+    observation, reward, terminated, _, _ = env.step(np.array([5.0, 0.0], dtype=np.float32))  # clipped to 1: moves 0.1
     np.testing.assert_allclose(observation, [0.1, 0.0], rtol=1e-6)
     assert reward == pytest.approx(-0.05, rel=1e-5) and not terminated
-    _, reward, terminated, _, _ = env.step(np.array([0.045, 0.005], dtype=np.float32))
+    _, reward, terminated, _, _ = env.step(np.array([0.45, 0.05], dtype=np.float32))
     assert terminated and reward == pytest.approx(-np.hypot(0.005, 0.005), rel=1e-4)
 
 
@@ -97,8 +97,8 @@ def test_batched_navigation_equals_the_gymnasium_environment_step_by_step():
     done = torch.zeros(tasks, trajectories, dtype=torch.bool)
     for _ in range(100):
         # half the copies head for the goal (so that some terminate), half act at random (beyond the clip)
-        towards = (goals[:, None] - observation) + 0.003 * torch.randn(tasks, trajectories, 2, generator=generator)
-        wild = 0.3 * torch.randn(tasks, trajectories, 2, generator=generator)
+        towards = 10 * (goals[:, None] - observation) + 0.03 * torch.randn(tasks, trajectories, 2, generator=generator)
+        wild = 3 * torch.randn(tasks, trajectories, 2, generator=generator)
         action = torch.where(torch.arange(trajectories)[None, :, None] % 2 == 0, towards, wild)
         observation, reward, terminated = batched.step(action)
         for i in range(tasks):

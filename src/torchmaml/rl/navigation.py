@@ -1,9 +1,15 @@
 """2D navigation (Finn et al. 2017, §5.3; the authors' rllab ``PointEnvRandGoal``), twice.
 
-A point mass starts at the origin ``s_0 = (0, 0)``; a task is a goal ``g ~ U[-0.5, 0.5]^2``. An action moves
-the point by ``clip(a, -0.1, 0.1)``, and the reward is minus the distance to the goal after the move,
+A point mass starts at the origin ``s_0 = (0, 0)``; a task is a goal ``g ~ U[-0.5, 0.5]^2``. Actions are
+normalised to ``[-1, 1]``: an action moves the point by ``0.1 clip(a, -1, 1)`` (at most 0.1 per coordinate),
+and the reward is minus the distance to the goal after the move,
 
-    s_{t+1} = s_t + clip(a_t, -0.1, 0.1),        r_t = -||s_{t+1} - g||_2.
+    s_{t+1} = s_t + 0.1 clip(a_t, -1, 1),        r_t = -||s_{t+1} - g||_2.
+
+The normalisation is rllab's ``normalize`` wrapper, which the authors' code puts around ``PointEnvRandGoal``
+(its raw action space is ``[-0.1, 0.1]^2``). It matters for learning: the policy's initial standard deviation
+of 1 is then the width of the action range, not ten times it (with raw actions almost every move would be
+clipped to a corner, and the mean of the policy would barely change what happens).
 
 The episode terminates when both coordinates are within 0.01 of the goal and is truncated after the
 horizon (100 steps). The observation is the position (float32).
@@ -22,7 +28,7 @@ import numpy as np
 import torch
 
 GOAL_LOW, GOAL_HIGH = -0.5, 0.5
-MAX_ACTION = 0.1
+MAX_MOVE = 0.1  # the largest move per coordinate: a normalised action of 1
 SUCCESS_DISTANCE = 0.01
 HORIZON = 100
 
@@ -30,6 +36,13 @@ HORIZON = 100
 def sample_goals(num: int, generator: torch.Generator) -> torch.Tensor:
     """``num`` goals drawn from ``U[-0.5, 0.5]^2``: a float32 ``[num, 2]`` tensor."""
     return GOAL_LOW + (GOAL_HIGH - GOAL_LOW) * torch.rand(num, 2, generator=generator)
+
+
+def move_of(action: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """The displacement ``0.1 clip(a, -1, 1)`` of a normalised action (a float32 numpy array or tensor)."""
+    if isinstance(action, torch.Tensor):
+        return MAX_MOVE * action.clamp(-1.0, 1.0)
+    return (np.float32(MAX_MOVE) * np.clip(action, -1.0, 1.0)).astype(np.float32)
 
 
 class Navigation2DEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -45,7 +58,7 @@ class Navigation2DEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def __init__(self, task: np.ndarray | None = None, horizon: int = HORIZON) -> None:
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
-        self.action_space = gym.spaces.Box(-MAX_ACTION, MAX_ACTION, shape=(2,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         self.horizon = horizon
         self.task = task
         self._position = np.zeros(2, dtype=np.float32)
@@ -69,8 +82,7 @@ class Navigation2DEnv(gym.Env[np.ndarray, np.ndarray]):
         return self._position.copy(), {"task": self._goal.copy()}
 
     def step(self, action: np.ndarray):
-        move = np.clip(np.asarray(action, dtype=np.float32), -MAX_ACTION, MAX_ACTION)
-        self._position = (self._position + move).astype(np.float32)
+        self._position = (self._position + move_of(np.asarray(action, dtype=np.float32))).astype(np.float32)
         offset = self._position - self._goal
         distance = np.sqrt(offset[0] * offset[0] + offset[1] * offset[1])
         terminated = bool(np.all(np.abs(offset) < SUCCESS_DISTANCE))
@@ -101,7 +113,7 @@ class BatchedNavigation2D:
 
     def step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(observation [T, N, 2], reward [T, N], terminated [T, N] bool)``."""
-        self.position = self.position + action.to(torch.float32).clamp(-MAX_ACTION, MAX_ACTION)
+        self.position = self.position + move_of(action.to(torch.float32))
         offset = self.position - self.goals
         x, y = offset.unbind(-1)
         # the root in float64, rounded once to float32: correctly rounded, like numpy's (torch's vectorised

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from torchmaml.rl.episodes import Episodes
-from torchmaml.rl.navigation import MAX_ACTION
+from torchmaml.rl.navigation import move_of
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -91,7 +91,7 @@ def plot_navigation(
             episodes = phases[k]
             for n in range(min(per_task, episodes.mask.shape[1])):
                 length = int(episodes.mask[task, n].sum())
-                moves = episodes.actions[task, n, :length].clamp(-MAX_ACTION, MAX_ACTION)
+                moves = move_of(episodes.actions[task, n, :length])
                 path = np.vstack([np.zeros(2), moves.cumsum(0).numpy()])
                 label = ("pre-update" if k == 0 else f"{k} step{'s' * (k > 1)}") if n == 0 else None
                 ax.plot(path[:, 0], path[:, 1], color=colour, alpha=0.8, lw=1.2, label=label)
