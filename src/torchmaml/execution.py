@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_map
 
 from torchmaml.errors import ConfigError, ModelError
 from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, Task, TaskGradient
-from torchmaml.functional import FunctionalModel
+from torchmaml.functional import FunctionalModel, unvectorised
 from torchmaml.tasks import TaskBatch
 
 Strategy = Literal["auto", "vmap", "chunked", "loop"]
@@ -70,9 +70,10 @@ def _loop(
     task_gradient: TaskGradient, problem: InnerProblem, meta: MetaParams, batch: TaskBatch
 ) -> tuple[MetaParams, Metrics]:
     total: tuple[MetaParams, Metrics] | None = None
-    for i in range(batch.num_tasks):
-        result = task_gradient(problem, meta, task_at(batch, i))
-        total = result if total is None else tree_map(torch.add, total, result)
+    with unvectorised():
+        for i in range(batch.num_tasks):
+            result = task_gradient(problem, meta, task_at(batch, i))
+            total = result if total is None else tree_map(torch.add, total, result)
     return tree_map(lambda t: t / batch.num_tasks, total)
 
 
@@ -81,7 +82,8 @@ def map_tasks(
 ) -> torch.Tensor:
     """``torch.stack([fn(task_i) for each task])``, run with ``strategy``; ``fn`` returns a tensor."""
     if strategy == "loop":
-        return torch.stack([fn(task_at(batch, i)) for i in range(batch.num_tasks)])
+        with unvectorised():
+            return torch.stack([fn(task_at(batch, i)) for i in range(batch.num_tasks)])
     return vmap(fn, chunk_size=chunk_size if strategy == "chunked" else None)(batch.tensors())
 
 

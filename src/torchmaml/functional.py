@@ -61,3 +61,23 @@ def at_inner_step(step: int | None) -> Iterator[None]:
 def current_inner_step() -> int | None:
     """The inner step set by :func:`at_inner_step`, or ``None`` outside any (a deployed, adapted model)."""
     return _INNER_STEP.get()
+
+
+_UNVECTORISED: ContextVar[bool] = ContextVar("torchmaml_unvectorised", default=False)
+
+
+@contextmanager
+def unvectorised() -> Iterator[None]:
+    """Within the block no task axis is vectorised (the ``"loop"`` strategy: no ``torch.func.vmap`` over
+    tasks), so layers may call fused kernels whose vmap batching rules are wrong for higher-order gradients
+    (batch norm, functorch#534); :class:`torchmaml.models.MetaBatchNorm2d` then uses ``F.batch_norm``."""
+    token = _UNVECTORISED.set(True)
+    try:
+        yield
+    finally:
+        _UNVECTORISED.reset(token)
+
+
+def is_unvectorised() -> bool:
+    """Whether the caller is inside :func:`unvectorised` (fused kernels are safe)."""
+    return _UNVECTORISED.get()

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchmaml.allocator import keep_freed_memory
 from torchmaml.errors import ConfigError, ModelError
 from torchmaml.estimators import InnerProblem, MetaParams, Metrics, Task, get_estimator
 from torchmaml.execution import map_tasks, mean_task_gradient, resolve_strategy
@@ -84,6 +85,7 @@ class MetaLearner(nn.Module):
             raise ConfigError(f"chunk_size: must be >= 1, got {chunk_size}")
         if not any(True for _ in model.parameters()):
             raise ModelError("model has no parameters to meta-learn")
+        keep_freed_memory()  # glibc keeps activation buffers between meta-steps (torchmaml.allocator)
         self.model = model
         self.loss = loss
         self.inner_steps = inner_steps

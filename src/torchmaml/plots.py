@@ -23,8 +23,12 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_learning_curve(records: dict[str, list[dict]], out: Path, window: int = 200) -> Path:
-    """Query loss before and after adaptation against iteration (moving average over ``window``)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    """Query loss before and after adaptation against iteration (moving average over ``window``) and, when
+    the run validated (``validate_every``), the validation metric against training wall-clock minutes."""
+    validated = {label: [r for r in rows if _validation_key(r)] for label, rows in records.items()}
+    panels = 2 if any(validated.values()) else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4), squeeze=False)
+    ax = axes[0][0]
     for label, rows in records.items():
         if not rows:
             continue
@@ -43,10 +47,31 @@ def plot_learning_curve(records: dict[str, list[dict]], out: Path, window: int =
     ax.set_title("Learning curve")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    if panels == 2:
+        _plot_validation(validated, axes[0][1])
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def _validation_key(row: dict) -> str | None:
+    return next((key for key in row if key.startswith("val_")), None)
+
+
+def _plot_validation(validated: dict[str, list[dict]], ax: plt.Axes) -> None:
+    """The validation metric of each phase against training wall-clock minutes (``seconds`` of the log)."""
+    for label, rows in validated.items():
+        if not rows:
+            continue
+        key = _validation_key(rows[0])
+        minutes = [r["seconds"] / 60 for r in rows]
+        ax.plot(minutes, [r[key] for r in rows], "o-", ms=3, label=f"{label}: {key.removeprefix('val_')}")
+        ax.set_ylabel(f"validation {key.removeprefix('val_')}")
+    ax.set_xlabel("training wall-clock (minutes)")
+    ax.set_title("Validation during training")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
 
 
 def plot_sinusoid_fits(

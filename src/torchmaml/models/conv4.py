@@ -4,17 +4,20 @@ Each block is ``3x3 conv (64 filters) -> batch norm -> ReLU -> 2x2 max-pool`` (o
 MAML used for Omniglot, a stride-2 convolution and no pooling); a linear head maps the flattened
 features to the ``ways`` logits.
 
-Batch norm is :class:`MetaBatchNorm2d`: transductive batch statistics written with primitive tensor ops,
-which are correct under ``torch.func.vmap`` (the fused ``batch_norm`` kernel's vmap rule gives wrong
-second-order gradients, functorch#534). It keeps no running statistics, so nothing can leak between tasks.
+Batch norm is :class:`MetaBatchNorm2d`: transductive batch statistics, written with primitive tensor ops
+(correct under ``torch.func.vmap``; the fused ``batch_norm`` kernel's vmap rule gives wrong second-order
+gradients, functorch#534) except where tasks run one at a time (``functional.unvectorised``, the ``"loop"``
+strategy), where the fused kernel computes the same function faster. It keeps no running statistics, so
+nothing can leak between tasks.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from torchmaml.functional import current_inner_step
+from torchmaml.functional import current_inner_step, is_unvectorised
 
 
 class MetaBatchNorm2d(nn.Module):
@@ -44,25 +47,48 @@ class MetaBatchNorm2d(nn.Module):
             step = current_inner_step()
             row = self.steps if step is None else min(step, self.steps)
             weight, bias = weight[row], bias[row]
+        if is_unvectorised():
+            # channels-last, where the CPU kernels of batch norm and max-pooling are fastest (2x and 17x on
+            # conv4's first block, benchmarks/README.md); a no-op after conv4's ChannelsLastConv2d
+            x = x.contiguous(memory_format=torch.channels_last)
+            return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         var = (x - mean).square().mean(dim=(0, 2, 3), keepdim=True)
         scale = weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
         return (x - mean) * scale + bias.view(1, -1, 1, 1)
 
 
+class ChannelsLastConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that, where tasks run one at a time (``functional.unvectorised``), lays its input out
+    channels-last, so that this convolution, the batch norm and the pooling after it all run in the layout
+    their CPU kernels are fastest in. A no-op for inputs already channels-last (every block after the first);
+    for the one-channel images of the first block it is a clone, as a 1-channel tensor's layout is ambiguous
+    and the convolution would otherwise answer in NCHW."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if is_unvectorised() and x.dim() == 4 and x.stride(1) != 1:
+            x = x.clone(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
 def conv_block(in_channels: int, out_channels: int, strided: bool, bn_steps: int | None = None) -> nn.Sequential:
-    """``conv -> batch norm -> ReLU -> max-pool`` (or a stride-2 conv with no pooling)."""
+    """``conv -> batch norm -> ReLU -> max-pool`` (or a stride-2 conv with no pooling).
+
+    The pooling runs before the ReLU: ``maxpool(relu(x)) = relu(maxpool(x))`` because ReLU is monotone, and the
+    gradients agree too (where the window's maximum is <= 0 both are zero), so this is the same function
+    with a ReLU on a quarter of the values.
+    """
     if strided:
         return nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1),
+            ChannelsLastConv2d(in_channels, out_channels, 3, stride=2, padding=1),
             MetaBatchNorm2d(out_channels, steps=bn_steps),
             nn.ReLU(),
         )
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        ChannelsLastConv2d(in_channels, out_channels, 3, padding=1),
         MetaBatchNorm2d(out_channels, steps=bn_steps),
-        nn.ReLU(),
         nn.MaxPool2d(2),
+        nn.ReLU(),
     )
 
 
