@@ -29,7 +29,7 @@ def image_batch(tasks=2, ways=3) -> TaskBatch:
 
 
 def gradients(learner: MetaLearner, batch: TaskBatch) -> dict[str, torch.Tensor]:
-    grads, metrics = learner.meta_gradient(batch)
+    grads, metrics = learner.meta_gradient(batch, loss_before=True)
     flat_grads = {group: flat(grads[group].values()) for group in ("params", "lrs") if grads[group]}
     return {**flat_grads, **{name: metrics[name] for name in ("loss_before", "loss_after")}}
 

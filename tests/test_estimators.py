@@ -200,7 +200,7 @@ def test_every_estimator_is_registered_and_reports_the_query_losses():
     model, batch = linear_model(), quadratic_batch()
     for name in ("three_batch", "hessian_free", "implicit", "reptile"):
         learner = MetaLearner(model, half_mse, inner_lr=RATE, inner_steps=2, estimator=name)
-        _, metrics = learner.meta_gradient(batch)
+        _, metrics = learner.meta_gradient(batch, loss_before=True)
         reference = learner.query_losses(batch, 2)
         assert torch.allclose(metrics["loss_before"], reference[:, 0].mean()), name
         if name in ("three_batch", "hessian_free"):  # implicit: proximal steps; reptile: on support and query

@@ -114,10 +114,12 @@ def test_first_order_equals_query_gradient_at_adapted_parameters(strategy):
 def test_metrics_are_query_losses_before_and_after_adaptation():
     model, batch = small_mlp(), regression_batch()
     learner = MetaLearner(model, F.mse_loss, inner_lr=0.1, inner_steps=2)
-    _, metrics = learner.meta_gradient(batch)
+    _, metrics = learner.meta_gradient(batch, loss_before=True)
     losses = learner.query_losses(batch, 2)
     assert torch.allclose(metrics["loss_before"], losses[:, 0].mean())
     assert torch.allclose(metrics["loss_after"], losses[:, 2].mean())
+    _, cheap = learner.meta_gradient(batch)  # by default only what the update needs
+    assert set(cheap) == {"loss_after"} and torch.equal(cheap["loss_after"], metrics["loss_after"])
 
 
 def test_meta_step_updates_parameters_with_the_meta_gradient():
@@ -128,7 +130,7 @@ def test_meta_step_updates_parameters_with_the_meta_gradient():
     metrics = learner.meta_step(batch, torch.optim.SGD(learner.parameters(), lr=0.5))
     after = flat(p.detach() for p in model.parameters())
     assert torch.allclose(after, before - 0.5 * gradient)
-    assert set(metrics) == {"loss_before", "loss_after", "skipped"} and metrics["skipped"] == 0.0
+    assert set(metrics) == {"loss_after", "skipped"} and metrics["skipped"] == 0.0
     assert all(isinstance(v, float) for v in metrics.values())
 
 

@@ -105,11 +105,11 @@ def test_trainer_switches_to_exact_gradients_and_anneals_weights_at_the_right_it
     seen = []
     original = trainer.learner.meta_step
 
-    def spy(batch, optimizer):
+    def spy(batch, optimizer, loss_before=False):
         seen.append(
             (type(trainer.learner.estimator).__name__, trainer.learner.step_weights, optimizer.param_groups[0]["lr"])
         )
-        return original(batch, optimizer)
+        return original(batch, optimizer, loss_before)
 
     monkeypatch.setattr(trainer.learner, "meta_step", spy)
     trainer.run(stop=type("Flag", (), {"signal_number": None})(), resume=False)
@@ -129,9 +129,9 @@ def test_time_limit_stops_the_phase_and_writes_the_final_checkpoint(tmp_path, mo
     trainer = PhaseTrainer(config, MAML, 50, RunDir(tmp_path), progress=False)
     original = trainer.learner.meta_step
 
-    def slow_step(batch, optimizer):  # each meta-step takes >= 25 ms: the 60 ms limit stops the phase by 3
+    def slow_step(batch, optimizer, loss_before=False):  # each takes >= 25 ms: the 60 ms limit stops it by 3
         time.sleep(0.025)
-        return original(batch, optimizer)
+        return original(batch, optimizer, loss_before)
 
     monkeypatch.setattr(trainer.learner, "meta_step", slow_step)
     trainer.run(stop=type("Flag", (), {"signal_number": None})(), resume=False)

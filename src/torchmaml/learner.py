@@ -124,7 +124,9 @@ class MetaLearner(nn.Module):
     def _meta_params(self) -> MetaParams:
         return {"params": dict(self._functional.parameters()), "lrs": self.rate_tensors()}
 
-    def _problem(self, steps: int, step_weights: tuple[float, ...] | None = None) -> InnerProblem:
+    def _problem(
+        self, steps: int, step_weights: tuple[float, ...] | None = None, track_loss_before: bool = True
+    ) -> InnerProblem:
         if step_weights is not None and len(step_weights) != steps:
             raise ConfigError(f"step_weights: needs one weight per inner step ({steps}), got {len(step_weights)}")
         return InnerProblem(
@@ -134,16 +136,19 @@ class MetaLearner(nn.Module):
             rates=lambda lrs: [self.inner_rate.rate(lrs, s) for s in range(steps)],
             adapted=self.adapted,
             step_weights=step_weights,
+            track_loss_before=track_loss_before,
         )
 
-    def meta_gradient(self, batch: TaskBatch) -> tuple[MetaParams, Metrics]:
-        """The estimator's meta-gradient averaged over ``batch``, and averaged metrics (tensors)."""
+    def meta_gradient(self, batch: TaskBatch, loss_before: bool = False) -> tuple[MetaParams, Metrics]:
+        """The estimator's meta-gradient averaged over ``batch``, and averaged metrics (tensors): ``loss_after``
+        and, with ``loss_before=True``, the query loss at ``w`` (an extra forward pass the gradient does not
+        need, 15-20% of a conv4 meta-step)."""
         if not isinstance(batch, TaskBatch):
             raise TypeError(f"meta_gradient expects a TaskBatch, got {type(batch).__name__}")
         self._check_batch(batch)
         arguments = (
             self.estimator,
-            self._problem(self.inner_steps, self.step_weights),
+            self._problem(self.inner_steps, self.step_weights, loss_before),
             self._meta_params(),
             batch,
             self.strategy,
@@ -162,14 +167,17 @@ class MetaLearner(nn.Module):
             self._mean_task_gradient = mean_task_gradient
             return mean_task_gradient(*arguments)
 
-    def meta_step(self, batch: TaskBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    def meta_step(
+        self, batch: TaskBatch, optimizer: torch.optim.Optimizer, loss_before: bool = False
+    ) -> dict[str, float]:
         """One outer update: zero the gradients, compute the meta-gradient, ``optimizer.step()``.
 
-        Returns plain floats: ``loss_before`` (query loss at ``w``) and ``loss_after`` (query loss after
-        the inner steps), both averaged over the batch, and ``skipped``: 1.0 if the meta-loss or the
-        meta-gradient was not finite, in which case nothing was changed (divergence guard).
+        Returns plain floats: ``loss_after`` (query loss after the inner steps) and, with ``loss_before=True``,
+        ``loss_before`` (query loss at ``w``; it costs an extra forward pass), both averaged over the batch,
+        and ``skipped``: 1.0 if the meta-loss or the meta-gradient was not finite, in which case nothing was
+        changed (divergence guard).
         """
-        grads, metrics = self.meta_gradient(batch)
+        grads, metrics = self.meta_gradient(batch, loss_before)
         optimizer.zero_grad(set_to_none=True)
         checks = [metrics["loss_after"].isfinite()] + [g.isfinite().all() for gs in grads.values() for g in gs.values()]
         finite = bool(torch.stack(checks).all())

@@ -32,13 +32,16 @@ def plot_learning_curve(records: dict[str, list[dict]], out: Path, window: int =
     for label, rows in records.items():
         if not rows:
             continue
-        iterations = np.array([r["iteration"] for r in rows])
         series = [("loss_after", "-"), ("loss_before", ":")]
-        if all(r["loss_before"] == r["loss_after"] for r in rows):  # no inner steps (the joint baseline)
-            series = [("loss_before", "-")]
+        if all(r.get("loss_before", r["loss_after"]) == r["loss_after"] for r in rows):  # no inner steps
+            series = [("loss_after", "-")]
         for key, style in series:
-            values = np.array([r[key] for r in rows], dtype=float)
-            width = max(1, min(window, len(values) // 10))
+            logged = [r for r in rows if key in r]  # loss_before: on the logging iterations (log_every)
+            if not logged:
+                continue
+            iterations = np.array([r["iteration"] for r in logged])
+            values = np.array([r[key] for r in logged], dtype=float)
+            width = max(1, min(window * len(logged) // len(rows), len(values) // 10))
             smooth = np.convolve(values, np.ones(width) / width, mode="valid")
             ax.plot(iterations[width - 1 :], smooth, style, label=f"{label}: {key.replace('_', ' ')}")
     ax.set_yscale("log")

@@ -181,7 +181,9 @@ class PhaseTrainer:
                 batch = self.tasks.sample(config.meta_batch_size, self.generator).to(device=config.device)
                 self._apply_schedules(self.iteration + 1)
                 theory = self.step_rule.update(self.learner, self.optimizer) if self.step_rule else {}
-                metrics = {**self.learner.meta_step(batch, self.optimizer), **self._rates(), **theory}
+                logged = (self.iteration + 1) % config.log_every == 0 or self.iteration + 1 == self.iterations
+                step = self.learner.meta_step(batch, self.optimizer, loss_before=logged)
+                metrics = {**step, **self._rates(), **theory}
                 if self.scheduler is not None:
                     self.scheduler.step()
                 self.iteration += 1
@@ -191,7 +193,7 @@ class PhaseTrainer:
                 metrics.update(self._validate())
                 record = {"iteration": self.iteration, **metrics, "seconds": round(self.elapsed, 4)}
                 log.write(json.dumps(record) + "\n")
-                if self.iteration % config.log_every == 0 or self.iteration == self.iterations:
+                if logged:
                     for name, value in metrics.items():
                         writer.add_scalar(f"{self.kind}/{name}", value, self.iteration)
                     bar.set_postfix(loss=f"{metrics['loss_after']:.3f}", skipped=self.skipped_total)

@@ -105,10 +105,12 @@ class Implicit:
             coupling = hessian_vector_product(support_loss, phi, padded(solution))
             grads.update({name: query_grad[name] - coupling[name] / self.lam for name in fixed})
 
-        with torch.no_grad():
-            loss_before = query_loss(start)
+        metrics = {"loss_after": loss_after}
+        if problem.track_loss_before:
+            with torch.no_grad():
+                metrics["loss_before"] = query_loss(start)
         lr_grads = {name: torch.zeros_like(t) for name, t in meta["lrs"].items()}
-        return {"params": grads, "lrs": lr_grads}, {"loss_before": loss_before, "loss_after": loss_after}
+        return {"params": grads, "lrs": lr_grads}, metrics
 
 
 def conjugate_gradient(matvec: Callable[[Params], Params], rhs: Params, iterations: int) -> Params:

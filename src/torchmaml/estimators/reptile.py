@@ -65,8 +65,9 @@ class Reptile:
         start = {name: p.detach() for name, p in meta["params"].items()}
         adapted = problem.adapt({"params": start, "lrs": meta["lrs"]}, x, y, first_order=True)[-1]
         with torch.no_grad():
-            loss_before = problem.loss(start, task["query_x"], task["query_y"])
-            loss_after = problem.loss(adapted, task["query_x"], task["query_y"])
+            metrics = {"loss_after": problem.loss(adapted, task["query_x"], task["query_y"])}
+            if problem.track_loss_before:
+                metrics["loss_before"] = problem.loss(start, task["query_x"], task["query_y"])
         grads = {name: w - adapted[name] for name, w in start.items()}
         lr_grads = {name: torch.zeros_like(t) for name, t in meta["lrs"].items()}
-        return {"params": grads, "lrs": lr_grads}, {"loss_before": loss_before, "loss_after": loss_after}
+        return {"params": grads, "lrs": lr_grads}, metrics

@@ -115,9 +115,11 @@ def reverse_mode_estimate(
             step_query_grad = scaled(query_weight(problem, step), grad(query_loss)(points[step]))
             adjoint = {name: v + step_query_grad[name] for name, v in adjoint.items()}
 
-    with torch.no_grad():
-        loss_before = query_loss(start)
-    return {"params": adjoint, "lrs": lr_grads}, {"loss_before": loss_before, "loss_after": loss_after}
+    metrics = {"loss_after": loss_after}
+    if problem.track_loss_before:
+        with torch.no_grad():
+            metrics["loss_before"] = query_loss(start)
+    return {"params": adjoint, "lrs": lr_grads}, metrics
 
 
 def query_weight(problem: InnerProblem, step: int) -> float:

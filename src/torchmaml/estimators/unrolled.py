@@ -61,9 +61,11 @@ class Unrolled:
             return weighted, loss_after.detach()
 
         grads, loss_after = grad(meta_loss, has_aux=True)(meta)
-        with torch.no_grad():
-            loss_before = problem.loss(meta["params"], task["query_x"], task["query_y"], step=0)
-        return grads, {"loss_before": loss_before, "loss_after": loss_after}
+        metrics = {"loss_after": loss_after}
+        if problem.track_loss_before:
+            with torch.no_grad():
+                metrics["loss_before"] = problem.loss(meta["params"], task["query_x"], task["query_y"], step=0)
+        return grads, metrics
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,11 @@ def _checkpointed(problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[
     """The exact gradient of ``Unrolled`` by reverse recomputation of the inner steps (``checkpoint=True``)."""
     x, y, query_x, query_y = task["support_x"], task["support_y"], task["query_x"], task["query_y"]
     meta = {key: {name: t.detach() for name, t in tree.items()} for key, tree in meta.items()}
+    metrics = {}
     with torch.no_grad():
         trajectory = problem.adapt(meta, x, y)
-        loss_before = problem.loss(meta["params"], query_x, query_y, step=0)
+        if problem.track_loss_before:
+            metrics["loss_before"] = problem.loss(meta["params"], query_x, query_y, step=0)
 
     def query_loss(params, step: int | None) -> torch.Tensor:
         return problem.loss(params, query_x, query_y, step)
@@ -100,4 +104,4 @@ def _checkpointed(problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[
         if step > 0 and weights[step - 1]:
             extra = grad(query_loss)(trajectory[step], step)
             cotangent = {name: g + weights[step - 1] * extra[name] for name, g in cotangent.items()}
-    return {"params": cotangent, "lrs": lr_grads}, {"loss_before": loss_before, "loss_after": loss_after}
+    return {"params": cotangent, "lrs": lr_grads}, {**metrics, "loss_after": loss_after}
