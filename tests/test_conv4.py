@@ -58,10 +58,14 @@ def test_batch_norm_runs_channels_last_only_when_unvectorised():
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
 
 
-def test_allocator_tuning_is_done_once_and_can_be_switched_off(monkeypatch):
+def test_allocator_tuning_can_be_switched_off_and_yields_to_the_users_setting(monkeypatch):
     monkeypatch.setenv(OPT_OUT, "0")
     assert keep_freed_memory.__wrapped__() is False
     monkeypatch.delenv(OPT_OUT)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert keep_freed_memory.__wrapped__() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     import platform
 
     if platform.libc_ver()[0] != "glibc":

@@ -10,7 +10,10 @@ so freed buffers stay in the heap and are reused (the same effect as
 
 The cost: memory freed after a peak is kept by the process (reused by the next meta-step, not returned to
 the system). It is process-wide; :class:`torchmaml.MetaLearner` calls it once, unless the environment sets
-``TORCHMAML_MALLOC_TUNING=0``. Elsewhere than glibc (macOS, Windows, musl) it does nothing.
+``TORCHMAML_MALLOC_TUNING=0`` or tunes glibc's allocator itself (``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TRIM_THRESHOLD_`` or ``glibc.malloc`` in ``GLIBC_TUNABLES``: the user's choice wins; the memory
+benchmarks use ``MALLOC_MMAP_THRESHOLD_=131072`` so that RSS follows live memory). Elsewhere than glibc
+(macOS, Windows, musl) it does nothing.
 """
 
 from __future__ import annotations
@@ -26,15 +29,22 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's upper limit for the mmap threshold on 64-bit systems
 TRIM_THRESHOLD = 4 * 1024**3 - 1
 OPT_OUT = "TORCHMAML_MALLOC_TUNING"
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 @functools.cache
 def keep_freed_memory() -> bool:
     """Tune glibc's allocator as described in the module docstring, once per process; whether it was done."""
-    if os.environ.get(OPT_OUT, "1") == "0" or platform.libc_ver()[0] != "glibc":
+    if os.environ.get(OPT_OUT, "1") == "0" or platform.libc_ver()[0] != "glibc" or _user_tuned():
         return False
     name = ctypes.util.find_library("c")
     if name is None:
         return False
     libc = ctypes.CDLL(name)
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def _user_tuned() -> bool:
+    """Whether the environment already sets glibc's mmap or trim threshold."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return any(name in os.environ for name in USER_SETTINGS) or "glibc.malloc" in tunables
