@@ -3,7 +3,8 @@ run one at a time, the pooling before the ReLU; and the allocator tuning can be 
 
 from __future__ import annotations
 
-import pytest
+import platform
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,8 +67,4 @@ def test_allocator_tuning_can_be_switched_off_and_yields_to_the_users_setting(mo
     assert keep_freed_memory.__wrapped__() is False
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("mallopt is glibc's")
-    assert keep_freed_memory.__wrapped__() is True
+    assert keep_freed_memory.__wrapped__() is (platform.libc_ver()[0] == "glibc")  # mallopt is glibc's
