@@ -29,18 +29,23 @@ Workloads: those of ``benchmarks/speed.py`` (its ``build_workload``: the same se
 W1: sinusoid MLP 1-40-40-1 (ReLU), MSE, 25 tasks of 10 support + 10 query points, 1 inner step, inner lr
 0.01. W2: ``conv4(ways=5)`` (64 filters, transductive batch norm, so every implementation uses training-mode
 batch statistics), 5-way 1-shot with 15 queries per class on random images, 32 tasks (``--w2-tasks``),
-1 inner step, inner lr 0.4, cross entropy. Orders: ``second`` (exact MAML), ``first`` (FO-MAML).
+1 inner step, inner lr 0.4, cross entropy. W3: ``conv4(ways=20)``, 20-way 1-shot with 15 queries per class,
+16 tasks, 5 inner steps, inner lr 0.1 (MAML's 20-way Omniglot protocol). Orders: ``second`` (exact MAML),
+``first`` (FO-MAML; every inner gradient taken without a graph).
 
 Protocol, per (workload, order):
 
 1. A child process computes the reference meta-gradient: the ``loop`` implementation in float64.
 2. Every implementation runs in child processes of its own (``OMP_NUM_THREADS=--threads``), in
    ``--rounds`` round-robin rounds (the order rotated every round) that share the timed iterations
-   (W1 ``--w1-iterations``, default 50; W2 ``--w2-iterations``, default 10), because this machine's speed
-   drifts. Each child first computes its meta-gradient at the initial weights and compares it with the
-   reference (relative error ``||g - g_ref|| / ||g_ref||`` over all parameters); past the tolerance (W1
-   1e-6, W2 1e-4) it refuses to time and the cell says so. Then untimed warm-up meta-iterations (W1 10,
-   W2 1; compilation happens there) and the timed ones: one meta-iteration is the meta-gradient over the
+   (W1 ``--w1-iterations``, default 50; W2 ``--w2-iterations``, default 10; W3 ``--w3-iterations``, default
+   4), because this machine's speed drifts. Each child first computes its meta-gradient at the initial
+   weights and compares it with the reference (relative error ``||g - g_ref|| / ||g_ref||`` over all
+   parameters); past the tolerance (W1 1e-6, W2 1e-4) it refuses to time and the cell says so. W3's float32
+   meta-gradient is ill-conditioned (five inner steps on random images: every implementation is 7e-2 from
+   the float64 reference), so each W3 child checks a float64 copy of its implementation (tolerance 1e-8) and
+   times the float32 one. Then untimed warm-up meta-iterations (W1 10, W2 and W3 1; compilation happens
+   there) and the timed ones: one meta-iteration is the meta-gradient over the
    batch plus the Adam step.
 3. A cell is the median ms per meta-iteration over all timed iterations of all rounds, their min-max
    spread, and the largest peak RSS of the implementation's children (``ru_maxrss`` from ``os.wait4``,
@@ -83,7 +88,7 @@ from pathlib import Path
 from typing import Any
 
 from _harness import last_error_line, names, read_json_line, run_child
-from speed import DESCRIPTIONS, ORDERS, build_workload
+from speed import DESCRIPTIONS, INNER_STEPS, ORDERS, build_workload
 
 IMPLEMENTATIONS = {
     "learn2learn": "learn2learn",
@@ -98,8 +103,11 @@ PEER_DISTRIBUTIONS = {"learn2learn": "learn2learn", "higher": "higher", "torchop
 W1_BEST = "vmap+compile"
 W2_CANDIDATES = ("loop", "chunked", "vmap", "loop+compile", "chunked+compile", "vmap+compile")
 CHUNK_SIZE = 4
-TOLERANCE = {"W1": 1e-6, "W2": 1e-4}
-WARMUP = {"W1": 10, "W2": 1}
+TOLERANCE = {"W1": 1e-6, "W2": 1e-4, "W3": 1e-8}
+# W3's float32 meta-gradient is ill-conditioned (five steps on random images: every implementation, peers
+# included, is 7e-2 from the float64 reference), so W3 checks a float64 copy of each implementation instead
+CHECK_IN_FLOAT64 = {"W1": False, "W2": False, "W3": True}
+WARMUP = {"W1": 10, "W2": 1, "W3": 1}
 OUTER_LR = 1e-3
 
 
@@ -163,7 +171,9 @@ def from_accumulate(model: Any, accumulate: Callable[[], None]) -> Implementatio
     return Implementation(gradient, step)
 
 
-def loop_accumulate(model: Any, loss: Callable, inner_lr: float, batch: Any, first_order: bool) -> Callable[[], None]:
+def loop_accumulate(
+    model: Any, loss: Callable, inner_lr: float, batch: Any, first_order: bool, steps: int
+) -> Callable[[], None]:
     """The plain per-task loop: ``torch.autograd.grad`` through ``functional_call``."""
     import torch
     from torch.func import functional_call
@@ -172,23 +182,29 @@ def loop_accumulate(model: Any, loss: Callable, inner_lr: float, batch: Any, fir
         params = dict(model.named_parameters())
         for i in range(batch.num_tasks):
             sx, sy, qx, qy = task(batch, i)
-            support = loss(functional_call(model, params, (sx,)), sy)
-            grads = torch.autograd.grad(support, list(params.values()), create_graph=not first_order)
-            adapted = {name: p - inner_lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
+            adapted = params
+            for _ in range(steps):
+                support = loss(functional_call(model, adapted, (sx,)), sy)
+                grads = torch.autograd.grad(support, list(adapted.values()), create_graph=not first_order)
+                adapted = {name: p - inner_lr * g for (name, p), g in zip(adapted.items(), grads, strict=True)}
             (loss(functional_call(model, adapted, (qx,)), qy) / batch.num_tasks).backward()
 
     return accumulate
 
 
-def vmap_implementation(model: Any, loss: Callable, inner_lr: float, batch: Any, first_order: bool) -> Implementation:
+def vmap_implementation(
+    model: Any, loss: Callable, inner_lr: float, batch: Any, first_order: bool, steps: int
+) -> Implementation:
     """Naive ``vmap`` over tasks of a ``torch.func.grad`` MAML."""
     from torch.func import functional_call, grad, vmap
 
     def query_loss(params: dict[str, Any], sx: Any, sy: Any, qx: Any, qy: Any) -> Any:
-        inner = grad(lambda p: loss(functional_call(model, p, (sx,)), sy))(params)
-        if first_order:
-            inner = {name: g.detach() for name, g in inner.items()}
-        adapted = {name: p - inner_lr * inner[name] for name, p in params.items()}
+        adapted = params
+        for _ in range(steps):
+            inner = grad(lambda p: loss(functional_call(model, p, (sx,)), sy))(adapted)
+            if first_order:
+                inner = {name: g.detach() for name, g in inner.items()}
+            adapted = {name: p - inner_lr * inner[name] for name, p in adapted.items()}
         return loss(functional_call(model, adapted, (qx,)), qy)
 
     meta_gradient = vmap(grad(query_loss), in_dims=(None, 0, 0, 0, 0))
@@ -205,6 +221,9 @@ def vmap_implementation(model: Any, loss: Callable, inner_lr: float, batch: Any,
 def learn2learn_maml() -> type:
     """learn2learn's ``MAML`` class, from ``learn2learn.algorithms.maml`` alone: the parent packages are
     stand-ins, so that their ``__init__`` (torchvision, gym, scipy, requests) is not run."""
+    loaded = sys.modules.get("learn2learn.algorithms.maml")
+    if loaded is not None:  # a second build in the same process (W3's float64 check)
+        return loaded.MAML
     spec = importlib.util.find_spec("learn2learn")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("No module named 'learn2learn'")
@@ -217,7 +236,7 @@ def learn2learn_maml() -> type:
 
 
 def learn2learn_accumulate(
-    model: Any, loss: Callable, inner_lr: float, batch: Any, first_order: bool
+    model: Any, loss: Callable, inner_lr: float, batch: Any, first_order: bool, steps: int
 ) -> Callable[[], None]:
     """learn2learn: ``MAML(model, lr, first_order)``, ``clone()`` and ``adapt()`` per task."""
     maml = learn2learn_maml()(model, lr=inner_lr, first_order=first_order)
@@ -226,13 +245,16 @@ def learn2learn_accumulate(
         for i in range(batch.num_tasks):
             sx, sy, qx, qy = task(batch, i)
             learner = maml.clone()
-            learner.adapt(loss(learner(sx), sy))
+            for _ in range(steps):
+                learner.adapt(loss(learner(sx), sy))
             (loss(learner(qx), qy) / batch.num_tasks).backward()
 
     return accumulate
 
 
-def higher_accumulate(model: Any, loss: Callable, inner_lr: float, batch: Any, first_order: bool) -> Callable[[], None]:
+def higher_accumulate(
+    model: Any, loss: Callable, inner_lr: float, batch: Any, first_order: bool, steps: int
+) -> Callable[[], None]:
     """higher: ``innerloop_ctx(model, SGD(lr), copy_initial_weights=False, track_higher_grads=not first_order)``."""
     import higher
     import torch
@@ -246,7 +268,8 @@ def higher_accumulate(model: Any, loss: Callable, inner_lr: float, batch: Any, f
             with higher.innerloop_ctx(
                 model, inner_optimizer, copy_initial_weights=False, track_higher_grads=not first_order
             ) as (fmodel, diffopt):
-                diffopt.step(loss(fmodel(sx), sy))
+                for _ in range(steps):
+                    diffopt.step(loss(fmodel(sx), sy))
                 query = loss(fmodel(qx), qy) / batch.num_tasks
                 if first_order:  # the fast weights are detached leaves: their gradient is FO-MAML's
                     add_grads(params, torch.autograd.grad(query, list(fmodel.parameters())))
@@ -257,13 +280,13 @@ def higher_accumulate(model: Any, loss: Callable, inner_lr: float, batch: Any, f
 
 
 def torchopt_accumulate(
-    model: Any, loss: Callable, inner_lr: float, batch: Any, first_order: bool
+    model: Any, loss: Callable, inner_lr: float, batch: Any, first_order: bool, steps: int
 ) -> Callable[[], None]:
     """TorchOpt: ``MetaSGD`` with ``extract_state_dict``/``recover_state_dict``; first order, its functional API."""
     import torchopt
 
     if first_order:
-        return torchopt_functional_first_order(model, loss, inner_lr, batch)
+        return torchopt_functional_first_order(model, loss, inner_lr, batch, steps)
     inner_optimizer = torchopt.MetaSGD(model, lr=inner_lr)
 
     def accumulate() -> None:
@@ -271,7 +294,8 @@ def torchopt_accumulate(
         optimizer_state = torchopt.extract_state_dict(inner_optimizer)
         for i in range(batch.num_tasks):
             sx, sy, qx, qy = task(batch, i)
-            inner_optimizer.step(loss(model(sx), sy))
+            for _ in range(steps):
+                inner_optimizer.step(loss(model(sx), sy))
             (loss(model(qx), qy) / batch.num_tasks).backward()
             torchopt.recover_state_dict(model, model_state)
             torchopt.recover_state_dict(inner_optimizer, optimizer_state)
@@ -279,7 +303,9 @@ def torchopt_accumulate(
     return accumulate
 
 
-def torchopt_functional_first_order(model: Any, loss: Callable, inner_lr: float, batch: Any) -> Callable[[], None]:
+def torchopt_functional_first_order(
+    model: Any, loss: Callable, inner_lr: float, batch: Any, steps: int
+) -> Callable[[], None]:
     """TorchOpt's functional API with an inner gradient taken without a graph (FO-MAML)."""
     import torch
     import torchopt
@@ -292,10 +318,12 @@ def torchopt_functional_first_order(model: Any, loss: Callable, inner_lr: float,
         params = tuple(model.parameters())
         for i in range(batch.num_tasks):
             sx, sy, qx, qy = task(batch, i)
-            support = loss(functional_call(model, dict(zip(parameter_names, params, strict=True)), (sx,)), sy)
-            grads = torch.autograd.grad(support, params)
-            updates, _ = inner.update(grads, inner.init(params), inplace=False)
-            adapted = torchopt.apply_updates(params, updates, inplace=False)
+            adapted = params
+            for _ in range(steps):
+                support = loss(functional_call(model, dict(zip(parameter_names, adapted, strict=True)), (sx,)), sy)
+                grads = torch.autograd.grad(support, adapted)
+                updates, _ = inner.update(grads, inner.init(adapted), inplace=False)
+                adapted = torchopt.apply_updates(adapted, updates, inplace=False)
             query = loss(functional_call(model, dict(zip(parameter_names, adapted, strict=True)), (qx,)), qy)
             (query / batch.num_tasks).backward()
 
@@ -314,7 +342,7 @@ def torchmaml_implementation(model: Any, loss: Callable, inner_lr: float, batch:
         model,
         loss=loss,
         inner_lr=inner_lr,
-        inner_steps=1,
+        inner_steps=INNER_STEPS[job.workload],
         estimator=ORDERS[job.order],
         strategy=strategy,
         chunk_size=CHUNK_SIZE if strategy == "chunked" else None,
@@ -340,12 +368,12 @@ ACCUMULATORS = {
 
 def build_implementation(job: Job, model: Any, loss: Callable, inner_lr: float, batch: Any) -> Implementation:
     """The job's implementation on this model and batch (``ImportError`` when a peer is missing)."""
-    first_order = job.order == "first"
+    first_order, steps = job.order == "first", INNER_STEPS[job.workload]
     if job.implementation.startswith("torchmaml"):
         return torchmaml_implementation(model, loss, inner_lr, batch, job)
     if job.implementation == "vmap":
-        return vmap_implementation(model, loss, inner_lr, batch, first_order)
-    accumulate = ACCUMULATORS[job.implementation](model, loss, inner_lr, batch, first_order)
+        return vmap_implementation(model, loss, inner_lr, batch, first_order, steps)
+    accumulate = ACCUMULATORS[job.implementation](model, loss, inner_lr, batch, first_order, steps)
     return from_accumulate(model, accumulate)
 
 
@@ -372,7 +400,7 @@ def write_reference(job: Job) -> dict[str, Any]:
     model, loss, inner_lr, batch = workload(job)
     model.double()
     batch = batch.to(dtype=torch.float64)
-    accumulate = loop_accumulate(model, loss, inner_lr, batch, job.order == "first")
+    accumulate = loop_accumulate(model, loss, inner_lr, batch, job.order == "first", INNER_STEPS[job.workload])
     torch.save(from_accumulate(model, accumulate).gradient(), job.reference)
     return {"status": "ok"}
 
@@ -386,7 +414,11 @@ def time_implementation(job: Job) -> dict[str, Any]:
         implementation = build_implementation(job, model, loss, inner_lr, batch)
     except ImportError as error:
         return {"status": "not installed", "error": str(error)}
-    error = relative_error(implementation.gradient(), torch.load(job.reference, weights_only=True))
+    checked = implementation
+    if CHECK_IN_FLOAT64[job.workload]:
+        model64, _, _, batch64 = workload(job)
+        checked = build_implementation(job, model64.double(), loss, inner_lr, batch64.to(dtype=torch.float64))
+    error = relative_error(checked.gradient(), torch.load(job.reference, weights_only=True))
     result: dict[str, Any] = {"relative_error": error, "label": implementation.label}
     if not error <= job.tolerance:  # also refuses a NaN
         return {**result, "status": "disagrees"}
@@ -447,7 +479,7 @@ def implementation_jobs(args: argparse.Namespace, base: Job) -> list[Job]:
     jobs = []
     for implementation in args.implementations:
         if implementation == "torchmaml-best":
-            variants: list[str] = args.w2_candidates if base.workload == "W2" else [W1_BEST]
+            variants: list[str] = [W1_BEST] if base.workload == "W1" else args.w2_candidates
         else:
             variants = ["auto"] if implementation == "torchmaml" else [""]
         jobs += [replace(base, implementation=implementation, variant=variant) for variant in variants]
@@ -503,7 +535,7 @@ def summarize(job: Job, rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def timed_iterations(args: argparse.Namespace, workload_name: str) -> int:
     """The timed iterations of a workload, all rounds together."""
-    return args.w2_iterations if workload_name == "W2" else args.w1_iterations
+    return {"W1": args.w1_iterations, "W2": args.w2_iterations, "W3": args.w3_iterations}[workload_name]
 
 
 def measure(args: argparse.Namespace, workload_name: str, order: str) -> list[dict[str, Any]]:
@@ -682,18 +714,19 @@ def choice_list(choices: dict[str, Any] | tuple[str, ...]) -> Callable[[str], li
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="torchmaml against learn2learn, higher, TorchOpt and baselines.")
-    lists = {"--workloads": ("W1", "W2"), "--orders": tuple(ORDERS), "--implementations": tuple(IMPLEMENTATIONS)}
+    lists = {"--workloads": ("W1", "W2", "W3"), "--orders": tuple(ORDERS), "--implementations": tuple(IMPLEMENTATIONS)}
     for flag, choices in lists.items():
         parser.add_argument(flag, type=choice_list(choices), default=list(choices), help=",".join(choices))
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every child (default 1)")
     parser.add_argument("--w1-iterations", type=int, default=50, help="W1 timed iterations (default 50)")
     parser.add_argument("--w2-iterations", type=int, default=10, help="W2 timed iterations (default 10)")
+    parser.add_argument("--w3-iterations", type=int, default=4, help="W3 timed iterations (default 4)")
     parser.add_argument("--w2-tasks", type=int, default=32, help="W2 tasks per meta-batch (default 32)")
     parser.add_argument(
         "--w2-candidates",
         type=choice_list(W2_CANDIDATES),
         default="loop,chunked,loop+compile",
-        help=f"MetaLearner settings tried for W2's 'torchmaml (best)' ({','.join(W2_CANDIDATES)}; default %(default)s)",
+        help=f"MetaLearner settings of 'torchmaml (best)', W2 and W3 ({','.join(W2_CANDIDATES)}; default %(default)s)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="round-robin rounds sharing the iterations (default 2)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per child process (default 3600)")
@@ -701,7 +734,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("threads", "w1_iterations", "w2_iterations", "w2_tasks", "rounds"):
+    for name in ("threads", "w1_iterations", "w2_iterations", "w3_iterations", "w2_tasks", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.w2_tasks > 32:

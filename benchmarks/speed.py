@@ -17,6 +17,8 @@ fixed task batch, reused on every iteration, for every configuration):
 * ``W2`` Omniglot-shaped 5-way 1-shot: ``conv4(ways=5)`` on random normal [1, 28, 28] images, cross
   entropy, 32 tasks of 5 support + 75 query images, inner_lr 0.4, 1 inner step. Defaults: 1 warm-up,
   5 timed iterations.
+* ``W3`` Omniglot-shaped 20-way 1-shot with 5 inner steps (MAML's 20-way protocol): ``conv4(ways=20)``,
+  16 tasks of 20 support + 300 query images (15 per class), inner_lr 0.1. Defaults: 1 warm-up, 3 timed.
 
 Orders: ``second`` is the exact ``"unrolled"`` estimator, ``first`` is ``"first_order"`` (FO-MAML).
 Strategies: ``vmap``, ``chunked`` (``--chunk-size`` tasks per vectorised call), ``loop`` and ``auto``
@@ -49,15 +51,18 @@ from typing import Any
 
 from _harness import max_rss_mb
 
-WORKLOADS = ("W1", "W2")
+WORKLOADS = ("W1", "W2", "W3")
 ORDERS = {"second": "unrolled", "first": "first_order"}
 STRATEGIES = ("vmap", "chunked", "loop", "auto", "vmap+compile", "loop+compile")
-DEFAULT_ITERATIONS = {"W1": (10, 100), "W2": (1, 5)}  # (warm-up, timed)
+DEFAULT_ITERATIONS = {"W1": (10, 100), "W2": (1, 5), "W3": (1, 3)}  # (warm-up, timed)
 DESCRIPTIONS = {
     "W1": "sinusoid: mlp 1-40-40-1, MSE, 25 tasks x (10 support + 10 query), inner_lr 0.01, 1 step",
     "W2": "Omniglot-shaped: conv4(ways=5), cross entropy, 32 tasks x 5-way 1-shot, 15 queries/class, "
     "inner_lr 0.4, 1 step",
+    "W3": "Omniglot-shaped: conv4(ways=20), cross entropy, 16 tasks x 20-way 1-shot, 15 queries/class, "
+    "inner_lr 0.1, 5 steps",
 }
+INNER_STEPS = {"W1": 1, "W2": 1, "W3": 5}
 MODEL_SEED = 0
 DATA_SEED = 1
 
@@ -91,14 +96,14 @@ def build_workload(name: str) -> tuple[Any, Any, float, Any]:
     torch.manual_seed(MODEL_SEED)
     if name == "W1":
         return mlp(), F.mse_loss, 0.01, SinusoidTasks(10, 10).sample(25, generator)
-    if name == "W2":
-        tasks, ways, queries_per_class = 32, 5, 15
+    if name in ("W2", "W3"):
+        tasks, ways, queries_per_class, inner_lr = (32, 5, 15, 0.4) if name == "W2" else (16, 20, 15, 0.1)
         model = conv4(ways=ways)
         support_x = torch.randn(tasks, ways, 1, 28, 28, generator=generator)
         support_y = torch.arange(ways).repeat(tasks, 1)
         query_x = torch.randn(tasks, ways * queries_per_class, 1, 28, 28, generator=generator)
         query_y = torch.arange(ways).repeat_interleave(queries_per_class).repeat(tasks, 1)
-        return model, F.cross_entropy, 0.4, TaskBatch(support_x, support_y, query_x, query_y)
+        return model, F.cross_entropy, inner_lr, TaskBatch(support_x, support_y, query_x, query_y)
     raise ValueError(f"unknown workload {name!r}")
 
 
@@ -115,7 +120,7 @@ def measure(config: Config) -> dict[str, Any]:
         model,
         loss=loss,
         inner_lr=inner_lr,
-        inner_steps=1,
+        inner_steps=INNER_STEPS[config.workload],
         estimator=ORDERS[config.order],
         strategy=config.strategy.removesuffix("+compile"),
         chunk_size=config.chunk_size if config.strategy == "chunked" else None,
@@ -257,8 +262,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, names in lists.items():
         help_text = f"comma-separated (default {','.join(names)})"
         parser.add_argument(flag, type=parse_list(names), default=list(names), help=help_text)
-    parser.add_argument("--warmup", type=int, default=None, help="untimed iterations (default: W1 10, W2 1)")
-    parser.add_argument("--iterations", type=int, default=None, help="timed iterations (default: W1 100, W2 5)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed iterations (default: W1 10, W2 and W3 1)")
+    parser.add_argument("--iterations", type=int, default=None, help="timed iterations (default: W1 100, W2 5, W3 3)")
     parser.add_argument("--chunk-size", type=int, default=4, help="tasks per call for 'chunked' (default 4)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per configuration (default 900)")

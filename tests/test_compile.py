@@ -1,4 +1,6 @@
-"""``compile=True``: the same meta-gradient through torch.compile, and a clean fallback when it fails."""
+"""``compile=True``: the same meta-gradient through torch.compile, and a clean fallback when it fails;
+``compile="auto"``: compiled once the eager meta-gradients have taken as long as a compilation, vectorised
+strategies only."""
 
 from __future__ import annotations
 
@@ -7,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.exc import BackendCompilerFailed
 
-from torchmaml import MetaLearner
+from torchmaml import MetaLearner, compilation
 from torchmaml.data import SinusoidTasks
+from torchmaml.errors import ConfigError
 from torchmaml.models import mlp
 
 
@@ -22,7 +25,7 @@ def gradients(learner, batch):
 def test_compiled_meta_gradient_equals_eager(estimator):
     batches = [SinusoidTasks().sample(25, torch.Generator().manual_seed(s)) for s in range(3)]
     torch.manual_seed(0)
-    eager = MetaLearner(mlp(), F.mse_loss, estimator=estimator)
+    eager = MetaLearner(mlp(), F.mse_loss, estimator=estimator, compile=False)
     compiled = MetaLearner(eager.model, F.mse_loss, estimator=estimator, compile=True)
     for batch in batches:
         (a, ma), (b, mb) = gradients(eager, batch), gradients(compiled, batch)
@@ -45,3 +48,67 @@ def test_a_failing_compiler_falls_back_to_eager_with_a_warning(monkeypatch):
         got, _ = gradients(learner, batch)
     expected, _ = gradients(MetaLearner(learner.model, F.mse_loss), batch)
     assert torch.equal(got, expected)
+
+
+def recording_compile(monkeypatch) -> list:
+    """Replace ``torch.compile`` by a pass-through that records what it was asked to compile."""
+    compiled = []
+
+    def fake_compile(fn):
+        compiled.append(fn)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    return compiled
+
+
+def test_auto_compiles_a_vectorised_learner_once_eager_time_reaches_the_threshold(monkeypatch):
+    compiled = recording_compile(monkeypatch)
+    monkeypatch.setitem(compilation.COMPILE_AFTER_SECONDS, "vmap", 0.05)
+    batch = SinusoidTasks().sample(8, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    learner = MetaLearner(mlp(), F.mse_loss)  # compile="auto" is the default; strategy auto -> vmap
+    runner = learner._meta_gradient_runner
+    while runner.eager_seconds < 0.05:
+        assert not runner.compiled and not compiled
+        learner.meta_gradient(batch)
+    assert runner.compiled and len(compiled) == 1
+    learner.meta_gradient(batch)
+    assert len(compiled) == 1 and runner.eager_seconds >= 0.05  # compiled once, later calls not timed as eager
+
+
+def test_auto_leaves_the_loop_strategy_and_compile_false_eager(monkeypatch):
+    compiled = recording_compile(monkeypatch)
+    monkeypatch.setattr(compilation, "COMPILE_AFTER_SECONDS", {"vmap": 0.0, "chunked": 0.0})
+    batch = SinusoidTasks().sample(4, torch.Generator().manual_seed(0))
+    for learner in (MetaLearner(mlp(), F.mse_loss, strategy="loop"), MetaLearner(mlp(), F.mse_loss, compile=False)):
+        for _ in range(3):
+            learner.meta_gradient(batch)
+        assert not learner._meta_gradient_runner.compiled
+    assert not compiled
+
+
+@pytest.mark.parametrize("mode", ["yes", 1, None])
+def test_an_unknown_compile_mode_is_a_config_error(mode):
+    with pytest.raises(ConfigError, match="compile: must be true, false or 'auto'"):
+        MetaLearner(mlp(), F.mse_loss, compile=mode)
+
+
+@pytest.mark.e2e
+def test_compiled_loop_compiles_one_whole_task_meta_gradient_of_conv4_and_agrees():
+    from test_conv4 import image_batch
+    from torch._dynamo.utils import counters
+
+    from torchmaml.models import conv4
+
+    torch.manual_seed(0)
+    model = conv4(ways=3, filters=4, image_size=16).double()
+    eager = MetaLearner(model, F.cross_entropy, 0.4, 1, strategy="loop", compile=False)
+    compiled = MetaLearner(model, F.cross_entropy, 0.4, 1, strategy="loop", compile=True)
+    counters.clear()
+    (a, ma), (b, mb) = gradients(eager, image_batch()), gradients(compiled, image_batch())
+    assert compiled._meta_gradient_runner.compiled
+    assert not counters["graph_break"]  # batch norm's layout switch is traced, not a break back to eager
+    assert counters["stats"]["unique_graphs"] == 1  # one graph serves every task of the batch
+    torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(mb["loss_after"], ma["loss_after"], rtol=1e-9, atol=1e-11)

@@ -23,3 +23,5 @@ def test_a_diverged_step_count_is_null_with_the_task_count_and_the_others_are_in
     json.loads(json.dumps([r.to_dict() for r in results], allow_nan=False))  # strict JSON
     table = format_table(results, "MSE")
     assert "diverged (4 tasks)" in table and "nan" not in table.lower()
+    header, _, row = table.splitlines()
+    assert header.split()[:2] == ["model", "support"] and row.split()[:2] == ["maml", "5"]  # 5 support points

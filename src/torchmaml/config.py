@@ -60,7 +60,7 @@ class TrainConfig(BaseModel):
     first_order_iterations: int = Field(0, ge=0)
     strategy: str = "auto"
     chunk_size: int | None = Field(None, ge=1)
-    compile: bool = False
+    compile: bool | Literal["auto"] = "auto"
     # task family
     support_size: int = Field(10, ge=1)
     query_size: int = Field(10, ge=1)

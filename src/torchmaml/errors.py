@@ -15,3 +15,8 @@ class TaskBatchError(TorchMAMLError):
 
 class ModelError(TorchMAMLError):
     """The model cannot be meta-trained as given (its output does not fit the loss, unsupported layer, ...)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when the message is empty), for short reports."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

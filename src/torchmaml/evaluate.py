@@ -101,17 +101,18 @@ def tune_fine_tuning_lr(
 
 
 def format_table(results: list[AdaptationResult], metric: str, scale: float = 1.0) -> str:
-    """A plain-text table: one row per (model, support size), one column per step count.
+    """A plain-text table: one row per (model, support-set size), one column per step count.
 
-    ``scale`` multiplies every number (100 shows accuracies in percent).
+    The ``support`` column is the number of support examples per task: ``K`` for K-shot regression, ``N K`` for
+    N-way K-shot classification. ``scale`` multiplies every number (100 shows accuracies in percent).
     """
     steps = sorted({r.steps for r in results})
-    header = f"{'model':<12}{'K-shot':>7}" + "".join(f"{f'{metric}, {s} steps':>24}" for s in steps)
+    header = f"{'model':<12}{'support':>8}" + "".join(f"{f'{metric}, {s} steps':>24}" for s in steps)
     lines = [header, "-" * len(header)]
     rows: dict[tuple[str, int], dict[int, AdaptationResult]] = {}
     for r in results:
         rows.setdefault((r.model, r.support_size), {})[r.steps] = r
     for (model, k), by_step in rows.items():
         cells = "".join(f"{by_step[s].cell(scale):>24}" for s in steps)
-        lines.append(f"{model:<12}{k:>7}{cells}")
+        lines.append(f"{model:<12}{k:>8}{cells}")
     return "\n".join(lines)

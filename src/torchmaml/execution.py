@@ -44,6 +44,14 @@ def resolve_strategy(strategy: str, model: FunctionalModel) -> str:
     return strategy
 
 
+def apply_task_gradient(
+    task_gradient: TaskGradient, problem: InnerProblem, meta: MetaParams, task: Task
+) -> tuple[MetaParams, Metrics]:
+    """``G_i`` and the metrics of one task: ``task_gradient(problem, meta, task)``. The ``"loop"`` strategy calls
+    it once per task; ``torch.compile`` of it compiles one task's whole meta-gradient."""
+    return task_gradient(problem, meta, task)
+
+
 def mean_task_gradient(
     task_gradient: TaskGradient,
     problem: InnerProblem,
@@ -51,10 +59,12 @@ def mean_task_gradient(
     batch: TaskBatch,
     strategy: str,
     chunk_size: int | None = None,
+    per_task: Callable[..., tuple[MetaParams, Metrics]] = apply_task_gradient,
 ) -> tuple[MetaParams, Metrics]:
-    """``(1/B) sum_i G_i`` and the averaged metrics, with ``strategy`` one of vmap, chunked, loop."""
+    """``(1/B) sum_i G_i`` and the averaged metrics, with ``strategy`` one of vmap, chunked, loop; the loop
+    computes each ``G_i`` with ``per_task`` (``apply_task_gradient`` or a compiled version of it)."""
     if strategy == "loop":
-        return _loop(task_gradient, problem, meta, batch)
+        return _loop(per_task, task_gradient, problem, meta, batch)
     if strategy == "chunked" and not chunk_size:
         raise ConfigError("chunk_size: strategy 'chunked' needs a positive chunk_size")
     batched = vmap(
@@ -67,12 +77,16 @@ def mean_task_gradient(
 
 
 def _loop(
-    task_gradient: TaskGradient, problem: InnerProblem, meta: MetaParams, batch: TaskBatch
+    per_task: Callable[..., tuple[MetaParams, Metrics]],
+    task_gradient: TaskGradient,
+    problem: InnerProblem,
+    meta: MetaParams,
+    batch: TaskBatch,
 ) -> tuple[MetaParams, Metrics]:
     total: tuple[MetaParams, Metrics] | None = None
     with unvectorised():
         for i in range(batch.num_tasks):
-            result = task_gradient(problem, meta, task_at(batch, i))
+            result = per_task(task_gradient, problem, meta, task_at(batch, i))
             total = result if total is None else tree_map(torch.add, total, result)
     return tree_map(lambda t: t / batch.num_tasks, total)
 

@@ -7,9 +7,9 @@ clones on each call, so running statistics can never leak from one task to anoth
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from contextvars import ContextVar
 
 import torch
 from torch import nn
@@ -44,40 +44,39 @@ class FunctionalModel:
         return {name: p.detach() for name, p in self.module.named_parameters()}
 
 
-_INNER_STEP: ContextVar[int | None] = ContextVar("torchmaml_inner_step", default=None)
+# Per-thread evaluation state read by layers. A ``threading.local`` rather than a ``ContextVar``: torch.compile
+# traces (and guards on) its attributes, while ``ContextVar.get`` breaks the graph.
+_STATE = threading.local()
 
 
 @contextmanager
-def at_inner_step(step: int | None) -> Iterator[None]:
-    """Within the block, models are evaluated at inner step ``step`` (layers with per-step parameters, like
-    MAML++'s per-step batch norm, read it with :func:`current_inner_step`); ``None`` leaves it unset."""
-    token = _INNER_STEP.set(step)
+def _setting(name: str, value: object) -> Iterator[None]:
+    previous = getattr(_STATE, name, None)
+    setattr(_STATE, name, value)
     try:
         yield
     finally:
-        _INNER_STEP.reset(token)
+        setattr(_STATE, name, previous)
+
+
+def at_inner_step(step: int | None) -> AbstractContextManager:
+    """Within the block, models are evaluated at inner step ``step`` (layers with per-step parameters, like
+    MAML++'s per-step batch norm, read it with :func:`current_inner_step`); ``None`` leaves it unset."""
+    return _setting("inner_step", step)
 
 
 def current_inner_step() -> int | None:
     """The inner step set by :func:`at_inner_step`, or ``None`` outside any (a deployed, adapted model)."""
-    return _INNER_STEP.get()
+    return getattr(_STATE, "inner_step", None)
 
 
-_UNVECTORISED: ContextVar[bool] = ContextVar("torchmaml_unvectorised", default=False)
-
-
-@contextmanager
-def unvectorised() -> Iterator[None]:
+def unvectorised() -> AbstractContextManager:
     """Within the block no task axis is vectorised (the ``"loop"`` strategy: no ``torch.func.vmap`` over
     tasks), so layers may call fused kernels whose vmap batching rules are wrong for higher-order gradients
     (batch norm, functorch#534); :class:`torchmaml.models.MetaBatchNorm2d` then uses ``F.batch_norm``."""
-    token = _UNVECTORISED.set(True)
-    try:
-        yield
-    finally:
-        _UNVECTORISED.reset(token)
+    return _setting("unvectorised", True)
 
 
 def is_unvectorised() -> bool:
     """Whether the caller is inside :func:`unvectorised` (fused kernels are safe)."""
-    return _UNVECTORISED.get()
+    return bool(getattr(_STATE, "unvectorised", False))

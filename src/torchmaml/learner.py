@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,9 +20,10 @@ import torch
 from torch import nn
 
 from torchmaml.allocator import keep_freed_memory
-from torchmaml.errors import ConfigError, ModelError
+from torchmaml.compilation import MetaGradientRunner
+from torchmaml.errors import ConfigError, ModelError, first_line
 from torchmaml.estimators import InnerProblem, MetaParams, Metrics, Task, get_estimator
-from torchmaml.execution import map_tasks, mean_task_gradient, resolve_strategy
+from torchmaml.execution import map_tasks, resolve_strategy
 from torchmaml.functional import FunctionalModel, Params
 from torchmaml.inner import InnerLR, LossFn, adapt
 from torchmaml.learning_rates import make_inner_lr
@@ -49,9 +49,11 @@ class MetaLearner(nn.Module):
             per parameter element), ``"per_layer_per_step"`` (MAML++ LSLR); see ``torchmaml.learning_rates``.
         adapt_only: names (or module prefixes, e.g. ``"head"`` or ``"4"``) of the parameters the inner loop
             adapts; ``None`` adapts all. ANIL adapts only the head; the rest is shared and meta-learned.
-        compile: run the meta-gradient through ``torch.compile`` (measured ~10x faster on the sinusoid MLP
-            after a one-off compilation of seconds to a minute; needs a C++ compiler, and falls back to eager
-            execution with a warning when compilation fails). Best for long runs with fixed shapes.
+        compile: run the meta-gradient through ``torch.compile``: ``True`` from the first call, ``False``
+            never, ``"auto"`` (default) once the eager meta-gradients have taken as long as a compilation
+            costs (30 s), for the vectorised strategies only (see ``torchmaml.compilation``). Compiled, the
+            sinusoid MLP's meta-iteration is ~3x faster; needs a C++ compiler, and falls back to eager
+            execution with a warning when compilation fails.
 
     Attributes that may be changed between meta-steps (the MAML++ schedules do): ``estimator`` (a
     ``TaskGradient``, e.g. ``get_estimator("first_order")``) and ``step_weights`` (multi-step loss weights,
@@ -70,7 +72,7 @@ class MetaLearner(nn.Module):
         estimator_options: Mapping[str, Any] | None = None,
         inner_lr_mode: str = "fixed",
         adapt_only: Sequence[str] | None = None,
-        compile: bool = False,
+        compile: bool | str = "auto",
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -94,7 +96,7 @@ class MetaLearner(nn.Module):
         self._functional = FunctionalModel(model)
         self.strategy = resolve_strategy(strategy, self._functional)
         self.chunk_size = chunk_size
-        self._mean_task_gradient = torch.compile(mean_task_gradient) if compile else mean_task_gradient
+        self._meta_gradient_runner = MetaGradientRunner(compile, self.strategy)
         self.adapted = _select_parameters(model, adapt_only)
         adapted_params = {n: p for n, p in model.named_parameters() if self.adapted is None or n in self.adapted}
         self.inner_rate = make_inner_lr(inner_lr_mode, inner_lr, adapted_params, inner_steps)
@@ -154,18 +156,7 @@ class MetaLearner(nn.Module):
             self.strategy,
             self.chunk_size,
         )
-        if self._mean_task_gradient is mean_task_gradient:
-            return mean_task_gradient(*arguments)
-        try:
-            return self._mean_task_gradient(*arguments)
-        except Exception as error:
-            from torch._dynamo.exc import BackendCompilerFailed
-
-            if not isinstance(error, BackendCompilerFailed):
-                raise
-            warnings.warn(f"torch.compile failed ({_first_line(error)}); continuing without it", stacklevel=2)
-            self._mean_task_gradient = mean_task_gradient
-            return mean_task_gradient(*arguments)
+        return self._meta_gradient_runner(*arguments)
 
     def meta_step(
         self, batch: TaskBatch, optimizer: torch.optim.Optimizer, loss_before: bool = False
@@ -279,7 +270,7 @@ class MetaLearner(nn.Module):
         except RuntimeError as error:
             raise ModelError(
                 f"the model cannot take one task's support_x of shape {tuple(batch.support_x.shape[1:])}: "
-                f"{_first_line(error)}"
+                f"{first_line(error)}"
             ) from None
         target = batch.support_y[0]
         if target.is_floating_point() and prediction.shape != target.shape:
@@ -293,7 +284,7 @@ class MetaLearner(nn.Module):
         except (RuntimeError, ValueError, IndexError) as error:
             raise ModelError(
                 f"the model's output {tuple(prediction.shape)} does not fit the loss with targets "
-                f"{tuple(batch.support_y.shape[1:])} ({batch.support_y.dtype}): {_first_line(error)}"
+                f"{tuple(batch.support_y.shape[1:])} ({batch.support_y.dtype}): {first_line(error)}"
             ) from None
         if value.dim() != 0:
             raise ModelError(f"the loss must return a scalar (mean reduction), got shape {tuple(value.shape)}")
@@ -319,7 +310,3 @@ def _positive_number(value: object) -> bool:
 
 def _shape_key(batch: TaskBatch) -> tuple:
     return tuple((name, tuple(t.shape[1:]), t.dtype, t.device) for name, t in batch.tensors().items())
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
