@@ -104,6 +104,12 @@ class MetaLearner(nn.Module):
     # -- the meta-gradient ------------------------------------------------------------------------
 
     @property
+    def compiled(self) -> bool:
+        """Whether meta-gradients now run through ``torch.compile`` (``compile=True``, or ``"auto"`` once the
+        eager ones have taken as long as a compilation; see ``torchmaml.compilation``)."""
+        return self._meta_gradient_runner.compiled
+
+    @property
     def functional(self) -> FunctionalModel:
         """The model as a pure function ``f(params, x)``."""
         return self._functional
