@@ -80,3 +80,15 @@ def unvectorised() -> AbstractContextManager:
 def is_unvectorised() -> bool:
     """Whether the caller is inside :func:`unvectorised` (fused kernels are safe)."""
     return bool(getattr(_STATE, "unvectorised", False))
+
+
+def plain_autograd() -> AbstractContextManager:
+    """Within the block one task's meta-gradient is taken with ``torch.autograd`` outside any ``torch.func``
+    transform (the exact estimator under the ``"loop"`` strategy), where custom ``autograd.Function`` layers
+    are cheap: :class:`torchmaml.models.MetaBatchNorm2d` then uses its own double backward."""
+    return _setting("plain_autograd", True)
+
+
+def is_plain_autograd() -> bool:
+    """Whether the caller is inside :func:`plain_autograd`."""
+    return bool(getattr(_STATE, "plain_autograd", False))

@@ -50,18 +50,21 @@ def adapt(
     steps: int,
     first_order: bool = False,
     adapted: Collection[str] | None = None,
+    autograd: bool = False,
 ) -> list[Params]:
     """Run ``steps`` inner gradient steps from ``params`` on one task's ``(x, y)``.
 
     Returns ``[w_0, ..., w_steps]``. Step ``s`` evaluates the model ``at_inner_step(s)`` (per-step layers).
     Only the parameters named in ``adapted`` take inner steps (all when
     ``None``; ANIL adapts only the head); the others are passed through as the very same tensors. Works
-    inside ``torch.func.vmap`` (one task per call) and under an outer ``torch.func.grad``.
+    inside ``torch.func.vmap`` (one task per call) and under an outer ``torch.func.grad``; with
+    ``autograd=True`` the inner gradients are ``torch.autograd.grad`` calls instead, for an outer
+    ``torch.autograd.grad`` outside any ``torch.func`` transform.
     """
     trajectory = [params]
     for step in range(steps):
         trajectory.append(
-            inner_step(model, trajectory[-1], x, y, loss_fn, step_lr(lr, step), step, first_order, adapted)
+            inner_step(model, trajectory[-1], x, y, loss_fn, step_lr(lr, step), step, first_order, adapted, autograd)
         )
     return trajectory
 
@@ -76,9 +79,12 @@ def inner_step(
     step: int,
     first_order: bool = False,
     adapted: Collection[str] | None = None,
+    autograd: bool = False,
 ) -> Params:
     """Inner step number ``step`` (0-based; the model runs ``at_step(step)``): ``w - lr * grad f(w; (x, y))``
-    on the parameters in ``adapted`` (all when ``None``), the others passed through unchanged."""
+    on the parameters in ``adapted`` (all when ``None``), the others passed through unchanged. The gradient is
+    ``torch.func.grad``'s, or with ``autograd=True`` ``torch.autograd.grad``'s (with a graph unless
+    ``first_order``)."""
     names = [name for name in params if adapted is None or name in adapted]
     fast = {name: params[name] for name in names}
     fixed = {name: p for name, p in params.items() if name not in fast}
@@ -87,7 +93,13 @@ def inner_step(
         return loss_fn(model({**fixed, **fast}, x), y)
 
     with model.at_step(step):
-        if first_order:  # the gradient at a detached point carries no graph back to w
+        if autograd:
+            support = support_loss(fast, fixed)
+            values = torch.autograd.grad(
+                support, list(fast.values()), create_graph=not first_order, materialize_grads=True
+            )
+            grads = dict(zip(fast, values, strict=True))
+        elif first_order:  # the gradient at a detached point carries no graph back to w
             grads = grad(support_loss)(_detached(fast), _detached(fixed))
         else:
             grads = grad(support_loss)(fast, fixed)

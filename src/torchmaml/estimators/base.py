@@ -41,10 +41,15 @@ class InnerProblem:
     step_weights: tuple[float, ...] | None = None
     track_loss_before: bool = True
 
-    def adapt(self, meta: MetaParams, x: torch.Tensor, y: torch.Tensor, first_order: bool = False) -> list[Params]:
-        """The inner trajectory ``[w_0, ..., w_K]`` from ``meta["params"]`` on ``(x, y)``."""
+    def adapt(
+        self, meta: MetaParams, x: torch.Tensor, y: torch.Tensor, first_order: bool = False, autograd: bool = False
+    ) -> list[Params]:
+        """The inner trajectory ``[w_0, ..., w_K]`` from ``meta["params"]`` on ``(x, y)`` (inner gradients by
+        ``torch.autograd`` with ``autograd=True``, else by ``torch.func``)."""
         rates = self.rates(meta["lrs"])
-        return adapt(self.model, meta["params"], x, y, self.loss_fn, rates, self.steps, first_order, self.adapted)
+        return adapt(
+            self.model, meta["params"], x, y, self.loss_fn, rates, self.steps, first_order, self.adapted, autograd
+        )
 
     def step(self, params: Params, lrs: Params, x: torch.Tensor, y: torch.Tensor, step: int) -> Params:
         """Inner step ``step`` (0-based) from ``params``, at the rate the learned-rate tensors ``lrs`` give."""

@@ -7,8 +7,9 @@ features to the ``ways`` logits.
 Batch norm is :class:`MetaBatchNorm2d`: transductive batch statistics, written with primitive tensor ops
 (correct under ``torch.func.vmap``; the fused ``batch_norm`` kernel's vmap rule gives wrong second-order
 gradients, functorch#534) except where tasks run one at a time (``functional.unvectorised``, the ``"loop"``
-strategy), where the fused kernel computes the same function faster. It keeps no running statistics, so
-nothing can leak between tasks.
+strategy), where the fused kernel computes the same function faster; where the exact estimator then
+differentiates with plain autograd (``functional.plain_autograd``), with the double backward of
+``torchmaml.models.batch_norm``. It keeps no running statistics, so nothing can leak between tasks.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchmaml.functional import current_inner_step, is_unvectorised
+from torchmaml.functional import current_inner_step, is_plain_autograd, is_unvectorised
+from torchmaml.models.batch_norm import batch_norm
 
 
 class MetaBatchNorm2d(nn.Module):
@@ -51,6 +53,8 @@ class MetaBatchNorm2d(nn.Module):
             # channels-last, where the CPU kernels of batch norm and max-pooling are fastest (2x and 17x on
             # conv4's first block, benchmarks/README.md); a no-op after conv4's ChannelsLastConv2d
             x = x.contiguous(memory_format=torch.channels_last)
+            if is_plain_autograd():  # torch's fused kernels with a lean double backward of our own
+                return batch_norm(x, weight, bias, self.eps)
             return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         var = (x - mean).square().mean(dim=(0, 2, 3), keepdim=True)
