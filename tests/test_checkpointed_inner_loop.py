@@ -88,8 +88,8 @@ checkpoint = sys.argv[1] == "1"
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(1, 256), torch.nn.Tanh(), torch.nn.Linear(256, 256), torch.nn.Tanh(),
                             torch.nn.Linear(256, 1))
-batch = TaskBatch(*(torch.randn(1, 2048, 1) for _ in range(4)))
-for steps in (1, 16):
+batch = TaskBatch(*(torch.randn(1, 8192, 1) for _ in range(4)))
+for steps in (1, 8):
     options = {"checkpoint": checkpoint}
     MetaLearner(model, F.mse_loss, 0.01, steps, "unrolled", "loop", estimator_options=options).meta_gradient(batch)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -97,18 +97,18 @@ for steps in (1, 16):
 
 
 def test_checkpointed_peak_memory_is_flat_in_the_number_of_steps():
-    """Growth of a fresh process's peak RSS (KiB) from a 1-step to a 16-step meta-gradient: ~linear in K
+    """Growth of a fresh process's peak RSS (KiB) from a 1-step to an 8-step meta-gradient: ~linear in K
     unrolled (every step's activations stay alive for the outer backward pass), none with checkpointing (one
     step's graph at a time). glibc returns freed blocks at once (``MALLOC_MMAP_THRESHOLD_``), so RSS follows
-    live memory."""
+    live memory; the batch is large enough that the 1-step peak is above the peak of importing torch."""
 
     def growth_kib(checkpoint: bool) -> int:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
         command = [sys.executable, "-c", PEAK_MEMORY_SCRIPT, str(int(checkpoint))]
         done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
-        one, sixteen = map(int, done.stdout.split())
-        return sixteen - one
+        one, eight = map(int, done.stdout.split())
+        return eight - one
 
     growth_unrolled, growth_checkpointed = growth_kib(False), growth_kib(True)
-    assert growth_unrolled > 50_000  # measured 155 MB for 15 more steps (~10 MB per step)
-    assert growth_checkpointed < growth_unrolled / 5  # measured 4 MB
+    assert growth_unrolled > 100_000  # measured 290 MB for 7 more steps (~40 MB per step)
+    assert growth_checkpointed < growth_unrolled / 5  # measured 2 MB
