@@ -30,7 +30,7 @@ Where tasks run one at a time (the ``"loop"`` strategy, ``functional.is_unvector
 compiled, the same gradient is taken with plain ``torch.autograd`` instead of ``torch.func`` transforms
 (``functional.plain_autograd``): there, custom ``autograd.Function`` layers cost microseconds rather than the
 ~1 ms per call of their ``torch.func`` wrapping, so conv4's batch norm can use its own double backward
-(``torchmaml.models.batch_norm``; W3, 20-way 1-shot with 5 inner steps: 1.5x faster per task).
+(``torchmaml.models.batch_norm``; W3, 20-way 1-shot with 5 inner steps: 1.4x faster per task).
 """
 
 from __future__ import annotations
