@@ -78,10 +78,16 @@ def test_the_layer_uses_it_exactly_where_tasks_run_one_at_a_time_under_plain_aut
     torch.testing.assert_close(lean, fused, rtol=1e-12, atol=1e-12)
 
 
-def test_the_double_backward_with_saved_statistics_equals_torchs():
-    """Not differentiated again (``create_graph=False``), the double backward reuses the forward statistics."""
-    x, weight, bias = (t.clone().requires_grad_() for t in inputs(channels_last=True))
-    target = torch.randn_like(x)
+@pytest.mark.parametrize(
+    "x_layout, target_layout",
+    [("channels_last", "channels_last"), ("contiguous", "contiguous"), ("channels_last", "contiguous")],
+)
+def test_the_double_backward_with_saved_statistics_equals_torchs(x_layout, target_layout):
+    """Not differentiated again (``create_graph=False``), the double backward reuses the forward statistics
+    (its fast path), also when the incoming gradient's layout differs from the input's."""
+    x, weight, bias = (t.clone().requires_grad_() for t in inputs(channels_last=x_layout == "channels_last"))
+    layout = torch.channels_last if target_layout == "channels_last" else torch.contiguous_format
+    target = torch.randn(x.shape, dtype=x.dtype).contiguous(memory_format=layout)
     cotangents = tuple(torch.randn_like(t) for t in (x, weight, bias))
     products = []
     for fn in (ours, torchs):
