@@ -83,3 +83,32 @@ def test_a_gradient_in_another_layout_than_the_input_gives_the_same_products():
         products.append(torch.autograd.grad(first, (x, weight, bias), cotangents))
     for got, expected in zip(*products, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_conv4s_convolution_uses_it_exactly_under_plain_autograd():
+    from torchmaml.functional import plain_autograd, unvectorised
+    from torchmaml.models.conv4 import ChannelsLastConv2d
+
+    layer = ChannelsLastConv2d(3, 5, 3, padding=1).double()
+    x = inputs(channels_last=True)[0]
+    with unvectorised():
+        native = layer(x)
+        with plain_autograd():
+            lean = layer(x)
+            layer.padding_mode = "reflect"  # only zero padding has the lean double backward
+            reflected = layer(x)
+    assert type(lean.grad_fn).__name__.startswith("_Conv2d") and type(lean.grad_fn) is not type(native.grad_fn)
+    assert type(reflected.grad_fn) is type(native.grad_fn)
+    torch.testing.assert_close(lean, native, rtol=1e-12, atol=1e-12)
+
+
+def test_differentiating_only_the_bias_gradient_again_equals_torch():
+    """The double backward with a cotangent for the bias gradient alone (``a`` and ``B`` absent)."""
+    x, weight, bias = (t.clone().requires_grad_() for t in inputs(channels_last=True))
+    cotangent = torch.randn_like(bias)
+    products = []
+    for fn in (ours(1), torchs(1)):
+        (bias_gradient,) = torch.autograd.grad(fn(x, weight, bias).square().sum(), (bias,), create_graph=True)
+        products.append(torch.autograd.grad(bias_gradient, (x, weight, bias), cotangent))
+    for got, expected in zip(*products, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
