@@ -10,8 +10,9 @@ Rows (float32, one thread unless ``--threads``; the median of ``--repeats`` time
 - torch's batch-norm backward kernel on ``[20, 64, 28, 28]`` channels-last with an NCHW output gradient
   (what autograd handed it on conv4's support pass) against a channels-last one (``models.layout``);
 - torch's batch-norm forward and backward on a W3 query activation ``[300, 64, 28, 28]`` (60 MB), with glibc
-  mapping every block above 32 MiB afresh (``M_MMAP_MAX`` at its default) against ``M_MMAP_MAX = 0``
-  (``torchmaml.allocator``; switched in the same process with ``mallopt``).
+  mapping every block above 32 MiB afresh (``M_MMAP_MAX`` at its default, as ``torchmaml.allocator`` leaves
+  it) against ``M_MMAP_MAX = 0`` (switched in the same process with ``mallopt``): the option considered and
+  not taken (its cost in peak memory: ``torchmaml.allocator``).
 
 Run from the repository root::
 
@@ -30,10 +31,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from torchmaml.allocator import M_MMAP_MAX, M_MMAP_THRESHOLD, MMAP_THRESHOLD
+from torchmaml.allocator import M_MMAP_THRESHOLD, MMAP_THRESHOLD
 from torchmaml.models.batch_norm import batch_norm
 from torchmaml.models.convolution import conv2d
 
+M_MMAP_MAX = -4  # mallopt's parameter number, from glibc's <malloc.h>
 GLIBC_MMAP_MAX = 65536  # glibc's default M_MMAP_MAX
 CHANNELS_LAST = torch.channels_last
 
@@ -63,7 +65,7 @@ def rows(repeats: int) -> list[tuple[str, float, float]]:
     gamma, beta = torch.rand(64) + 0.5, torch.randn(64)
     results = [
         (
-            "batch-norm double backward, [20, 64, 28, 28]",
+            "batch-norm double backward, [20, 64, 28, 28]: torch's vs models.batch_norm",
             median_ms(
                 hessian_vector_product(lambda x, w, b: F.batch_norm(x, None, None, w, b, True), support, gamma, beta),
                 repeats,
@@ -75,7 +77,7 @@ def rows(repeats: int) -> list[tuple[str, float, float]]:
     weight, bias = torch.randn(64, 64, 3, 3) * 0.05, torch.randn(64)
     results.append(
         (
-            "convolution double backward, [20, 64, 14, 14], 64 -> 64",
+            "convolution double backward, [20, 64, 14, 14], 64 -> 64: torch's vs models.convolution",
             median_ms(
                 hessian_vector_product(lambda x, w, b: F.conv2d(x, w, b, padding=1), block, weight, bias), repeats
             ),
@@ -95,7 +97,7 @@ def rows(repeats: int) -> list[tuple[str, float, float]]:
     grad = torch.randn(support.shape)
     results.append(
         (
-            "batch-norm backward, [20, 64, 28, 28], NCHW vs channels-last gradient",
+            "batch-norm backward, [20, 64, 28, 28] channels-last: NCHW vs channels-last gradient",
             median_ms(backward(grad), repeats),
             median_ms(backward(grad.contiguous(memory_format=CHANNELS_LAST)), repeats),
         )
@@ -123,7 +125,7 @@ def allocator_rows(repeats: int) -> list[tuple[str, float, float]]:
         for mmap_max in (GLIBC_MMAP_MAX, 0):
             libc.mallopt(M_MMAP_MAX, mmap_max)
             times.append(median_ms(operation, repeats))
-        results.append((f"batch-norm {name}, [300, 64, 28, 28], M_MMAP_MAX default vs 0", *times))
+        results.append((f"batch-norm {name}, [300, 64, 28, 28]: M_MMAP_MAX default (used) vs 0 (not used)", *times))
     return results
 
 
@@ -134,7 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), median of {args.repeats} calls\n")
-    print("| operation | torch's way (ms) | torchmaml's (ms) | speed-up |\n|---|---:|---:|---:|")
+    print("| operation: A vs B | A (ms) | B (ms) | A / B |\n|---|---:|---:|---:|")
     for name, before, after in rows(args.repeats):
         print(f"| {name} | {before:.2f} | {after:.2f} | {before / after:.1f}x |")
 

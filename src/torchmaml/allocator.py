@@ -2,14 +2,16 @@
 
 glibc's ``malloc`` serves every block above its mmap threshold (dynamic, at most 32 MiB by default) with a
 fresh ``mmap`` and returns it with ``munmap`` when freed, and trims the heap top above 128 KiB. A meta-step
-allocates and frees the same large activation buffers (conv4 on 75 images: ~15 MB each; on 300 images: 60 MB)
-over and over, so each one is mapped again and touched page by page: hundreds of thousands of minor page faults
-per iteration. :func:`keep_freed_memory` sets ``M_MMAP_THRESHOLD = 32 MiB`` (glibc's largest), ``M_MMAP_MAX = 0``
-(no block is mapped on its own, so blocks above 32 MiB come from the heap too) and ``M_TRIM_THRESHOLD = 4 GiB``
-with ``mallopt``, so freed buffers stay in the heap and are reused (the same effect as
-``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296``).
-On W3's 300-image query pass ``M_MMAP_MAX = 0`` halves torch's batch-norm forward and backward on the 60 MB
-first-block activations (60 -> 29 ms, 61 -> 31 ms: ``benchmarks/README.md``).
+allocates and frees the same large activation buffers (conv4 on 75 images: ~15 MB each) over and over, so
+each one is mapped again and touched page by page: hundreds of thousands of minor page faults per iteration.
+:func:`keep_freed_memory` sets ``M_MMAP_THRESHOLD = 32 MiB`` and ``M_TRIM_THRESHOLD = 4 GiB`` with ``mallopt``,
+so freed buffers stay in the heap and are reused (the same effect as
+``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296``).
+
+32 MiB is glibc's largest threshold, so blocks above it (W3's 300-image query activations: 60 MB) are still
+mapped afresh. ``M_MMAP_MAX = 0`` would serve them from the heap too: it halved torch's batch-norm forward on
+such a block (``benchmarks/kernels.py``) but made a whole W3 meta-step only 3-10% faster and raised its peak
+memory 10-20% (heap fragmentation), so it is left at glibc's default.
 
 The cost: memory freed after a peak is kept by the process (reused by the next meta-step, not returned to
 the system). It is process-wide; :class:`torchmaml.MetaLearner` calls it once, unless the environment sets
@@ -29,7 +31,6 @@ import platform
 
 M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, from glibc's <malloc.h>
 M_MMAP_THRESHOLD = -3
-M_MMAP_MAX = -4
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's upper limit for the mmap threshold on 64-bit systems
 TRIM_THRESHOLD = 4 * 1024**3 - 1
 OPT_OUT = "TORCHMAML_MALLOC_TUNING"
@@ -45,8 +46,7 @@ def keep_freed_memory() -> bool:
     if name is None:
         return False
     libc = ctypes.CDLL(name)
-    settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    return all([bool(libc.mallopt(parameter, value)) for parameter, value in settings])
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def _user_tuned() -> bool:
