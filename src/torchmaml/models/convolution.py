@@ -107,6 +107,8 @@ class _Conv2dBackward(torch.autograd.Function):
         g, x, weight = ctx.saved_tensors
         geometry = ctx.geometry
         needs_g, needs_x, needs_weight = ctx.needs_input_grad[:3]
+        if a is not None:
+            a = a.contiguous(memory_format=layout_of(x))
         grad_g = grad_x = grad_weight = None
         if needs_g and (a is not None or b is not None or c is not None):
             if b is not None:
@@ -114,12 +116,10 @@ class _Conv2dBackward(torch.autograd.Function):
             elif c is not None:
                 grad_g = c.view(1, -1, 1, 1).expand(g.shape)
             if a is not None:
-                from_a = _convolve(a.contiguous(memory_format=layout_of(x)), weight, None, geometry)
+                from_a = _convolve(a, weight, None, geometry)
                 grad_g = from_a if grad_g is None else grad_g + from_a
         if needs_x and b is not None:
             grad_x = _convolution_backward(g, x, b, geometry, (True, False, False))[0]
         if needs_weight and a is not None:
-            grad_weight = _convolution_backward(
-                g, a.contiguous(memory_format=layout_of(x)), weight, geometry, (False, True, False)
-            )[1]
+            grad_weight = _convolution_backward(g, a, weight, geometry, (False, True, False))[1]
         return grad_g, grad_x, grad_weight, None, None
