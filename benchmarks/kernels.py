@@ -59,6 +59,15 @@ def hessian_vector_product(layer: Callable[..., torch.Tensor], *inputs: torch.Te
     return lambda: torch.autograd.grad(first, leaves, cotangents, retain_graph=True)
 
 
+def batch_norm_backward(x: torch.Tensor, grad: torch.Tensor, gamma: torch.Tensor) -> Callable[[], object]:
+    """A closure calling torch's training-mode batch-norm backward kernel on ``x`` for the output gradient
+    ``grad`` (statistics from one forward call)."""
+    _, mean, invstd = torch.native_batch_norm(x, gamma, None, None, None, True, 0.0, 1e-5)
+    return lambda: torch.ops.aten.native_batch_norm_backward(
+        grad, x, gamma, None, None, mean, invstd, True, 1e-5, [True, True, True]
+    )
+
+
 def rows(repeats: int) -> list[tuple[str, float, float]]:
     torch.manual_seed(0)
     support = torch.randn(20, 64, 28, 28).contiguous(memory_format=CHANNELS_LAST)
@@ -87,19 +96,12 @@ def rows(repeats: int) -> list[tuple[str, float, float]]:
             ),
         )
     )
-    _, mean, invstd = torch.native_batch_norm(support, gamma, beta, None, None, True, 0.0, 1e-5)
-
-    def backward(grad: torch.Tensor) -> Callable[[], object]:
-        return lambda: torch.ops.aten.native_batch_norm_backward(
-            grad, support, gamma, None, None, mean, invstd, True, 1e-5, [True, True, True]
-        )
-
     grad = torch.randn(support.shape)
     results.append(
         (
             "batch-norm backward, [20, 64, 28, 28] channels-last: NCHW vs channels-last gradient",
-            median_ms(backward(grad), repeats),
-            median_ms(backward(grad.contiguous(memory_format=CHANNELS_LAST)), repeats),
+            median_ms(batch_norm_backward(support, grad, gamma), repeats),
+            median_ms(batch_norm_backward(support, grad.contiguous(memory_format=CHANNELS_LAST), gamma), repeats),
         )
     )
     results += allocator_rows(repeats)
@@ -110,13 +112,9 @@ def allocator_rows(repeats: int) -> list[tuple[str, float, float]]:
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     query = torch.randn(300, 64, 28, 28).contiguous(memory_format=CHANNELS_LAST)
     gamma, beta = torch.rand(64) + 0.5, torch.randn(64)
-    grad = torch.randn_like(query)
-    _, mean, invstd = torch.native_batch_norm(query, gamma, beta, None, None, True, 0.0, 1e-5)
     operations = {
         "forward": lambda: torch.native_batch_norm(query, gamma, beta, None, None, True, 0.0, 1e-5),
-        "backward": lambda: torch.ops.aten.native_batch_norm_backward(
-            grad, query, gamma, None, None, mean, invstd, True, 1e-5, [True, True, True]
-        ),
+        "backward": batch_norm_backward(query, torch.randn_like(query), gamma),
     }
     libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     results = []

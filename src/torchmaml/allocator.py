@@ -10,8 +10,9 @@ so freed buffers stay in the heap and are reused (the same effect as
 
 32 MiB is glibc's largest threshold, so blocks above it (W3's 300-image query activations: 60 MB) are still
 mapped afresh. ``M_MMAP_MAX = 0`` would serve them from the heap too: it halved torch's batch-norm forward on
-such a block (``benchmarks/kernels.py``) but made a whole W3 meta-step only 3-10% faster and raised its peak
-memory 10-20% (heap fragmentation), so it is left at glibc's default.
+such a block (``benchmarks/kernels.py``) but made a W3 task only 2.5% (second order) to 11% (first order)
+faster and raised its peak memory 11% (float32) to 20% (float64) (heap fragmentation; ``benchmarks/README.md``),
+so it is left at glibc's default.
 
 The cost: memory freed after a peak is kept by the process (reused by the next meta-step, not returned to
 the system). It is process-wide; :class:`torchmaml.MetaLearner` calls it once, unless the environment sets
