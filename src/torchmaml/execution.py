@@ -8,8 +8,12 @@ All strategies compute the same average ``G = (1/B) sum_i G_i`` (and averaged me
 - ``"loop"``: one task at a time, gradients accumulated; memory is one task's. Fastest for conv nets on
   CPU, and the only correct choice for fused ``nn.BatchNorm`` layers, whose batching rule gives wrong
   second-order gradients under ``vmap`` (functorch#534).
-- ``"auto"``: ``"loop"`` for models with convolutions or fused batch norm, ``"vmap"`` otherwise
-  (chosen from the measurements in ``benchmarks/speed.py``).
+- ``"auto"``: ``"loop"`` for models with convolutions, fused batch norm or recurrent layers, ``"vmap"``
+  otherwise (chosen from the measurements in ``benchmarks/speed.py``).
+
+Under ``vmap`` random operations (dropout) draw independent randomness for every task
+(``randomness="different"``); under ``loop`` they draw from torch's generator one task after another. Either
+way every forward pass (each inner step, the query pass) draws fresh randomness.
 """
 
 from __future__ import annotations
@@ -35,11 +39,16 @@ def resolve_strategy(strategy: str, model: FunctionalModel) -> str:
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy: unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if strategy == "auto":
-        return "loop" if model.has_fused_batch_norm or model.has_convolution else "vmap"
+        return "loop" if model.has_fused_batch_norm or model.has_convolution or model.has_recurrent else "vmap"
     if strategy in ("vmap", "chunked") and model.has_fused_batch_norm:
         raise ModelError(
             f"strategy {strategy!r}: the model has a fused nn.BatchNorm layer, whose vmap batching rule gives "
-            "wrong second-order gradients; use strategy='loop' (or 'auto'), or torchmaml.models.MetaBatchNorm"
+            "wrong second-order gradients; use strategy='loop' (or 'auto'), or torchmaml.models.MetaBatchNorm2d"
+        )
+    if strategy in ("vmap", "chunked") and model.has_recurrent:
+        raise ModelError(
+            f"strategy {strategy!r}: the model has a recurrent layer (nn.RNN/GRU/LSTM), whose torch kernels cannot "
+            "run vectorised over tasks; use strategy='loop' (or 'auto')"
         )
     return strategy
 
@@ -71,6 +80,7 @@ def mean_task_gradient(
         lambda m, task: task_gradient(problem, m, task),
         in_dims=(None, 0),
         chunk_size=chunk_size if strategy == "chunked" else None,
+        randomness="different",
     )
     grads, metrics = batched(meta, batch.tensors())
     return tree_map(lambda t: t.mean(0), (grads, metrics))
@@ -98,9 +108,10 @@ def map_tasks(
     if strategy == "loop":
         with unvectorised():
             return torch.stack([fn(task_at(batch, i)) for i in range(batch.num_tasks)])
-    return vmap(fn, chunk_size=chunk_size if strategy == "chunked" else None)(batch.tensors())
+    chunks = chunk_size if strategy == "chunked" else None
+    return vmap(fn, chunk_size=chunks, randomness="different")(batch.tensors())
 
 
 def task_at(batch: TaskBatch, index: int) -> Task:
-    """Task ``index`` of ``batch`` as a ``Task`` dictionary (no task axis)."""
-    return {name: t[index] for name, t in batch.tensors().items()}
+    """Task ``index`` of ``batch`` as a ``Task`` dictionary (no task axis; inputs may be pytrees)."""
+    return tree_map(lambda t: t[index], batch.tensors())

@@ -1,24 +1,42 @@
 """The user's ``nn.Module`` seen as a pure function ``f(params, x)``.
 
 The module is never mutated: every call goes through ``torch.func.functional_call`` with an explicit
-dictionary of parameters. Buffers (for example batch-norm running statistics) are passed as fresh
-clones on each call, so running statistics can never leak from one task to another.
+dictionary of parameters. What the meta-learner evaluates, for any module:
+
+- **Parameters.** ``parameters()`` are the trainable ones (``requires_grad=True``): the point ``w`` that the
+  inner loop adapts and the meta-gradient is taken at. Frozen parameters (``requires_grad=False``) are
+  passed as constants: neither adapted nor meta-learned.
+- **Buffers** are read from the module at each call and passed as fresh clones, so a forward pass that
+  updates a buffer in place never leaks state from one task to another (the update is discarded).
+- **Batch norm** (every ``nn.BatchNorm*``/``nn.SyncBatchNorm``) normalises with the statistics of the batch
+  it is given, in train and eval mode alike (the "transductive" policy of MAML): its running statistics are
+  neither read nor updated while meta-learning. ``MetaLearner.adapt`` sets the adapted copy's running
+  statistics to the support set's, so that copy in ``eval()`` mode predicts every example on its own.
+- **Attention** runs with the math kernel of ``scaled_dot_product_attention`` (the fused CPU/CUDA kernels have
+  no double backward, which second-order MAML needs).
+- **Inputs**: ``x`` a tensor is one positional argument, a tuple several, a dict keyword arguments; the
+  output may be any tensor or pytree of tensors: the loss receives it as the model returns it.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 Params = dict[str, torch.Tensor]
 
 BATCH_NORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
 CONV_TYPES = (nn.modules.conv._ConvNd,)
+# recurrent layers whose torch kernels write a batched hidden state into an unbatched buffer under vmap
+RECURRENT_TYPES = (nn.RNNBase,)
 
 
 class FunctionalModel:
@@ -26,13 +44,23 @@ class FunctionalModel:
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
-        self.step_aware = any(getattr(m, "uses_inner_step", False) for m in module.modules())
-        self.has_fused_batch_norm = any(isinstance(m, BATCH_NORM_TYPES) for m in module.modules())
-        self.has_convolution = any(isinstance(m, CONV_TYPES) for m in module.modules())
+        modules = list(module.modules())
+        self.step_aware = any(getattr(m, "uses_inner_step", False) for m in modules)
+        self.has_fused_batch_norm = any(isinstance(m, BATCH_NORM_TYPES) for m in modules)
+        self.has_convolution = any(isinstance(m, CONV_TYPES) for m in modules)
+        self.has_recurrent = any(isinstance(m, RECURRENT_TYPES) for m in modules)
+        self._evaluated = batch_statistics_view(module) if self.has_fused_batch_norm else module
+        self._buffer_names = frozenset(name for name, _ in self._evaluated.named_buffers())
 
-    def __call__(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        buffers = {name: b.clone() for name, b in self.module.named_buffers()}
-        return functional_call(self.module, (params, buffers), (x,))
+    def __call__(self, params: Params, x: Any) -> Any:
+        if self._evaluated is not self.module and not torch.compiler.is_compiling():
+            _copy_modes(self.module, self._evaluated)
+        tensors = {name: p.detach() for name, p in self.module.named_parameters() if not p.requires_grad}
+        tensors.update(params)
+        buffers = {name: b.clone() for name, b in self.module.named_buffers() if name in self._buffer_names}
+        args, kwargs = model_arguments(x)
+        with sdpa_kernel(SDPBackend.MATH):
+            return functional_call(self._evaluated, (tensors, buffers), args, kwargs)
 
     def at_step(self, step: int | None) -> AbstractContextManager:
         """``at_inner_step(step)`` for models with per-step layers; a no-op otherwise (so that
@@ -40,8 +68,37 @@ class FunctionalModel:
         return at_inner_step(step) if self.step_aware else nullcontext()
 
     def parameters(self) -> Params:
-        """The module's current parameters, detached: the point ``w`` at which meta-gradients are taken."""
-        return {name: p.detach() for name, p in self.module.named_parameters()}
+        """The module's trainable parameters, detached: the point ``w`` at which meta-gradients are taken."""
+        return {name: p.detach() for name, p in self.module.named_parameters() if p.requires_grad}
+
+
+def model_arguments(x: Any) -> tuple[tuple, dict[str, Any]]:
+    """``x`` as the module's call arguments: a tuple is positional arguments, a dict keyword arguments, anything
+    else the one positional argument."""
+    if isinstance(x, tuple):
+        return x, {}
+    if isinstance(x, Mapping):
+        return (), dict(x)
+    return (x,), {}
+
+
+def batch_statistics_view(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose batch-norm layers keep no running statistics, so they normalise with the
+    statistics of the current batch in train and eval mode alike (``F.batch_norm`` with no running buffers).
+    Parameter and buffer names are the original's (``functional_call`` supplies their values)."""
+    view = copy.deepcopy(module)
+    for layer in view.modules():
+        if isinstance(layer, BATCH_NORM_TYPES):
+            layer.track_running_stats = False
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                layer.register_buffer(name, None)
+    return view
+
+
+def _copy_modes(source: nn.Module, target: nn.Module) -> None:
+    """``target``'s modules take ``source``'s train/eval flags (the two trees have the same structure)."""
+    for theirs, mine in zip(source.modules(), target.modules(), strict=True):
+        mine.training = theirs.training
 
 
 # Per-thread evaluation state read by layers. A ``threading.local`` rather than a ``ContextVar``: torch.compile

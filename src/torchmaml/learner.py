@@ -2,11 +2,16 @@
 
     learner = MetaLearner(model, loss=F.mse_loss, inner_lr=0.01, inner_steps=1, estimator="unrolled")
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
-    metrics = learner.meta_step(TaskBatch(sx, sy, qx, qy), opt)
-    fast = learner.adapt(support_x, support_y, steps=10)   # a plain nn.Module; the original is untouched
+    opt.zero_grad()
+    metrics = learner.backward(TaskBatch(sx, sy, qx, qy))  # G into .grad, like loss.backward()
+    opt.step()                                             # or learner.meta_step(batch, opt) in one call
+    fast = learner.adapt(support_x, support_y, steps=10)   # a plain nn.Module copy; the original is untouched
 
-One meta-step computes ``G = (1/B) sum_i G_i`` with the chosen estimator, vectorised over the tasks of the
-batch, writes it into ``.grad`` of the meta-parameters and lets the outer optimiser step.
+``backward`` computes ``G = (1/B) sum_i G_i`` with the chosen estimator, vectorised over the tasks of the
+batch, and adds it to ``.grad`` of the meta-parameters, so clipping, gradient scaling, accumulation over
+several batches and data-parallel wrappers work as with any loss. For the "adapt, then backpropagate the query
+loss" habit, ``adapt_differentiable`` returns fast weights whose query loss backpropagates to the
+meta-parameters.
 """
 
 from __future__ import annotations
@@ -17,16 +22,19 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils._pytree import tree_leaves, tree_map
 
 from torchmaml.allocator import keep_freed_memory
 from torchmaml.compilation import MetaGradientRunner
 from torchmaml.errors import ConfigError, ModelError, first_line
 from torchmaml.estimators import InnerProblem, MetaParams, Metrics, Task, get_estimator
 from torchmaml.execution import map_tasks, resolve_strategy
-from torchmaml.functional import FunctionalModel, Params
+from torchmaml.functional import BATCH_NORM_TYPES, FunctionalModel, Params, model_arguments
 from torchmaml.inner import InnerLR, LossFn, adapt
 from torchmaml.learning_rates import make_inner_lr
+from torchmaml.models.conv4 import MetaBatchNorm2d
 from torchmaml.tasks import TaskBatch
 
 
@@ -34,8 +42,13 @@ class MetaLearner(nn.Module):
     """Meta-learns the initial weights of ``model`` (and any learnable inner rates).
 
     Args:
-        model: any ``nn.Module`` whose forward can be evaluated by ``torch.func.functional_call``.
-        loss: ``loss(prediction, target) -> scalar`` with mean reduction, e.g. ``F.mse_loss``.
+        model: any ``nn.Module`` whose forward can be evaluated by ``torch.func.functional_call``: MLPs, CNNs
+            with batch/group/layer norm, RNN/GRU/LSTM, transformers, dropout, embeddings, several inputs (a
+            ``TaskBatch`` field that is a tuple or dict) and tuple/dict outputs (the loss receives them). Its
+            trainable parameters (``requires_grad=True``) are meta-learned; frozen ones are constants. Batch
+            norm always normalises with the current batch's statistics while meta-learning (see
+            ``torchmaml.functional``).
+        loss: ``loss(prediction, target) -> scalar tensor`` with mean reduction, e.g. ``F.mse_loss``.
         inner_lr: the inner step size ``alpha``.
         inner_steps: the number ``K`` of inner gradient steps used in meta-training.
         estimator: the meta-gradient estimator, by name: ``"unrolled"`` (exact second order), ``"first_order"``
@@ -48,7 +61,8 @@ class MetaLearner(nn.Module):
         inner_lr_mode: ``"fixed"`` (MAML), ``"scalar"`` (one learned rate), ``"meta_sgd"`` (one learned rate
             per parameter element), ``"per_layer_per_step"`` (MAML++ LSLR); see ``torchmaml.learning_rates``.
         adapt_only: names (or module prefixes, e.g. ``"head"`` or ``"4"``) of the parameters the inner loop
-            adapts; ``None`` adapts all. ANIL adapts only the head; the rest is shared and meta-learned.
+            adapts; ``None`` adapts all trainable ones. ANIL adapts only the head; the rest is shared and
+            meta-learned.
         compile: run the meta-gradient through ``torch.compile``: ``True`` from the first call, ``False``
             never, ``"auto"`` (default) once the eager meta-gradients have taken as long as a compilation
             costs (30 s), for the vectorised strategies only (see ``torchmaml.compilation``). Compiled, the
@@ -87,6 +101,8 @@ class MetaLearner(nn.Module):
             raise ConfigError(f"chunk_size: must be >= 1, got {chunk_size}")
         if not any(True for _ in model.parameters()):
             raise ModelError("model has no parameters to meta-learn")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ModelError("model has no trainable parameters: all have requires_grad=False; unfreeze some")
         keep_freed_memory()  # glibc keeps activation buffers between meta-steps (torchmaml.allocator)
         self.model = model
         self.loss = loss
@@ -98,7 +114,8 @@ class MetaLearner(nn.Module):
         self.chunk_size = chunk_size
         self._meta_gradient_runner = MetaGradientRunner(compile, self.strategy)
         self.adapted = _select_parameters(model, adapt_only)
-        adapted_params = {n: p for n, p in model.named_parameters() if self.adapted is None or n in self.adapted}
+        trainable = self._functional.parameters()
+        adapted_params = {n: p for n, p in trainable.items() if self.adapted is None or n in self.adapted}
         self.inner_rate = make_inner_lr(inner_lr_mode, inner_lr, adapted_params, inner_steps)
 
     # -- the meta-gradient ------------------------------------------------------------------------
@@ -164,30 +181,54 @@ class MetaLearner(nn.Module):
         )
         return self._meta_gradient_runner(*arguments)
 
+    def backward(
+        self, batch: TaskBatch, *, loss_before: bool = False, grad_scaler: torch.amp.GradScaler | None = None
+    ) -> dict[str, float]:
+        """Add the meta-gradient of ``batch`` to ``.grad`` of the meta-parameters, like ``loss.backward()``.
+
+        ``.grad`` accumulates (call ``optimizer.zero_grad()`` first, or not, to accumulate over several batches);
+        frozen parameters get none. With a ``torch.amp.GradScaler`` what is added is multiplied by its scale, as
+        ``scaler.scale(loss).backward()`` would; ``scaler.step(optimizer)`` then unscales it and skips steps with
+        non-finite gradients, and ``scaler.update()`` adjusts the scale.
+
+        Returns plain floats: ``loss_after`` (query loss after the inner steps, averaged over the batch), with
+        ``loss_before=True`` also ``loss_before`` (the query loss at ``w``; an extra forward pass), and
+        ``finite``: 0.0 if the meta-loss or the meta-gradient was not finite (it is added all the same, as
+        ``loss.backward()`` would).
+        """
+        grads, metrics = self.meta_gradient(batch, loss_before)
+        finite = _all_finite(grads, metrics["loss_after"])
+        scale = None if grad_scaler is None else grad_scaler.scale(torch.ones((), device=batch.device))
+        self._accumulate_grads(grads, scale)
+        return {**{name: float(value) for name, value in metrics.items()}, "finite": float(finite)}
+
     def meta_step(
         self, batch: TaskBatch, optimizer: torch.optim.Optimizer, loss_before: bool = False
     ) -> dict[str, float]:
-        """One outer update: zero the gradients, compute the meta-gradient, ``optimizer.step()``.
+        """One outer update: ``optimizer.zero_grad()``, :meth:`backward`, ``optimizer.step()``.
 
-        Returns plain floats: ``loss_after`` (query loss after the inner steps) and, with ``loss_before=True``,
-        ``loss_before`` (query loss at ``w``; it costs an extra forward pass), both averaged over the batch,
-        and ``skipped``: 1.0 if the meta-loss or the meta-gradient was not finite, in which case nothing was
-        changed (divergence guard).
+        Returns plain floats: ``loss_after`` and, with ``loss_before=True``, ``loss_before`` (as
+        :meth:`backward`), and ``skipped``: 1.0 if the meta-loss or the meta-gradient was not finite, in which
+        case nothing was changed (divergence guard).
         """
-        grads, metrics = self.meta_gradient(batch, loss_before)
         optimizer.zero_grad(set_to_none=True)
-        checks = [metrics["loss_after"].isfinite()] + [g.isfinite().all() for gs in grads.values() for g in gs.values()]
-        finite = bool(torch.stack(checks).all())
+        metrics = self.backward(batch, loss_before=loss_before)
+        finite = metrics.pop("finite") == 1.0
         if finite:
-            self._write_grads(grads)
             optimizer.step()
-        return {**{name: float(value) for name, value in metrics.items()}, "skipped": float(not finite)}
+        else:
+            optimizer.zero_grad(set_to_none=True)
+        return {**metrics, "skipped": float(not finite)}
 
-    def _write_grads(self, grads: MetaParams) -> None:
+    def _accumulate_grads(self, grads: MetaParams, scale: torch.Tensor | None = None) -> None:
         named = {f"model.{k}": v for k, v in grads["params"].items()}
         named.update({f"inner_rate.{k}": v for k, v in grads["lrs"].items()})
         for name, param in self.named_parameters():
-            param.grad = named[name].detach().to(param.dtype)
+            if name not in named:
+                continue
+            value = named[name].detach() if scale is None else named[name].detach() * scale
+            value = value.to(param.dtype)
+            param.grad = value if param.grad is None else param.grad + value
 
     # -- adaptation -------------------------------------------------------------------------------
 
@@ -198,31 +239,75 @@ class MetaLearner(nn.Module):
 
     def adapt(
         self,
-        support_x: torch.Tensor,
-        support_y: torch.Tensor,
+        support_x: Any,
+        support_y: Any,
         steps: int | None = None,
         inner_lr: float | None = None,
     ) -> nn.Module:
-        """Adapt to one task from its support set; return a new, plain ``nn.Module`` (a copy).
+        """Adapt to one task from its support set; return a detached, deployable copy of the model.
 
         ``support_x``/``support_y`` hold one task's examples, ``[N, ...]`` (no task axis). ``steps``
         defaults to the training ``inner_steps``, ``inner_lr`` to the learner's (fixed or learned) rate.
         The learner's own model is never modified.
+
+        The copy is a plain ``nn.Module`` for prediction: its parameters do not require grad, so no loss on it
+        can backpropagate to the meta-parameters (a ``.backward()`` through it raises instead of silently
+        giving no meta-gradient). For fast weights that do backpropagate, use :meth:`adapt_differentiable`.
+        Batch-norm layers get the support set's statistics at the adapted weights as running statistics:
+        in ``eval()`` mode the copy predicts each example on its own, normalised like the support set; in
+        ``train()`` mode it normalises with the statistics of the batch it is given (MAML's transductive way).
         """
-        steps = self.inner_steps if steps is None else steps
+        steps = self._check_steps(steps)
         adapted = self.adaptation_trajectory(support_x, support_y, steps, inner_lr)[-1]
         fast = copy.deepcopy(self.model)
         with torch.no_grad():
             for name, param in fast.named_parameters():
-                param.copy_(adapted[name])
+                if name in adapted:
+                    param.copy_(adapted[name])
+        fast.requires_grad_(False)
+        set_support_statistics(fast, support_x)
         return fast
 
+    def adapt_differentiable(
+        self, support_x: Any, support_y: Any, steps: int | None = None, *, first_order: bool = False
+    ) -> AdaptedModel:
+        """Fast weights for one task whose losses backpropagate to the meta-parameters (the learn2learn idiom).
+
+            fast = learner.adapt_differentiable(support_x, support_y)
+            loss(fast(query_x), query_y).backward()     # adds this task's meta-gradient to .grad
+
+        The inner steps are taken with ``create_graph=True`` (``first_order=True`` drops the second-order
+        terms, FO-MAML), so the gradient reaching ``.grad`` of the model's parameters (and of learned inner
+        rates) equals :meth:`meta_gradient`'s exact second-order one for that task. The returned module
+        evaluates the model at the adapted weights; it holds the graph of the inner loop until it is freed.
+        """
+        steps = self._check_steps(steps)
+        params = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+        lrs = dict(self.inner_rate.named_parameters())
+        with torch.enable_grad():
+            rates = self._problem(steps).rates(lrs)
+            trajectory = adapt(
+                self._functional, params, support_x, support_y, self.loss, rates, steps, first_order,
+                self.adapted, autograd=True,
+            )
+        return AdaptedModel(self._functional, trajectory[-1])
+
+    def _check_steps(self, steps: int | None) -> int:
+        steps = self.inner_steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ConfigError(f"steps: must be an integer >= 0, got {steps!r}")
+        return steps
+
     def adaptation_trajectory(
-        self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int, inner_lr: float | None = None
+        self, support_x: Any, support_y: Any, steps: int, inner_lr: float | None = None
     ) -> list[Params]:
         """``[w_0, ..., w_steps]`` on one task, first-order (nothing kept for an outer gradient)."""
-        if support_x.shape[0] != support_y.shape[0]:
-            raise ConfigError(f"support_x has {support_x.shape[0]} examples but support_y has {support_y.shape[0]}")
+        steps = self._check_steps(steps)
+        if inner_lr is not None and not _positive_number(inner_lr):
+            raise ConfigError(f"inner_lr: must be a finite number > 0, got {inner_lr!r}")
+        examples_x, examples_y = (tree_leaves(t)[0].shape[0] for t in (support_x, support_y))
+        if examples_x != examples_y:
+            raise ConfigError(f"support_x has {examples_x} examples but support_y has {examples_y}")
         params = self._functional.parameters()
         rates = self._rates(steps, inner_lr)
         return adapt(self._functional, params, support_x, support_y, self.loss, rates, steps, True, self.adapted)
@@ -263,23 +348,31 @@ class MetaLearner(nn.Module):
 
     def _check_batch(self, batch: TaskBatch) -> None:
         """One forward pass on the first support example set, so a model/loss mismatch is reported here
-        with a clear message instead of deep inside a vectorised call."""
+        with a clear message instead of deep inside a vectorised call; class labels are range-checked on every
+        batch."""
         if getattr(self, "_checked_shapes", None) == _shape_key(batch):
+            self._check_labels(batch)
             return
         params = self._functional.parameters()
         device = next(iter(params.values())).device
-        if batch.support_x.device != device:
-            raise ModelError(f"the TaskBatch is on {batch.support_x.device} but the model is on {device}")
-        try:
-            with torch.no_grad():
-                prediction = self._functional(params, batch.support_x[0])
+        if batch.device != device:
+            raise ModelError(f"the TaskBatch is on {batch.device} but the model is on {device}")
+        first = tree_map(lambda t: t[0], batch.tensors())
+        try:  # the generators are forked so that the check draws nothing the meta-gradient would (dropout)
+            with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type != "cpu" else []):
+                prediction = self._functional(params, first["support_x"])
         except RuntimeError as error:
             raise ModelError(
-                f"the model cannot take one task's support_x of shape {tuple(batch.support_x.shape[1:])}: "
+                f"the model cannot take one task's support_x of shape {_shapes(first['support_x'])}: "
                 f"{first_line(error)}"
             ) from None
-        target = batch.support_y[0]
-        if target.is_floating_point() and prediction.shape != target.shape:
+        target = first["support_y"]
+        if (
+            isinstance(prediction, torch.Tensor)
+            and isinstance(target, torch.Tensor)
+            and target.is_floating_point()
+            and prediction.shape != target.shape
+        ):
             raise ModelError(
                 f"the model's output has shape {tuple(prediction.shape)} per task but the targets have shape "
                 f"{tuple(target.shape)}; make them equal (a loss would broadcast them silently)"
@@ -287,27 +380,132 @@ class MetaLearner(nn.Module):
         try:
             with torch.no_grad():
                 value = self.loss(prediction, target)
-        except (RuntimeError, ValueError, IndexError) as error:
+        except (RuntimeError, ValueError, IndexError, TypeError, AttributeError) as error:
             raise ModelError(
-                f"the model's output {tuple(prediction.shape)} does not fit the loss with targets "
-                f"{tuple(batch.support_y.shape[1:])} ({batch.support_y.dtype}): {first_line(error)}"
+                f"the model's output {_shapes(prediction)} does not fit the loss with targets "
+                f"{_shapes(target)}: {first_line(error)}"
             ) from None
+        if not isinstance(value, torch.Tensor):
+            raise ModelError(
+                f"the loss must return a scalar tensor, got {type(value).__name__}; compute it with torch "
+                "operations on the prediction (a Python number carries no gradient)"
+            )
         if value.dim() != 0:
             raise ModelError(f"the loss must return a scalar (mean reduction), got shape {tuple(value.shape)}")
+        self._classes = _class_count(prediction, target)
         self._checked_shapes = _shape_key(batch)
+        self._check_labels(batch)
+
+    def _check_labels(self, batch: TaskBatch) -> None:
+        """Integer class labels must lie in ``[0, classes)`` where the model outputs ``[N, classes]`` logits."""
+        classes = getattr(self, "_classes", None)
+        if classes is None:
+            return
+        for name in ("support_y", "query_y", "hessian_y"):
+            labels = getattr(batch, name)
+            if labels is None:
+                continue
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= classes:
+                raise ModelError(
+                    f"TaskBatch.{name} holds class labels in [{low}, {high}] but the model outputs {classes} "
+                    f"classes; labels must lie in [0, {classes - 1}]"
+                )
+
+
+class AdaptedModel(nn.Module):
+    """The model at fast weights that carry the inner loop's graph (:meth:`MetaLearner.adapt_differentiable`).
+
+    ``fast(x)`` is ``model(x)`` at the adapted weights; a loss on it backpropagates through the inner steps to
+    the meta-parameters. ``params`` holds the adapted weights by name.
+    """
+
+    def __init__(self, functional: FunctionalModel, params: Params) -> None:
+        super().__init__()
+        self._functional = functional
+        self.params = params
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        x = kwargs if kwargs else (args[0] if len(args) == 1 else args)
+        return self._functional(self.params, x)
+
+
+def set_support_statistics(model: nn.Module, support_x: Any) -> None:
+    """Give every batch-norm layer of ``model`` the statistics of ``support_x`` as its running statistics.
+
+    One forward pass over the support set in which each batch-norm layer normalises with its batch's statistics
+    (other layers, e.g. dropout, in eval mode), recording per channel the mean and the biased variance of its
+    input: exactly what the layer computed in training. In ``eval()`` mode the layer then normalises any input
+    as it normalised the support set; a ``torch.nn`` batch norm gets ``momentum=0`` so that forward passes in
+    ``train()`` mode leave these statistics as they are. ``model``'s train/eval flags are left as they were.
+    """
+    layers = [m for m in model.modules() if isinstance(m, (*BATCH_NORM_TYPES, MetaBatchNorm2d))]
+    if not layers:
+        return
+    statistics: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(layer: nn.Module, inputs: tuple, _output: Any) -> torch.Tensor | None:
+        x = inputs[0]
+        axes = [axis for axis in range(x.dim()) if axis != 1]
+        mean, var = x.mean(dim=axes), x.var(dim=axes, unbiased=False)
+        statistics[layer] = (mean, var)
+        if isinstance(layer, BATCH_NORM_TYPES):  # in eval mode it would use its running statistics
+            return F.batch_norm(x, None, None, layer.weight, layer.bias, training=True, eps=layer.eps)
+        return None
+
+    modes = {m: m.training for m in model.modules()}
+    hooks = [layer.register_forward_hook(record) for layer in layers]
+    try:
+        model.eval()
+        with torch.no_grad():
+            args, kwargs = model_arguments(support_x)
+            model(*args, **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, training in modes.items():
+            module.training = training
+    for layer, (mean, var) in statistics.items():
+        layer.running_mean = mean
+        layer.running_var = var
+        if isinstance(layer, BATCH_NORM_TYPES):  # kept as they are by forward passes in train mode too
+            layer.track_running_stats, layer.momentum = True, 0.0
 
 
 def _select_parameters(model: nn.Module, selectors: Sequence[str] | None) -> frozenset[str] | None:
-    """The parameter names matched by ``selectors`` (exact names or module prefixes); ``None`` for all."""
+    """The trainable parameter names matched by ``selectors`` (exact names or module prefixes; all trainable ones
+    for ``None``); ``None`` when that is every parameter of the model."""
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     if selectors is None:
-        return None
+        return None if len(trainable) == sum(1 for _ in model.parameters()) else frozenset(trainable)
     if isinstance(selectors, str):
         selectors = [selectors]
-    names = [name for name, _ in model.named_parameters()]
-    chosen = frozenset(n for n in names for s in selectors if n == s or n.startswith(f"{s}."))
+    chosen = frozenset(n for n in trainable for s in selectors if n == s or n.startswith(f"{s}."))
     if not chosen:
-        raise ConfigError(f"adapt_only: {list(selectors)} matches no parameter; the model has {', '.join(names)}")
+        raise ConfigError(
+            f"adapt_only: {list(selectors)} matches no parameter; the model has {', '.join(trainable)}"
+            + ("" if len(trainable) == sum(1 for _ in model.parameters()) else " (trainable ones)")
+        )
     return chosen
+
+
+def _all_finite(grads: MetaParams, loss: torch.Tensor) -> bool:
+    checks = [loss.isfinite()] + [g.isfinite().all() for gs in grads.values() for g in gs.values()]
+    return bool(torch.stack(checks).all())
+
+
+def _class_count(prediction: Any, target: Any) -> int | None:
+    """The number of classes when ``prediction`` is ``[N, C]`` logits for ``[N]`` integer labels, else ``None``."""
+    if not (isinstance(prediction, torch.Tensor) and isinstance(target, torch.Tensor)):
+        return None
+    if prediction.dim() == 2 and target.dim() == 1 and not target.is_floating_point() and target.dtype != torch.bool:
+        return prediction.shape[1]
+    return None
+
+
+def _shapes(tree: Any) -> str:
+    shapes = [tuple(leaf.shape) for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)]
+    return str(shapes[0]) if len(shapes) == 1 else str(shapes)
 
 
 def _positive_number(value: object) -> bool:
@@ -315,4 +513,5 @@ def _positive_number(value: object) -> bool:
 
 
 def _shape_key(batch: TaskBatch) -> tuple:
-    return tuple((name, tuple(t.shape[1:]), t.dtype, t.device) for name, t in batch.tensors().items())
+    fields = batch.tensors().items()
+    return tuple((name, tuple(t.shape[1:]), t.dtype, t.device) for name, tree in fields for t in tree_leaves(tree))

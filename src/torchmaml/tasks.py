@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
+from torch.utils._pytree import tree_leaves, tree_map
 
 from torchmaml.errors import TaskBatchError
+
+# A field of a TaskBatch: a tensor, or a tuple/list/dict of tensors (a model with several inputs, a loss with
+# several targets); every tensor has the task axis first and the example axis second.
+Field = Any
 
 
 @dataclass(frozen=True)
@@ -24,56 +29,70 @@ class TaskBatch:
     ``support_x[i]`` holds the ``N_s`` support inputs of task ``i`` and ``support_y[i]`` their targets;
     ``query_x``/``query_y`` likewise hold ``N_q`` query examples. The optional ``hessian_x``/``hessian_y``
     hold an independent batch ``D_h`` for estimators that take the Hessian on its own data
-    (``three_batch``). Shapes are checked on construction.
+    (``three_batch``). A field may also be a tuple (a model's positional inputs), a dict (keyword inputs) or a
+    list of such tensors, each ``[B, N, ...]``. Shapes are checked on construction.
     """
 
-    support_x: torch.Tensor
-    support_y: torch.Tensor
-    query_x: torch.Tensor
-    query_y: torch.Tensor
-    hessian_x: torch.Tensor | None = None
-    hessian_y: torch.Tensor | None = None
+    support_x: Field
+    support_y: Field
+    query_x: Field
+    query_y: Field
+    hessian_x: Field | None = None
+    hessian_y: Field | None = None
 
     def __post_init__(self) -> None:
         if (self.hessian_x is None) != (self.hessian_y is None):
             raise TaskBatchError("TaskBatch.hessian_x and hessian_y go together: give both or neither")
         fields = self.tensors()
         for name, value in fields.items():
-            if not isinstance(value, torch.Tensor):
-                raise TaskBatchError(f"TaskBatch.{name} must be a torch.Tensor, got {type(value).__name__}")
-            if value.dim() < 2:
-                raise TaskBatchError(
-                    f"TaskBatch.{name} has shape {tuple(value.shape)}; it needs a task axis and an example "
-                    "axis, [B, N, ...] (use tensor.unsqueeze(0) for a single task)"
-                )
-        tasks = {name: value.shape[0] for name, value in fields.items()}
-        if len(set(tasks.values())) != 1:
-            raise TaskBatchError(f"TaskBatch fields disagree on the number of tasks (dim 0): {tasks}")
-        if tasks["support_x"] == 0:
+            leaves = tree_leaves(value)
+            if not leaves:
+                raise TaskBatchError(f"TaskBatch.{name} holds no tensor")
+            for leaf in leaves:
+                if not isinstance(leaf, torch.Tensor):
+                    raise TaskBatchError(
+                        f"TaskBatch.{name} must be a torch.Tensor (or a tuple/dict of them), got {type(leaf).__name__}"
+                    )
+                if leaf.dim() < 2:
+                    raise TaskBatchError(
+                        f"TaskBatch.{name} has shape {tuple(leaf.shape)}; it needs a task axis and an example "
+                        "axis, [B, N, ...] (use tensor.unsqueeze(0) for a single task)"
+                    )
+        tasks = {name: {leaf.shape[0] for leaf in tree_leaves(value)} for name, value in fields.items()}
+        counts = set().union(*tasks.values())
+        if len(counts) != 1:
+            shown = {name: sorted(n) if len(n) > 1 else next(iter(n)) for name, n in tasks.items()}
+            raise TaskBatchError(f"TaskBatch fields disagree on the number of tasks (dim 0): {shown}")
+        if counts == {0}:
             raise TaskBatchError("TaskBatch holds no tasks (dim 0 is 0)")
         for split in ("support", "query", "hessian")[: len(fields) // 2]:
-            x, y = fields[f"{split}_x"], fields[f"{split}_y"]
-            if x.shape[1] != y.shape[1]:
+            x, y = (_example_counts(fields[f"{split}_{side}"], f"{split}_{side}") for side in "xy")
+            if x != y:
                 raise TaskBatchError(
-                    f"TaskBatch.{split}_x has {x.shape[1]} examples per task but {split}_y has {y.shape[1]} "
-                    "(dim 1 must match)"
+                    f"TaskBatch.{split}_x has {x} examples per task but {split}_y has {y} (dim 1 must match)"
                 )
-            if x.shape[1] == 0:
+            if x == 0:
                 raise TaskBatchError(f"TaskBatch.{split}_x has no examples per task (dim 1 is 0)")
+        support_shape = _example_shapes(self.support_x)
         for name in ("query_x", "hessian_x")[: len(fields) // 2 - 1]:
-            if self.support_x.shape[2:] != fields[name].shape[2:]:
+            if _example_shapes(fields[name]) != support_shape:
                 raise TaskBatchError(
-                    f"support_x examples have shape {tuple(self.support_x.shape[2:])} but {name} examples "
-                    f"have shape {tuple(fields[name].shape[2:])}; they must match"
+                    f"support_x examples have shape {_shown(support_shape)} but {name} examples have shape "
+                    f"{_shown(_example_shapes(fields[name]))}; they must match"
                 )
-        devices = {value.device for value in fields.values()}
+        devices = {leaf.device for value in fields.values() for leaf in tree_leaves(value)}
         if len(devices) != 1:
             raise TaskBatchError(f"TaskBatch fields are on different devices: {sorted(map(str, devices))}")
 
     @property
     def num_tasks(self) -> int:
         """The number of tasks ``B``."""
-        return self.support_x.shape[0]
+        return tree_leaves(self.support_x)[0].shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        """The device every tensor of the batch is on."""
+        return tree_leaves(self.support_x)[0].device
 
     def to(self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TaskBatch:
         """Every field moved to ``device``; floating-point fields cast to ``dtype`` (integer labels keep theirs)."""
@@ -81,21 +100,36 @@ class TaskBatch:
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
 
-        return TaskBatch(**{name: move(t) for name, t in self.tensors().items()})
+        return TaskBatch(**tree_map(move, self.tensors()))
 
-    def tensors(self) -> dict[str, torch.Tensor]:
+    def tensors(self) -> dict[str, Field]:
         """The fields that are present, by name (the optional Hessian set only when given)."""
         names = ("support_x", "support_y", "query_x", "query_y", "hessian_x", "hessian_y")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def slice(self, start: int, stop: int) -> TaskBatch:
         """Tasks ``start:stop`` as a new batch."""
-        return TaskBatch(**{name: t[start:stop] for name, t in self.tensors().items()})
+        return TaskBatch(**tree_map(lambda t: t[start:stop], self.tensors()))
 
     def chunks(self, size: int) -> Iterator[TaskBatch]:
         """Consecutive sub-batches of at most ``size`` tasks."""
         for start in range(0, self.num_tasks, size):
             yield self.slice(start, min(start + size, self.num_tasks))
+
+
+def _example_counts(field: Field, name: str) -> int:
+    counts = {leaf.shape[1] for leaf in tree_leaves(field)}
+    if len(counts) != 1:
+        raise TaskBatchError(f"TaskBatch.{name}'s tensors disagree on the number of examples (dim 1): {sorted(counts)}")
+    return counts.pop()
+
+
+def _example_shapes(field: Field) -> list[tuple[int, ...]]:
+    return [tuple(leaf.shape[2:]) for leaf in tree_leaves(field)]
+
+
+def _shown(shapes: list[tuple[int, ...]]) -> str:
+    return str(shapes[0]) if len(shapes) == 1 else str(shapes)
 
 
 class TaskSource(Protocol):

@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils._pytree import tree_map
 
 from torchmaml.errors import ConfigError
 from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, Task
@@ -61,7 +62,7 @@ class Reptile:
             raise ConfigError("estimator 'reptile' has no multi-step loss; leave step_weights unset")
         x, y = task["support_x"], task["support_y"]
         if self.use_query:
-            x, y = torch.cat([x, task["query_x"]]), torch.cat([y, task["query_y"]])
+            x, y = (tree_map(_concatenated, ours, task[f"query_{side}"]) for side, ours in (("x", x), ("y", y)))
         start = {name: p.detach() for name, p in meta["params"].items()}
         adapted = problem.adapt({"params": start, "lrs": meta["lrs"]}, x, y, first_order=True)[-1]
         with torch.no_grad():
@@ -71,3 +72,7 @@ class Reptile:
         grads = {name: w - adapted[name] for name, w in start.items()}
         lr_grads = {name: torch.zeros_like(t) for name, t in meta["lrs"].items()}
         return {"params": grads, "lrs": lr_grads}, metrics
+
+
+def _concatenated(support: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    return torch.cat([support, query])

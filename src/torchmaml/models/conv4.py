@@ -33,6 +33,10 @@ class MetaBatchNorm2d(nn.Module):
     ``0..K`` of ``weight``/``bias`` ``[K + 1, C]``, row ``s`` used at inner step ``s`` (set by the inner loop
     with ``at_inner_step``; outside it, e.g. in a deployed adapted model, row ``K``). MAML++'s per-step
     running statistics (BNRS) have no counterpart here: transductive statistics are never stored.
+
+    ``running_mean``/``running_var`` are ``None`` except in the copies ``MetaLearner.adapt`` returns, which hold
+    the support set's statistics (not saved in ``state_dict``): in ``eval()`` mode such a copy normalises with
+    them, so each example is predicted on its own.
     """
 
     def __init__(self, channels: int, eps: float = 1e-5, steps: int | None = None) -> None:
@@ -43,6 +47,8 @@ class MetaBatchNorm2d(nn.Module):
         shape = (channels,) if steps is None else (steps + 1, channels)
         self.weight = nn.Parameter(torch.ones(shape))
         self.bias = nn.Parameter(torch.zeros(shape))
+        self.register_buffer("running_mean", None, persistent=False)
+        self.register_buffer("running_var", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
@@ -50,6 +56,8 @@ class MetaBatchNorm2d(nn.Module):
             step = current_inner_step()
             row = self.steps if step is None else min(step, self.steps)
             weight, bias = weight[row], bias[row]
+        if not self.training and self.running_mean is not None:
+            return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, training=False, eps=self.eps)
         if is_unvectorised():
             # channels-last, where the CPU kernels of batch norm and max-pooling are fastest (2x and 17x on
             # conv4's first block, benchmarks/README.md); a no-op after conv4's ChannelsLastConv2d
