@@ -528,3 +528,30 @@ def test_cuda_matches_cpu(name):
     gpu_model = copy.deepcopy(model).cuda()
     gpu, _ = MetaLearner(gpu_model, case.loss, 0.3, 2, compile=False).meta_gradient(batch.to(device="cuda"))
     assert_matches({n: g.cpu() for n, g in gpu["params"].items()}, cpu["params"], torch.float64)
+
+
+class Counter(nn.Module):
+    """Counts its forward passes in a buffer: an in-place buffer update the meta-learner must not hide."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(D, 1)
+        self.register_buffer("calls", torch.zeros(()))
+        self.register_buffer("scale", torch.full((), 2.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.scale * self.linear(x)
+
+
+def test_buffers_are_read_and_an_in_place_update_is_reported_not_hidden():
+    model = Counter().double()
+    batch = make_batch("regression", torch.float64)
+    learner = MetaLearner(model, F.mse_loss, 0.3, 1, compile=False)
+    with pytest.warns(UserWarning, match=r"updates the buffer\(s\) calls in place.*discarded"):
+        grads, _ = learner.meta_gradient(batch)
+    assert float(model.calls) == 0.0  # never leaked into the module
+    assert_matches(grads["params"], naive_gradient(model, F.mse_loss, batch, 0.3, 1), torch.float64)
+    model.scale.fill_(3.0)  # buffers are read at each call
+    rescaled, _ = learner.meta_gradient(batch)
+    assert not torch.allclose(rescaled["params"]["linear.weight"], grads["params"]["linear.weight"])

@@ -53,11 +53,24 @@ class FunctionalModel:
         self._buffer_names = frozenset(name for name, _ in self._evaluated.named_buffers())
 
     def __call__(self, params: Params, x: Any) -> Any:
+        return self._call(params, x, self._buffer_clones())
+
+    def updated_buffers(self, params: Params, x: Any) -> list[str]:
+        """The names of the buffers that a forward pass at ``params`` on ``x`` changes in place: updates that the
+        meta-learner discards (each call gets fresh clones)."""
+        buffers = self._buffer_clones()
+        self._call(params, x, buffers)
+        current = dict(self.module.named_buffers())
+        return [name for name, value in buffers.items() if not torch.equal(value, current[name])]
+
+    def _buffer_clones(self) -> Params:
+        return {name: b.clone() for name, b in self.module.named_buffers() if name in self._buffer_names}
+
+    def _call(self, params: Params, x: Any, buffers: Params) -> Any:
         if self._evaluated is not self.module and not torch.compiler.is_compiling():
             _copy_modes(self.module, self._evaluated)
         tensors = {name: p.detach() for name, p in self.module.named_parameters() if not p.requires_grad}
         tensors.update(params)
-        buffers = {name: b.clone() for name, b in self.module.named_buffers() if name in self._buffer_names}
         args, kwargs = model_arguments(x)
         with sdpa_kernel(SDPBackend.MATH):
             return functional_call(self._evaluated, (tensors, buffers), args, kwargs)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -361,6 +362,7 @@ class MetaLearner(nn.Module):
         try:  # the generators are forked so that the check draws nothing the meta-gradient would (dropout)
             with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type != "cpu" else []):
                 prediction = self._functional(params, first["support_x"])
+                updated = self._functional.updated_buffers(params, first["support_x"])
         except RuntimeError as error:
             raise ModelError(
                 f"the model cannot take one task's support_x of shape {_shapes(first['support_x'])}: "
@@ -392,6 +394,13 @@ class MetaLearner(nn.Module):
             )
         if value.dim() != 0:
             raise ModelError(f"the loss must return a scalar (mean reduction), got shape {tuple(value.shape)}")
+        if updated:
+            warnings.warn(
+                f"the model's forward updates the buffer(s) {', '.join(updated)} in place; while meta-learning every "
+                "forward pass gets fresh copies of the buffers, so these updates are discarded (make them "
+                "parameters, or update them outside the meta-learner)",
+                stacklevel=3,
+            )
         self._classes = _class_count(prediction, target)
         self._checked_shapes = _shape_key(batch)
         self._check_labels(batch)
