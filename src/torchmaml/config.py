@@ -138,9 +138,23 @@ class TrainConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
+        if value in ("mps", "mps:0"):
+            import torch
+
+            if not torch.backends.mps.is_available():
+                raise ValueError("'mps' (Apple GPU) is not available in this torch build or on this machine; use 'cpu'")
+            return value
         if value != "cpu" and not value.startswith("cuda"):
-            raise ValueError(f"must be 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+            raise ValueError("must be 'cpu', 'cuda' or 'cuda:N' (or 'mps' on Apple silicon)")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _baseline_follows_run(cls, values: Any) -> Any:
+        # an unset baseline_iterations is the run's iterations, so a short run is short in both phases
+        if isinstance(values, dict) and values.get("baseline_iterations") is None and "iterations" in values:
+            values = {**values, "baseline_iterations": values["iterations"]}
+        return values
 
     @model_validator(mode="after")
     def _estimator_options(self) -> TrainConfig:
@@ -266,8 +280,10 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
 
 
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """A preset or TOML file with ``key=value`` overrides applied, validated."""
-    values = read_toml(resolve_preset(name_or_path))
+    """A preset or TOML file (its ``base`` chain resolved) with ``key=value`` overrides applied, validated."""
+    from torchmaml.presets import read_preset
+
+    values = read_preset(resolve_preset(name_or_path))
     for text in overrides:
         key, value = parse_override(text)
         values[key] = value

@@ -65,6 +65,8 @@ def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
     if is_classification(config):
         report.update({"ways": config.ways, "shots": config.shots, "split": config.split})
     atomic_write_bytes(run.evaluation, (json.dumps(report, indent=2) + "\n").encode())
+    figure = None
     if not is_classification(config):
-        plot_sinusoid_fits(learners, run.fits, support_size=min(config.eval_support_sizes))
+        figure = plot_sinusoid_fits(learners, run.fits, support_size=min(config.eval_support_sizes))
+    report["written"] = [str(run.evaluation)] + ([str(figure)] if figure is not None else [])
     return report

@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from torchmaml.config import describe_validation_error, parse_override, read_toml
+from torchmaml.config import describe_validation_error, parse_override
 from torchmaml.errors import ConfigError
+from torchmaml.presets import read_preset
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -106,7 +107,7 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
             raise ConfigError(
                 f"{name_or_path!r} is neither a file nor an RL preset; presets: {', '.join(preset_names())}"
             )
-    values = read_toml(path)
+    values = read_preset(path)  # its ``base`` chain resolved
     for text in overrides:
         key, value = parse_override(text)
         values[key] = value
