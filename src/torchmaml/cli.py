@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--query", type=Path, required=True, help="folder of images to classify")
     adapt.add_argument("--steps", type=int, default=None, help="inner steps (default: the largest eval step)")
     adapt.add_argument("--out", type=Path, default=None, help="CSV path (default: RUN_DIR/predictions.csv)")
+    adapt.add_argument(
+        "--transductive",
+        action="store_true",
+        help="classify the query images as one batch with its batch-norm statistics (default: each on its own)",
+    )
     commands.add_parser("presets", help="list the presets (--config NAME) with a one-line description each")
     export = commands.add_parser("export", help="write a run's trained weights as a plain state_dict")
     export.add_argument("run_dir", type=Path)
@@ -168,6 +173,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(
         f"Meta-test on {report['eval_tasks']} held-out tasks, mean ± 95% CI (fine-tuning rates: {report['inner_lr']}):"
     )
+    if "held_out" in report:
+        print(f"held out: {report['held_out']}")
     print(report["table"])
     print(f"wrote {' and '.join(report['written'])}")
     return 0
@@ -178,7 +185,7 @@ def _adapt(args: argparse.Namespace) -> int:
 
     if args.steps is not None and args.steps < 0:
         raise TorchMAMLError(f"--steps: must be >= 0, got {args.steps}")
-    rows, out = adapt_and_predict(args.run_dir, args.support, args.query, args.steps, args.out)
+    rows, out = adapt_and_predict(args.run_dir, args.support, args.query, args.steps, args.out, args.transductive)
     labelled = [r for r in rows if r.true_class is not None]
     if labelled:
         correct = sum(r.predicted == r.true_class for r in labelled)

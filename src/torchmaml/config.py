@@ -71,6 +71,8 @@ class TrainConfig(BaseModel):
     cache_dir: str | None = None
     split: Literal["maml", "vinyals"] = "maml"
     color: Literal["L", "RGB"] = "L"
+    class_fractions: list[float] = Field(default_factory=lambda: [0.7, 0.1, 0.2], min_length=3, max_length=3)
+    split_seed: int = Field(0, ge=0)
     ways: int = Field(5, ge=2)
     shots: int = Field(1, ge=1)
     queries: int = Field(15, ge=1)
@@ -127,6 +129,13 @@ class TrainConfig(BaseModel):
         if any(v < 0 or v > 1000 for v in value):
             raise ValueError(f"every entry must be between 0 and 1000, got {value}")
         return sorted(set(value))
+
+    @field_validator("class_fractions")
+    @classmethod
+    def _class_fractions(cls, value: list[float]) -> list[float]:
+        if any(v < 0 for v in value) or value[0] <= 0 or value[2] <= 0:
+            raise ValueError(f"train, validation and test shares: train and test > 0, none negative, got {value}")
+        return value
 
     @field_validator("baseline_lr_grid")
     @classmethod
