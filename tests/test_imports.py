@@ -138,3 +138,24 @@ def test_extras_are_declared_and_core_has_no_optional_dependency():
     for extra in ("rl", "mujoco", "plots", "tensorboard", "test", "demo"):
         assert extra in extras
     assert not any("pytest" in spec or "gymnasium" in spec for spec in extras["demo"])
+
+
+def test_the_theory_lab_without_matplotlib_names_the_extra(tmp_path):
+    done = _blocked(["theory", "constants", "--family", "linear", "--out", str(tmp_path)])
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        'torchmaml: error: Plots need matplotlib: pip install "torchmaml[plots]"'
+    ]
+
+
+def test_make_demo_installs_only_what_the_demo_needs(tmp_path):
+    def dry_run(target: str) -> str:
+        done = subprocess.run(
+            ["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    demo = dry_run("demo")
+    assert '-e ".[demo]"' in demo and ".[test]" not in demo
+    assert '-e ".[test]"' in dry_run("test")
