@@ -129,3 +129,22 @@ def test_license_and_changelog():
     license_text = (ROOT / "LICENSE").read_text()
     assert license_text.startswith("MIT License") and "the torchmaml authors" in license_text
     assert "## " in (ROOT / "CHANGELOG.md").read_text()
+
+
+def toml_blocks() -> list[tuple[str, str]]:
+    blocks = []
+    for path in DOC_FILES:
+        text = path.read_text()
+        for match in re.finditer(r"^```toml\n(.*?)^```$", text, re.S | re.M):
+            blocks.append((f"{path.relative_to(ROOT)}:{text[: match.start()].count(chr(10)) + 1}", match.group(1)))
+    return blocks
+
+
+@pytest.mark.parametrize(("place", "text"), toml_blocks(), ids=[place for place, _ in toml_blocks()])
+def test_every_config_file_in_the_docs_is_valid(place, text, tmp_path):
+    from torchmaml.config import load_config
+
+    path = tmp_path / "example.toml"
+    path.write_text(text)
+    config = load_config(str(path))
+    assert config.iterations >= 1, place
