@@ -16,6 +16,7 @@ def __getattr__(name: str):
         return getattr(load, name)
     raise AttributeError(f"module 'torchmaml' has no attribute {name!r}")
 
+
 __all__ = [
     "ConfigError",
     "MetaLearner",

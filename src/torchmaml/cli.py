@@ -1,4 +1,4 @@
-"""The ``torchmaml`` command line: ``train``, ``evaluate``, ``adapt`` and ``theory``.
+"""The ``torchmaml`` command line: ``train``, ``evaluate``, ``adapt``, ``export``, ``presets`` and ``theory``.
 
 Every user error (bad config, missing run folder, corrupt checkpoint) is one line on stderr and exit code 2.
 """
@@ -26,9 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="meta-train from a preset or TOML config")
     source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--config", help=f"a preset ({all_names()}; `torchmaml presets` describes them) or a TOML path"
-    )
+    source.add_argument("--config", help=f"a preset ({all_names()}; `torchmaml presets` describes them) or a TOML path")
     source.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     train.add_argument(
         "--set",
@@ -87,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
             from torchmaml.theory.lab.commands import run_theory
 
             require("matplotlib", "plots")  # the lab writes figures
-
             return run_theory(args)
         return _evaluate(args)
     except TorchMAMLError as error:
