@@ -91,11 +91,12 @@ def folder_split(config: TrainConfig, class_names: list[str]) -> dict[str, list[
 
 def split_summary(config: TrainConfig) -> dict:
     """What ``evaluate`` tells about the classes it tested on: the split's name and its class counts."""
+    data = _images(
+        config.benchmark, config.data_dir, config.download, config.cache_dir, config.image_size, config.color
+    )
     if config.benchmark == "omniglot":
-        data = _images("omniglot", config.data_dir, config.download, config.cache_dir, config.image_size, "L")
         counts = {part: len(data.split_classes(config.split, part)) for part in ("train", "val", "test")}
         return {"split": config.split, "classes": counts}
-    data = _images("folder", config.data_dir, False, config.cache_dir, config.image_size, config.color)
     parts = folder_split(config, list(data.class_names))
     return {
         "split": "classes",
