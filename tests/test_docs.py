@@ -13,6 +13,7 @@ import pytest
 
 from torchmaml.config import TrainConfig
 from torchmaml.reference import config_reference
+from torchmaml.rl.config import RLConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -113,16 +114,20 @@ def test_user_docs_speak_of_the_software_only(path):
     assert not found, f"{path.relative_to(ROOT)}: development-log prose {found}; what changed goes to CHANGELOG.md"
 
 
-def test_every_config_key_has_a_description():
-    missing = [name for name, field in TrainConfig.model_fields.items() if not field.description]
+@pytest.mark.parametrize("model", [TrainConfig, RLConfig])
+def test_every_config_key_has_a_description(model):
+    missing = [name for name, field in model.model_fields.items() if not field.description]
     assert not missing
 
 
 def test_the_config_reference_is_generated_from_the_fields():
     page = (ROOT / "docs" / "config.md").read_text()
     assert page == config_reference(), "docs/config.md drifted: python -m torchmaml.reference > docs/config.md"
+    supervised, rl = page.split("## Meta-RL keys")
     for name in TrainConfig.model_fields:
-        assert f"| `{name}` |" in page
+        assert f"| `{name}` |" in supervised
+    for name in RLConfig.model_fields:
+        assert f"| `{name}` |" in rl
 
 
 def test_license_and_changelog():
