@@ -159,3 +159,25 @@ def test_make_demo_installs_only_what_the_demo_needs(tmp_path):
     demo = dry_run("demo")
     assert '-e ".[demo]"' in demo and ".[test]" not in demo
     assert '-e ".[test]"' in dry_run("test")
+
+
+def test_without_extras_only_the_extras_own_modules_fail_to_import():
+    code = (
+        "import sys\n"
+        "for name in ('gymnasium', 'mujoco', 'tensorboard', 'matplotlib', 'safetensors'):\n"
+        "    sys.modules[name] = None\n"
+        "import importlib, pkgutil, torchmaml\n"
+        "failed = []\n"
+        "for info in pkgutil.walk_packages(torchmaml.__path__, 'torchmaml.'):\n"
+        "    try:\n"
+        "        importlib.import_module(info.name)\n"
+        "    except ImportError:\n"
+        "        failed.append(info.name)\n"
+        "print('\\n'.join(failed))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    extras_modules = ("torchmaml.rl.", "torchmaml.theory.lab.figures", "torchmaml.theory.lab.run")
+    core = [name for name in done.stdout.split() if not name.startswith(extras_modules)]
+    assert core == [], f"core modules that need an optional dependency at import: {core}"
+    assert "torchmaml.rl.config" not in done.stdout.split()
