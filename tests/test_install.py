@@ -64,3 +64,21 @@ def test_rl_names_its_extra_and_version_works(plain_venv, tmp_path):
     ]
     version = run([torchmaml, "--version"], tmp_path)
     assert version.returncode == 0 and version.stdout.startswith("torchmaml ")
+
+
+def test_export_safetensors_with_its_extra(plain_venv, tmp_path):
+    python, torchmaml = str(plain_venv / "bin" / "python"), str(plain_venv / "bin" / "torchmaml")
+    install = run([python, "-m", "pip", "install", "--quiet", f"{ROOT}[safetensors]"], tmp_path)
+    assert install.returncode == 0, install.stderr[-3000:]
+    train = run([torchmaml, "train", "--config", "sinusoid", "--set", "iterations=5", "--out", "run"], tmp_path)
+    assert train.returncode == 0, train.stderr[-3000:]
+    for out in ("model.safetensors", "model.pt"):
+        done = run([torchmaml, "export", "run", "--out", out], tmp_path)
+        assert done.returncode == 0, done.stderr
+    code = (
+        "import torch; from safetensors.torch import load_file\n"
+        "a, b = load_file('model.safetensors'), torch.load('model.pt', weights_only=True)\n"
+        "print(sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), len(a))"
+    )
+    check = run([python, "-c", code], tmp_path)
+    assert check.returncode == 0 and check.stdout.split() == ["True", "6"], check.stdout + check.stderr
