@@ -1,4 +1,5 @@
-# torchmaml: `make demo` runs the main job, `make test` runs the tests. Both create/refresh .venv first.
+# torchmaml: `make demo` runs the main job, `make test` runs the tests. Both create/refresh .venv first:
+# the demo installs only what it needs (torchmaml and matplotlib), the tests add the test extras.
 # CUDA users: make TORCH_SPEC='torch==2.13.0' PIP_EXTRA='--index-url https://download.pytorch.org/whl/cu128' ...
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,19 +7,24 @@ TORCH_SPEC ?= torch==2.13.0
 PIP_EXTRA ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.torchmaml-installed
+DEMO_STAMP := $(VENV)/.torchmaml-demo-installed
 DEMO_DIR ?= runs/demo
 
 .PHONY: venv demo test lint bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(DEMO_STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(PIP_EXTRA) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[demo]"
+	touch $(DEMO_STAMP)
+
+$(STAMP): $(DEMO_STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-demo: venv
+demo: $(DEMO_STAMP)
 	$(BIN)/torchmaml train --config sinusoid-demo --out $(DEMO_DIR)
 	$(BIN)/torchmaml evaluate $(DEMO_DIR)
 	@echo "Plots: $(DEMO_DIR)/adaptation.png (the paper's Figure 2) and $(DEMO_DIR)/learning_curve.png"

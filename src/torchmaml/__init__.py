@@ -7,6 +7,16 @@ from torchmaml.tasks import TaskBatch, TaskSource
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # load_run and export_run live in torchmaml.load, imported on first use
+    if name in ("load_run", "export_run"):
+        from torchmaml import load
+
+        return getattr(load, name)
+    raise AttributeError(f"module 'torchmaml' has no attribute {name!r}")
+
+
 __all__ = [
     "ConfigError",
     "MetaLearner",

@@ -1,4 +1,4 @@
-"""The ``torchmaml`` command line: ``train``, ``evaluate``, ``adapt`` and ``theory``.
+"""The ``torchmaml`` command line: ``train``, ``evaluate``, ``adapt``, ``export``, ``presets`` and ``theory``.
 
 Every user error (bad config, missing run folder, corrupt checkpoint) is one line on stderr and exit code 2.
 """
@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from torchmaml.config import load_config, preset_names
+from torchmaml import __version__
+from torchmaml.config import load_config
 from torchmaml.errors import TorchMAMLError
+from torchmaml.presets import all_names, preset_path, read_preset, rl_presets
 from torchmaml.theory.lab.commands import add_theory_parser
 
 EXIT_USAGE = 2
@@ -19,11 +21,12 @@ EXIT_USAGE = 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torchmaml", description="Gradient-based meta-learning in PyTorch.")
+    parser.add_argument("--version", action="version", version=f"torchmaml {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="meta-train from a preset or TOML config")
     source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help=f"a preset ({', '.join(preset_names())}) or a TOML path")
+    source.add_argument("--config", help=f"a preset ({all_names()}; `torchmaml presets` describes them) or a TOML path")
     source.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     train.add_argument(
         "--set",
@@ -45,6 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--query", type=Path, required=True, help="folder of images to classify")
     adapt.add_argument("--steps", type=int, default=None, help="inner steps (default: the largest eval step)")
     adapt.add_argument("--out", type=Path, default=None, help="CSV path (default: RUN_DIR/predictions.csv)")
+    adapt.add_argument(
+        "--transductive",
+        action="store_true",
+        help="classify the query images as one batch with its batch-norm statistics (default: each on its own)",
+    )
+    commands.add_parser("presets", help="list the presets (--config NAME) with a one-line description each")
+    export = commands.add_parser("export", help="write a run's trained weights as a plain state_dict")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument(
+        "--out", type=Path, required=True, help="model.safetensors (needs safetensors) or model.pt (torch.load)"
+    )
     add_theory_parser(commands)
     return parser
 
@@ -56,9 +70,21 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "adapt":
             return _adapt(args)
+        if args.command == "presets":
+            from torchmaml.presets import listing
+
+            print(listing())
+            return 0
+        if args.command == "export":
+            from torchmaml.load import export_run
+
+            print(f"wrote {export_run(args.run_dir, args.out)}")
+            return 0
         if args.command == "theory":
+            from torchmaml.extras import require
             from torchmaml.theory.lab.commands import run_theory
 
+            require("matplotlib", "plots")  # the lab writes figures
             return run_theory(args)
         return _evaluate(args)
     except TorchMAMLError as error:
@@ -68,21 +94,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_rl(config: str | None = None, run_dir: Path | None = None) -> bool:
     """Whether a preset/TOML (or a run folder's saved config) is a meta-RL one: RL configs name an ``env``."""
-    from torchmaml.config import read_toml, resolve_preset
+    from torchmaml.config import read_toml
 
     if run_dir is not None:
         path = Path(run_dir) / "config.toml"
         return path.exists() and "env" in read_toml(path)
-    from torchmaml.rl.config import preset_names as rl_presets
-
     if config in rl_presets():
         return True
-    try:
-        path = resolve_preset(config)
-    except TorchMAMLError:
-        presets = ", ".join(preset_names() + rl_presets())
-        raise TorchMAMLError(f"--config {config!r} is neither a file nor a preset; presets: {presets}") from None
-    return path.exists() and "env" in read_toml(path)
+    path = preset_path(config) or Path(config)
+    if path.suffix != ".toml" and not path.exists():
+        raise TorchMAMLError(f"--config {config!r} is neither a file nor a preset; presets: {all_names()}")
+    return path.exists() and "env" in read_preset(path)
 
 
 def _train_rl(args: argparse.Namespace) -> int:
@@ -125,8 +147,10 @@ def _train(args: argparse.Namespace) -> int:
         return 128 + stop.signal_number
     print(f"run folder: {run.root}")
     print(f"  checkpoints: {', '.join(str(p.name) for p in sorted(run.root.glob('checkpoint-*.pt')))}")
-    print(f"  learning curve: {run.learning_curve}")
-    print(f"  TensorBoard: tensorboard --logdir {run.root / 'tensorboard'}")
+    if run.learning_curve.exists():
+        print(f"  learning curve: {run.learning_curve}")
+    if (run.root / "tensorboard").exists():
+        print(f"  TensorBoard: tensorboard --logdir {run.root / 'tensorboard'}")
     return 0
 
 
@@ -146,8 +170,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(
         f"Meta-test on {report['eval_tasks']} held-out tasks, mean ± 95% CI (fine-tuning rates: {report['inner_lr']}):"
     )
+    if "held_out" in report:
+        print(f"held out: {report['held_out']}")
     print(report["table"])
-    print(f"wrote {Path(args.run_dir) / 'evaluation.json'} and {Path(args.run_dir) / 'adaptation.png'}")
+    print(f"wrote {' and '.join(report['written'])}")
     return 0
 
 
@@ -156,7 +182,7 @@ def _adapt(args: argparse.Namespace) -> int:
 
     if args.steps is not None and args.steps < 0:
         raise TorchMAMLError(f"--steps: must be >= 0, got {args.steps}")
-    rows, out = adapt_and_predict(args.run_dir, args.support, args.query, args.steps, args.out)
+    rows, out = adapt_and_predict(args.run_dir, args.support, args.query, args.steps, args.out, args.transductive)
     labelled = [r for r in rows if r.true_class is not None]
     if labelled:
         correct = sum(r.predicted == r.true_class for r in labelled)

@@ -30,75 +30,149 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    benchmark: Literal["sinusoid", "omniglot", "folder"] = "sinusoid"
+    benchmark: Literal["sinusoid", "omniglot", "folder"] = Field(
+        "sinusoid",
+        description="task family: sinusoid regression, Omniglot or a folder of your images (`root/<class>/<image>`)",
+    )
     # outer loop
-    iterations: int = Field(70_000, ge=1)
-    time_limit_minutes: float | None = Field(None, gt=0)  # stop each phase after this much training time
-    meta_batch_size: int = Field(25, ge=1)
-    outer_lr: float = Field(1e-3, gt=0)
+    iterations: int = Field(70_000, ge=1, description="meta-training iterations (outer steps)")
+    time_limit_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="stop each phase after this much training time, writing its final checkpoint (unset: no limit)",
+    )
+    meta_batch_size: int = Field(25, ge=1, description="tasks per meta-batch")
+    outer_lr: float = Field(1e-3, gt=0, description="outer (meta) learning rate")
     # inner loop
-    inner_lr: float = Field(0.01, gt=0)
-    inner_steps: int = Field(1, ge=0, le=100)
-    estimator: str = "unrolled"
-    estimator_options: dict[str, float | int | bool | str] = Field(default_factory=dict)
-    inner_lr_mode: Literal["fixed", "scalar", "meta_sgd", "per_layer_per_step"] = "fixed"
-    adapt_only: list[str] | None = None
+    inner_lr: float = Field(
+        0.01, gt=0, description="inner-loop step size α (the initial value when inner_lr_mode learns it)"
+    )
+    inner_steps: int = Field(1, ge=0, le=100, description="inner gradient steps per task in training")
+    estimator: str = Field(
+        "unrolled",
+        description="meta-gradient estimator: unrolled, first_order, three_batch, hessian_free, implicit, reptile",
+    )
+    estimator_options: dict[str, float | int | bool | str] = Field(
+        default_factory=dict,
+        description="options of the estimator, e.g. {checkpoint = true} for unrolled, {lam = 1.0} for implicit",
+    )
+    inner_lr_mode: Literal["fixed", "scalar", "meta_sgd", "per_layer_per_step"] = Field(
+        "fixed",
+        description="fixed α, one learned scalar, Meta-SGD (one rate per weight) or MAML++ per-layer per-step rates",
+    )
+    adapt_only: list[str] | None = Field(
+        None, description="ANIL: names or module prefixes of the parameters that take inner steps (unset: all)"
+    )
     # outer optimiser and MAML++ schedules
-    outer_optimizer: Literal["adam", "sgd", "alpha_maml", "theory"] = "adam"
-    outer_lr_schedule: Literal["constant", "cosine"] = "constant"
-    min_outer_lr: float = Field(0.0, ge=0)
-    alpha_hyper_lr: float = Field(1e-4, ge=0)
-    beta_hyper_lr: float = Field(1e-6, ge=0)
-    theory_smoothness: float | None = Field(None, gt=0)
-    theory_hessian_lipschitz: float | None = Field(None, ge=0)
-    theory_c: float | None = Field(None, gt=0)
-    theory_batch_size: int = Field(25, ge=1)
-    stationarity_every: int = Field(0, ge=0)
-    stationarity_tasks: int = Field(1000, ge=2)
-    stop_at_epsilon: float | None = Field(None, gt=0)
-    multi_step_loss_iterations: int = Field(0, ge=0)
-    first_order_iterations: int = Field(0, ge=0)
-    strategy: str = "auto"
-    chunk_size: int | None = Field(None, ge=1)
-    compile: bool | Literal["auto"] = "auto"
+    outer_optimizer: Literal["adam", "sgd", "alpha_maml", "theory"] = Field(
+        "adam", description="adam, sgd, alpha_maml (hypergradient-tuned rates) or theory (the Fallah et al. step size)"
+    )
+    outer_lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant outer rate or cosine annealing over the run"
+    )
+    min_outer_lr: float = Field(0.0, ge=0, description="the outer rate at the end of a cosine schedule")
+    alpha_hyper_lr: float = Field(1e-4, ge=0, description="alpha_maml: hypergradient rate of the inner step size")
+    beta_hyper_lr: float = Field(1e-6, ge=0, description="alpha_maml: hypergradient rate of the outer step size")
+    theory_smoothness: float | None = Field(
+        None, gt=0, description="theory step size: the smoothness L (unset: estimated at the start)"
+    )
+    theory_hessian_lipschitz: float | None = Field(
+        None, ge=0, description="theory step size: the Hessian Lipschitz constant ρ (unset: estimated at the start)"
+    )
+    theory_c: float | None = Field(
+        None, gt=0, description="theory step size: the constant c (unset: the paper's for the estimator)"
+    )
+    theory_batch_size: int = Field(
+        25, ge=1, description="theory step size: tasks of the batch that re-estimates E‖∇f‖ each iteration"
+    )
+    stationarity_every: int = Field(
+        0, ge=0, description="log ‖∇F(w)‖ on a fixed task batch every N iterations (0: off)"
+    )
+    stationarity_tasks: int = Field(1000, ge=2, description="tasks of the stationarity monitor's fixed batch")
+    stop_at_epsilon: float | None = Field(
+        None, gt=0, description="stop once the monitored ‖∇F(w)‖ is at most this (needs stationarity_every)"
+    )
+    multi_step_loss_iterations: int = Field(
+        0, ge=0, description="MAML++ multi-step loss, annealed to the last step over this many iterations (0: off)"
+    )
+    first_order_iterations: int = Field(
+        0, ge=0, description="MAML++ derivative-order annealing: first order for this many iterations (0: off)"
+    )
+    strategy: str = Field("auto", description="how the tasks of a batch run: auto, vmap, chunked or loop")
+    chunk_size: int | None = Field(None, ge=1, description="tasks per vmap call under strategy chunked")
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile the meta-gradient: true, false or auto (after 30 s of eager meta-gradients; MLPs)",
+    )
     # task family
-    support_size: int = Field(10, ge=1)
-    query_size: int = Field(10, ge=1)
-    hidden: list[int] = Field(default_factory=lambda: [40, 40], min_length=1)
+    support_size: int = Field(10, ge=1, description="sinusoid: support (training) points per task")
+    query_size: int = Field(10, ge=1, description="sinusoid: query points per task")
+    hidden: list[int] = Field(
+        default_factory=lambda: [40, 40], min_length=1, description="sinusoid: hidden layer widths of the MLP"
+    )
     # few-shot classification (benchmark "omniglot" or "folder")
-    data_dir: str = "data/omniglot"
-    download: bool = False
-    cache_dir: str | None = None
-    split: Literal["maml", "vinyals"] = "maml"
-    color: Literal["L", "RGB"] = "L"
-    ways: int = Field(5, ge=2)
-    shots: int = Field(1, ge=1)
-    queries: int = Field(15, ge=1)
-    image_size: int = Field(28, ge=8, le=512)
-    filters: int = Field(64, ge=1)
-    strided: bool = False
-    batch_norm: Literal["transductive", "per_step"] = "transductive"
-    validate_every: int = Field(0, ge=0)
-    val_tasks: int = Field(100, ge=2)
+    data_dir: str = Field("data/omniglot", description="omniglot/folder: where the images are")
+    download: bool = Field(
+        False, description="omniglot: fetch the official zips into data_dir when missing (checked against their md5)"
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="omniglot/folder: where the decoded-image cache goes (unset: data_dir, or a cache folder in it)",
+    )
+    split: Literal["maml", "vinyals"] = Field(
+        "maml", description="omniglot: the class split, maml (Finn et al.) or vinyals (Vinyals et al.)"
+    )
+    color: Literal["L", "RGB"] = Field("L", description="folder: L (grayscale) or RGB")
+    class_fractions: list[float] = Field(
+        default_factory=lambda: [0.7, 0.1, 0.2],
+        min_length=3,
+        max_length=3,
+        description="folder: shares of the classes for training, validation and test (disjoint; a seeded shuffle)",
+    )
+    split_seed: int = Field(0, ge=0, description="folder: the seed of the class shuffle behind class_fractions")
+    ways: int = Field(5, ge=2, description="classification: classes per task (N-way)")
+    shots: int = Field(1, ge=1, description="classification: support images per class (K-shot)")
+    queries: int = Field(15, ge=1, description="classification: query images per class")
+    image_size: int = Field(
+        28, ge=8, le=512, description="classification: images are resized to image_size × image_size"
+    )
+    filters: int = Field(64, ge=1, description="classification: filters of each conv4 layer")
+    strided: bool = Field(False, description="classification: conv4 with stride-2 convolutions instead of max-pooling")
+    batch_norm: Literal["transductive", "per_step"] = Field(
+        "transductive", description="classification: transductive batch norm, or MAML++ per-step weights (per_step)"
+    )
+    validate_every: int = Field(
+        0, ge=0, description="validate every N iterations on val_tasks tasks and keep the best weights (0: off)"
+    )
+    val_tasks: int = Field(100, ge=2, description="tasks of each validation")
     # pretrained baseline (joint training on all tasks, then fine-tuning)
-    baseline: bool = False
-    baseline_iterations: int = Field(70_000, ge=1)
-    baseline_lr_grid: list[float] = Field(default_factory=lambda: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1])
+    baseline: bool = Field(False, description="sinusoid: also train the 'pretrained on all tasks' baseline")
+    baseline_iterations: int = Field(
+        70_000, ge=1, description="iterations of the baseline (unset: as many as iterations)"
+    )
+    baseline_lr_grid: list[float] = Field(
+        default_factory=lambda: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1],
+        description="fine-tuning step sizes tried for the baseline on validation tasks",
+    )
     # evaluation on held-out tasks
-    eval_tasks: int = Field(600, ge=2)
-    eval_support_sizes: list[int] = Field(default_factory=lambda: [5, 10], min_length=1)
-    eval_query_size: int = Field(100, ge=1)
-    eval_steps: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
-    eval_seed: int = Field(2017, ge=0)
+    eval_tasks: int = Field(600, ge=2, description="held-out tasks of the meta-test")
+    eval_support_sizes: list[int] = Field(
+        default_factory=lambda: [5, 10], min_length=1, description="sinusoid: support sizes K of the meta-test"
+    )
+    eval_query_size: int = Field(100, ge=1, description="sinusoid: query points per meta-test task")
+    eval_steps: list[int] = Field(
+        default_factory=lambda: [1, 5, 10], min_length=1, description="inner steps after which the meta-test measures"
+    )
+    eval_seed: int = Field(2017, ge=0, description="seed of the meta-test tasks")
     # bookkeeping and reliability
-    seed: int = Field(0, ge=0)
-    log_every: int = Field(100, ge=1)
-    checkpoint_every: int = Field(1000, ge=1)
-    keep_checkpoints: int = Field(3, ge=1)
-    max_consecutive_skips: int = Field(20, ge=1)
-    dtype: Literal["float32", "float64"] = "float32"
-    device: str = "cpu"
-    threads: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0, description="seed of the initial weights and the task sampler")
+    log_every: int = Field(100, ge=1, description="log loss_before and TensorBoard scalars every N iterations")
+    checkpoint_every: int = Field(1000, ge=1, description="checkpoint every N iterations")
+    keep_checkpoints: int = Field(3, ge=1, description="periodic checkpoints kept (the newest)")
+    max_consecutive_skips: int = Field(20, ge=1, description="stop after this many non-finite steps in a row")
+    dtype: Literal["float32", "float64"] = Field("float32", description="float32 or float64")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N, or mps where torch has it")
+    threads: int | None = Field(None, ge=1, description="torch threads (unset: torch's default)")
 
     @field_validator("estimator")
     @classmethod
@@ -128,6 +202,13 @@ class TrainConfig(BaseModel):
             raise ValueError(f"every entry must be between 0 and 1000, got {value}")
         return sorted(set(value))
 
+    @field_validator("class_fractions")
+    @classmethod
+    def _class_fractions(cls, value: list[float]) -> list[float]:
+        if any(v < 0 for v in value) or value[0] <= 0 or value[2] <= 0:
+            raise ValueError(f"train, validation and test shares: train and test > 0, none negative, got {value}")
+        return value
+
     @field_validator("baseline_lr_grid")
     @classmethod
     def _positive_rates(cls, value: list[float]) -> list[float]:
@@ -138,9 +219,23 @@ class TrainConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
+        if value in ("mps", "mps:0"):
+            import torch
+
+            if not torch.backends.mps.is_available():
+                raise ValueError("'mps' (Apple GPU) is not available in this torch build or on this machine; use 'cpu'")
+            return value
         if value != "cpu" and not value.startswith("cuda"):
-            raise ValueError(f"must be 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+            raise ValueError("must be 'cpu', 'cuda' or 'cuda:N' (or 'mps' on Apple silicon)")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _baseline_follows_run(cls, values: Any) -> Any:
+        # an unset baseline_iterations is the run's iterations, so a short run is short in both phases
+        if isinstance(values, dict) and values.get("baseline_iterations") is None and "iterations" in values:
+            values = {**values, "baseline_iterations": values["iterations"]}
+        return values
 
     @model_validator(mode="after")
     def _estimator_options(self) -> TrainConfig:
@@ -266,8 +361,10 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
 
 
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """A preset or TOML file with ``key=value`` overrides applied, validated."""
-    values = read_toml(resolve_preset(name_or_path))
+    """A preset or TOML file (its ``base`` chain resolved) with ``key=value`` overrides applied, validated."""
+    from torchmaml.presets import read_preset
+
+    values = read_preset(resolve_preset(name_or_path))
     for text in overrides:
         key, value = parse_override(text)
         values[key] = value

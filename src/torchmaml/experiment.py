@@ -16,7 +16,7 @@ from torch import nn
 
 from torchmaml.config import TrainConfig
 from torchmaml.data.fewshot import FewShotTasks
-from torchmaml.data.folder import load_image_folder
+from torchmaml.data.folder import load_image_folder, split_classes
 from torchmaml.data.omniglot import load_omniglot
 from torchmaml.data.sinusoid import SinusoidTasks
 from torchmaml.learner import MetaLearner
@@ -75,9 +75,36 @@ def build_tasks(config: TrainConfig, part: str = "train") -> TaskSource:
     )
     if config.benchmark == "omniglot":
         images, names = data.split_images(config.split, part), data.split_classes(config.split, part)
-    else:
-        images, names = list(data.images), list(data.class_names)
+    else:  # the whole folder is checked first (ways, images per class), then split by class
+        FewShotTasks(list(data.images), config.ways, config.shots, config.queries, class_names=data.class_names)
+        chosen = folder_split(config, list(data.class_names))[part]
+        images, names = [data.images[c] for c in chosen], [data.class_names[c] for c in chosen]
     return FewShotTasks(images, config.ways, config.shots, config.queries, class_names=names, dtype=dtype_of(config))
+
+
+def folder_split(config: TrainConfig, class_names: list[str]) -> dict[str, list[int]]:
+    """The folder benchmark's disjoint train/val/test classes (``class_fractions``, ``split_seed``)."""
+    return split_classes(
+        class_names, config.class_fractions, config.split_seed, config.ways, validate=config.validate_every > 0
+    )
+
+
+def split_summary(config: TrainConfig) -> dict:
+    """What ``evaluate`` tells about the classes it tested on: the split's name and its class counts."""
+    data = _images(
+        config.benchmark, config.data_dir, config.download, config.cache_dir, config.image_size, config.color
+    )
+    if config.benchmark == "omniglot":
+        counts = {part: len(data.split_classes(config.split, part)) for part in ("train", "val", "test")}
+        return {"split": config.split, "classes": counts}
+    parts = folder_split(config, list(data.class_names))
+    return {
+        "split": "classes",
+        "class_fractions": config.class_fractions,
+        "split_seed": config.split_seed,
+        "classes": {part: len(indices) for part, indices in parts.items()},
+        "test_classes": [data.class_names[c] for c in parts["test"]],
+    }
 
 
 def build_model(config: TrainConfig) -> nn.Module:

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from torchmaml.data.sinusoid import SinusoidTasks
+from torchmaml.extras import available, note_missing
 from torchmaml.learner import MetaLearner
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, or ``None`` (with a one-line note) when the extra is missing."""
+    if not available("matplotlib"):
+        note_missing("plots")
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -22,9 +33,13 @@ def read_metrics(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def plot_learning_curve(records: dict[str, list[dict]], out: Path, window: int = 200) -> Path:
+def plot_learning_curve(records: dict[str, list[dict]], out: Path, window: int = 200) -> Path | None:
     """Query loss before and after adaptation against iteration (moving average over ``window``) and, when
-    the run validated (``validate_every``), the validation metric against training wall-clock minutes."""
+    the run validated (``validate_every``), the validation metric against training wall-clock minutes.
+    Returns the file written, or ``None`` without matplotlib (``pip install "torchmaml[plots]"``)."""
+    plt = _pyplot()
+    if plt is None:
+        return None
     validated = {label: [r for r in rows if _validation_key(r)] for label, rows in records.items()}
     panels = 2 if any(validated.values()) else 1
     fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4), squeeze=False)
@@ -62,7 +77,7 @@ def _validation_key(row: dict) -> str | None:
     return next((key for key in row if key.startswith("val_")), None)
 
 
-def _plot_validation(validated: dict[str, list[dict]], ax: plt.Axes) -> None:
+def _plot_validation(validated: dict[str, list[dict]], ax: Any) -> None:
     """The validation metric of each phase against training wall-clock minutes (``seconds`` of the log)."""
     for label, rows in validated.items():
         if not rows:
@@ -83,12 +98,16 @@ def plot_sinusoid_fits(
     support_size: int = 5,
     steps: tuple[int, ...] = (1, 10),
     seed: int = 3,
-) -> Path:
+) -> Path | None:
     """Figure 2 of Finn et al. (2017): for two held-out tasks, the true function, the ``support_size``
     points, and each model's prediction before adaptation and after ``steps`` gradient steps.
 
-    ``learners`` maps a label to ``(learner, fine-tuning rate or None for the learner's own)``.
+    ``learners`` maps a label to ``(learner, fine-tuning rate or None for the learner's own)``. Returns the
+    file written, or ``None`` without matplotlib.
     """
+    plt = _pyplot()
+    if plt is None:
+        return None
     generator = torch.Generator().manual_seed(seed)
     first = next(iter(learners.values()))[0]
     dtype = next(first.parameters()).dtype

@@ -6,6 +6,12 @@
 ``ways``). ``QUERY_DIR`` holds the images to classify, either directly or in ``<class>`` sub-folders (then
 the true class is written beside the prediction and the accuracy is printed). Images are converted and
 resized as in training (a run meta-trained on Omniglot also inverts them: strokes bright on dark).
+
+Each query image's prediction depends only on that image and the support set, never on which other images
+are in the query folder: the adapted model runs in ``eval()`` mode, one image at a time, so batch norm cannot
+mix statistics across query images. ``--transductive`` instead classifies all query images as one batch in
+``train()`` mode, normalising with the batch's statistics as MAML does in training and meta-testing: the
+predictions then depend on the whole query set.
 """
 
 from __future__ import annotations
@@ -36,9 +42,18 @@ class Prediction:
 
 
 def adapt_and_predict(
-    root: Path, support: Path, query: Path, steps: int | None = None, out: Path | None = None
+    root: Path,
+    support: Path,
+    query: Path,
+    steps: int | None = None,
+    out: Path | None = None,
+    transductive: bool = False,
 ) -> tuple[list[Prediction], Path]:
-    """Adapt the run's model on ``support``, classify ``query``, write the CSV; return the rows and its path."""
+    """Adapt the run's model on ``support``, classify ``query``, write the CSV; return the rows and its path.
+
+    By default each query image is classified on its own (``fast.eval()``, one image per forward pass);
+    ``transductive=True`` classifies the query set as one batch with its batch statistics (``fast.train()``).
+    """
     run = RunDir(Path(root))
     config = run.load_config()
     if not is_classification(config):
@@ -62,7 +77,13 @@ def adapt_and_predict(
     query_x = convert(torch.stack([_read(path, mode, config.image_size) for path in files]))
     fast = learner.adapt(support_x, support_y.to(config.device), steps=steps or max(config.eval_steps))
     with torch.no_grad():
-        probabilities = torch.softmax(fast(query_x), dim=-1).cpu()
+        if transductive:
+            fast.train()
+            logits = fast(query_x)
+        else:
+            fast.eval()
+            logits = torch.cat([fast(image.unsqueeze(0)) for image in query_x])
+        probabilities = torch.softmax(logits, dim=-1).cpu()
     confidence, predicted = probabilities.max(dim=-1)
     rows = [
         Prediction(str(path), labelled.class_names[int(p)], float(c), truth)

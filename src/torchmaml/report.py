@@ -8,7 +8,15 @@ from pathlib import Path
 from torchmaml.checkpoint import atomic_write_bytes, load_checkpoint
 from torchmaml.config import TrainConfig
 from torchmaml.evaluate import AdaptationResult, evaluate_adaptation, format_table, tune_fine_tuning_lr
-from torchmaml.experiment import MAML, PRETRAINED, build_learner, evaluation_batches, is_classification, metric_of
+from torchmaml.experiment import (
+    MAML,
+    PRETRAINED,
+    build_learner,
+    evaluation_batches,
+    is_classification,
+    metric_of,
+    split_summary,
+)
 from torchmaml.learner import MetaLearner
 from torchmaml.plots import plot_sinusoid_fits
 from torchmaml.rundir import RunDir
@@ -63,8 +71,15 @@ def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
         "table": format_table(results, label, scale),
     }
     if is_classification(config):
-        report.update({"ways": config.ways, "shots": config.shots, "split": config.split})
+        report.update({"ways": config.ways, "shots": config.shots, **split_summary(config)})
+        counts = report["classes"]
+        report["held_out"] = (
+            f"{config.eval_tasks} tasks drawn from the {counts['test']} test classes of split {report['split']!r} "
+            f"(train {counts['train']}, validation {counts['val']}, test {counts['test']} classes, disjoint)"
+        )
     atomic_write_bytes(run.evaluation, (json.dumps(report, indent=2) + "\n").encode())
+    figure = None
     if not is_classification(config):
-        plot_sinusoid_fits(learners, run.fits, support_size=min(config.eval_support_sizes))
+        figure = plot_sinusoid_fits(learners, run.fits, support_size=min(config.eval_support_sizes))
+    report["written"] = [str(run.evaluation)] + ([str(figure)] if figure is not None else [])
     return report

@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from torchmaml.checkpoint import CheckpointError, CheckpointStore, atomic_write_bytes, save_checkpoint
@@ -41,6 +40,7 @@ from torchmaml.experiment import (
     metric_of,
     stationarity_batch,
 )
+from torchmaml.extras import SummaryWriter  # tensorboard is optional (an extra)
 from torchmaml.learner import MetaLearner
 from torchmaml.plots import plot_learning_curve, read_metrics
 from torchmaml.rng import capture_rng, restore_rng

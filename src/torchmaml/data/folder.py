@@ -134,3 +134,31 @@ def _decode(
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "root"
+
+
+PARTS = ("train", "val", "test")
+
+
+def split_classes(
+    class_names: list[str], fractions: list[float], seed: int, ways: int, validate: bool
+) -> dict[str, list[int]]:
+    """Disjoint class indices for ``train``, ``val`` and ``test``: a seeded shuffle of the classes cut by
+    ``fractions`` (train, val, test shares). The test part, and the validation part when ``validate``, get at
+    least ``ways`` classes; the rest is training. Tasks of one part never see the classes of another."""
+    count = len(class_names)
+    total = sum(fractions)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    test = max(ways, round(count * fractions[2] / total))
+    val = max(ways if validate else 0, round(count * fractions[1] / total))
+    train = count - test - val
+    if train < ways:
+        raise ConfigError(
+            f"class_fractions {fractions}: the {count} classes of the folder split into {train} train, {val} "
+            f"validation and {test} test classes, and each part needs at least ways={ways}; add class folders, "
+            f"lower ways or change class_fractions"
+        )
+    return {
+        "train": sorted(order[:train]),
+        "val": sorted(order[train : train + val]),
+        "test": sorted(order[train + val :]),
+    }

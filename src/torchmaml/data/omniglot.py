@@ -156,7 +156,10 @@ def _locate(root: Path, allow_download: bool, base_url: str, md5: Mapping[str, s
     found = {name: _find(root, name) for name in EXPECTED}
     missing = [name for name, path in found.items() if path is None]
     if missing and not allow_download:
-        raise DatasetError(f"Omniglot is not in {root}: {_instructions(root, base_url)}, or pass download=True")
+        raise DatasetError(
+            f"Omniglot is not in {root}: {_instructions(root, base_url)}, or let torchmaml fetch it: "
+            f"--set download=true (download = true in a config file; download=True in Python)"
+        )
     for name in missing:
         url = _url(base_url, name)
         try:

@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from torchmaml.config import describe_validation_error, parse_override, read_toml
+from torchmaml.config import describe_validation_error, parse_override
 from torchmaml.errors import ConfigError
+from torchmaml.presets import read_preset
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -23,47 +24,87 @@ class RLConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    env: Literal["navigation2d", "half-cheetah-dir", "half-cheetah-vel"] = "navigation2d"
-    horizon: int | None = Field(None, ge=1)  # None: the environment's (100 navigation, 200 half-cheetah)
+    env: Literal["navigation2d", "half-cheetah-dir", "half-cheetah-vel"] = Field(
+        "navigation2d",
+        description="2D navigation, or half-cheetah direction or goal velocity (half-cheetah needs torchmaml[mujoco])",
+    )
+    horizon: int | None = Field(
+        None,
+        ge=1,
+        description="steps per trajectory (unset: the environment's, 100 for navigation, 200 for half-cheetah)",
+    )
     # meta-training
-    iterations: int = Field(500, ge=1)
-    time_limit_minutes: float | None = Field(None, gt=0)  # stop each phase after this much training time
-    meta_batch_size: int = Field(20, ge=1)
-    trajectories: int = Field(20, ge=1)
-    inner_lr: float = Field(0.1, gt=0)
-    inner_steps: int = Field(1, ge=1, le=10)
-    estimator: Literal["exact", "dice", "plain", "first_order"] = "exact"
+    iterations: int = Field(500, ge=1, description="meta-training iterations (TRPO outer steps)")
+    time_limit_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="stop each phase after this much training time, writing its final checkpoint (unset: no limit)",
+    )
+    meta_batch_size: int = Field(20, ge=1, description="tasks per meta-batch")
+    trajectories: int = Field(20, ge=1, description="trajectories sampled per task and adaptation step")
+    inner_lr: float = Field(0.1, gt=0, description="step size of the policy-gradient inner step")
+    inner_steps: int = Field(1, ge=1, le=10, description="inner policy-gradient steps in training")
+    estimator: Literal["exact", "dice", "plain", "first_order"] = Field(
+        "exact",
+        description="meta-gradient: exact (unbiased, with a DiCE term), dice, plain (the original code's), first_order",
+    )
     # policy
-    hidden: list[int] = Field(default_factory=lambda: [100, 100], min_length=1)
-    init_log_std: float = 0.0
+    hidden: list[int] = Field(
+        default_factory=lambda: [100, 100], min_length=1, description="hidden layer widths of the Gaussian MLP policy"
+    )
+    init_log_std: float = Field(0.0, description="initial log standard deviation of the policy")
     # advantages
-    discount: float = Field(0.99, gt=0, le=1)
-    gae_lambda: float = Field(1.0, ge=0, le=1)
-    baseline: bool = True
-    normalize_advantages: bool = True
+    discount: float = Field(0.99, gt=0, le=1, description="discount factor γ")
+    gae_lambda: float = Field(1.0, ge=0, le=1, description="GAE λ (1: Monte-Carlo returns minus the baseline)")
+    baseline: bool = Field(True, description="subtract a linear feature baseline fitted per task")
+    normalize_advantages: bool = Field(True, description="normalise the advantages of each task")
     # TRPO outer step
-    max_kl: float = Field(0.01, gt=0)
-    cg_iterations: int = Field(10, ge=1)
-    cg_damping: float = Field(1e-5, ge=0)
-    backtrack_ratio: float = Field(0.8, gt=0, lt=1)
-    max_backtracks: int = Field(15, ge=1)
-    fisher: Literal["exact", "post_adaptation"] = "exact"  # see rl.maml_trpo
-    fisher_subsample: int = Field(1, ge=1)  # Fisher-vector products on every k-th post-adaptation trajectory
+    max_kl: float = Field(0.01, gt=0, description="TRPO's KL limit per outer step")
+    cg_iterations: int = Field(10, ge=1, description="conjugate-gradient iterations of the TRPO step")
+    cg_damping: float = Field(1e-5, ge=0, description="damping added to the Fisher-vector products")
+    backtrack_ratio: float = Field(0.8, gt=0, lt=1, description="step shrink factor of TRPO's line search")
+    max_backtracks: int = Field(15, ge=1, description="line-search steps before TRPO gives up the step")
+    fisher: Literal["exact", "post_adaptation"] = Field(
+        "exact",
+        description="Fisher through the adaptation (exact) or without its Jacobian (post_adaptation, ~10x cheaper)",
+    )
+    fisher_subsample: int = Field(
+        1, ge=1, description="Fisher-vector products on every k-th post-adaptation trajectory"
+    )
     # the "pretrained on all tasks" baseline: TRPO on random tasks without adaptation (0 = none)
-    pretrained_iterations: int = Field(0, ge=0)
+    pretrained_iterations: int = Field(
+        0,
+        ge=0,
+        description="iterations of the 'pretrained' baseline: TRPO on random tasks without adaptation (0: none)",
+    )
     # evaluation on held-out tasks
-    eval_tasks: int = Field(40, ge=2)
-    eval_steps: int = Field(3, ge=0, le=20)
-    eval_lrs: list[float] = Field(default_factory=lambda: [0.1, 0.05], min_length=1)
-    baseline_lr_grid: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0], min_length=1)
-    eval_seed: int = Field(2017, ge=0)
+    eval_tasks: int = Field(40, ge=2, description="held-out tasks of the evaluation")
+    eval_steps: int = Field(3, ge=0, le=20, description="adaptation steps measured by the evaluation")
+    eval_lrs: list[float] = Field(
+        default_factory=lambda: [0.1, 0.05],
+        min_length=1,
+        description="step sizes of the evaluation's adaptation steps (the last repeats)",
+    )
+    baseline_lr_grid: list[float] = Field(
+        default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0],
+        min_length=1,
+        description="step sizes tried for the baselines on validation tasks",
+    )
+    eval_seed: int = Field(2017, ge=0, description="seed of the evaluation tasks")
     # sampling of gymnasium environments (half-cheetah): tasks per vectorised round, processes
-    tasks_per_round: int | None = Field(None, ge=1)  # None: all tasks of a batch at once
-    vector: Literal["sync", "async"] = "sync"
+    tasks_per_round: int | None = Field(
+        None,
+        ge=1,
+        description="half-cheetah: tasks per vectorised sampling round (unset: all tasks of a batch at once)",
+    )
+    vector: Literal["sync", "async"] = Field(
+        "sync",
+        description="half-cheetah: sync (one process) or async (one process per environment) vector environments",
+    )
     # bookkeeping
-    seed: int = Field(0, ge=0)
-    checkpoint_every: int = Field(10, ge=1)
-    keep_checkpoints: int = Field(3, ge=1)
+    seed: int = Field(0, ge=0, description="seed of the policy and the task sampler")
+    checkpoint_every: int = Field(10, ge=1, description="checkpoint every N iterations")
+    keep_checkpoints: int = Field(3, ge=1, description="periodic checkpoints kept (the newest)")
 
     @field_validator("hidden")
     @classmethod
@@ -106,7 +147,7 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
             raise ConfigError(
                 f"{name_or_path!r} is neither a file nor an RL preset; presets: {', '.join(preset_names())}"
             )
-    values = read_toml(path)
+    values = read_preset(path)  # its ``base`` chain resolved
     for text in overrides:
         key, value = parse_override(text)
         values[key] = value

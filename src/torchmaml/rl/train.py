@@ -48,6 +48,9 @@ def make_sampler(config: RLConfig) -> Sampler:
     """The sampler of ``config.env``: batched tensors for navigation, ``gymnasium.vector`` for half-cheetah."""
     if config.env == "navigation2d":
         return BatchedNavigationSampler(config.horizon or NAVIGATION_HORIZON)
+    from torchmaml.extras import require
+
+    require("mujoco", "mujoco")
     from torchmaml.rl.half_cheetah import HalfCheetahDirEnv, HalfCheetahVelEnv  # needs gymnasium[mujoco]
 
     env_class = HalfCheetahDirEnv if config.env == "half-cheetah-dir" else HalfCheetahVelEnv

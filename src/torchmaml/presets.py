@@ -1,0 +1,93 @@
+"""Presets: the TOML configurations shipped with torchmaml, for ``--config NAME`` and ``torchmaml presets``.
+
+A preset (or any config file) may start from another one with ``base = "NAME"`` (a preset name or a path,
+relative to the file): the base's keys are read first, then the file's own keys replace them. ``description``
+is a one-line summary shown by ``torchmaml presets``. Neither key reaches the validated configuration.
+Reading a preset never imports the meta-RL code (nor gymnasium).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torchmaml.errors import ConfigError
+
+SUPERVISED_DIR = Path(__file__).parent / "configs"
+RL_DIR = Path(__file__).parent / "rl" / "configs"
+METADATA = ("base", "description")
+
+
+def supervised_presets() -> list[str]:
+    """Names of the supervised presets (sinusoid, Omniglot)."""
+    return sorted(path.stem for path in SUPERVISED_DIR.glob("*.toml"))
+
+
+def rl_presets() -> list[str]:
+    """Names of the meta-RL presets (they need ``pip install "torchmaml[rl]"``)."""
+    return sorted(path.stem for path in RL_DIR.glob("*.toml"))
+
+
+def preset_path(name: str) -> Path | None:
+    """The file of the preset ``name`` (supervised or RL), or ``None``."""
+    for folder in (SUPERVISED_DIR, RL_DIR):
+        path = folder / f"{name}.toml"
+        if path.exists():
+            return path
+    return None
+
+
+def _locate(base: str, relative_to: Path) -> Path:
+    path = preset_path(base)
+    if path is not None:
+        return path
+    path = Path(base) if Path(base).is_absolute() else relative_to.parent / base
+    if not path.exists():
+        raise ConfigError(f"{relative_to}: base {base!r} is neither a preset nor a file; presets: {all_names()}")
+    return path
+
+
+def read_preset(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The keys of the config file ``path`` with its ``base`` chain resolved, metadata keys removed."""
+    from torchmaml.config import read_toml
+
+    path = Path(path)
+    if path.resolve() in _seen:
+        chain = " -> ".join(p.stem for p in (*_seen, path.resolve()))
+        raise ConfigError(f"{path}: presets inherit in a circle ({chain}); remove one of the base keys")
+    own = read_toml(path)
+    base = own.get("base")
+    values: dict[str, Any] = {}
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f'{path}: base must be a preset name or a file, e.g. base = "omniglot-20w1s"')
+        values = read_preset(_locate(base, path), (*_seen, path.resolve()))
+    values.update({key: value for key, value in own.items() if key not in METADATA})
+    return values
+
+
+def description(path: Path) -> str:
+    """The preset's one-line ``description`` (falls back to its first comment line)."""
+    from torchmaml.config import read_toml
+
+    text = read_toml(path).get("description")
+    if isinstance(text, str):
+        return text
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def all_names() -> str:
+    return ", ".join(supervised_presets() + rl_presets())
+
+
+def listing() -> str:
+    """``torchmaml presets``: every preset with its description, RL presets marked with their extra."""
+    rows = [(name, description(SUPERVISED_DIR / f"{name}.toml")) for name in supervised_presets()]
+    for name in rl_presets():
+        extra = "mujoco" if name.startswith("half-cheetah") else "rl"
+        rows.append((name, f'{description(RL_DIR / f"{name}.toml")} (needs "torchmaml[{extra}]")'))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name.ljust(width)}  {text}" for name, text in rows)
