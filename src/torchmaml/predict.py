@@ -8,10 +8,11 @@ the true class is written beside the prediction and the accuracy is printed). Im
 resized as in training (a run meta-trained on Omniglot also inverts them: strokes bright on dark).
 
 Each query image's prediction depends only on that image and the support set, never on which other images
-are in the query folder: the adapted model runs in ``eval()`` mode, one image at a time, so batch norm cannot
-mix statistics across query images. ``--transductive`` instead classifies all query images as one batch in
-``train()`` mode, normalising with the batch's statistics as MAML does in training and meta-testing: the
-predictions then depend on the whole query set.
+are in the query folder: the adapted model runs in ``eval()`` mode, where its batch norms normalise with the
+support set's statistics (``MetaLearner.adapt``), so no statistics are mixed across query images.
+``--transductive`` instead classifies all query images as one batch in ``train()`` mode, normalising with the
+batch's statistics as MAML does in training and meta-testing: the predictions then depend on the whole query
+set.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def adapt_and_predict(
 ) -> tuple[list[Prediction], Path]:
     """Adapt the run's model on ``support``, classify ``query``, write the CSV; return the rows and its path.
 
-    By default each query image is classified on its own (``fast.eval()``, one image per forward pass);
+    By default each query image is classified on its own (``fast.eval()``: the support set's statistics);
     ``transductive=True`` classifies the query set as one batch with its batch statistics (``fast.train()``).
     """
     run = RunDir(Path(root))
@@ -77,12 +78,8 @@ def adapt_and_predict(
     query_x = convert(torch.stack([_read(path, mode, config.image_size) for path in files]))
     fast = learner.adapt(support_x, support_y.to(config.device), steps=steps or max(config.eval_steps))
     with torch.no_grad():
-        if transductive:
-            fast.train()
-            logits = fast(query_x)
-        else:
-            fast.eval()
-            logits = torch.cat([fast(image.unsqueeze(0)) for image in query_x])
+        fast.train(transductive)
+        logits = fast(query_x)
         probabilities = torch.softmax(logits, dim=-1).cpu()
     confidence, predicted = probabilities.max(dim=-1)
     rows = [
