@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from torchmaml.checkpoint import atomic_write_bytes, load_checkpoint
+from torchmaml.checkpoint import atomic_write_bytes, load_checkpoint, load_module_state
 from torchmaml.config import TrainConfig
 from torchmaml.evaluate import AdaptationResult, evaluate_adaptation, format_table, tune_fine_tuning_lr
 from torchmaml.experiment import MAML, PRETRAINED, build_learner, evaluation_batches, is_classification, metric_of
 from torchmaml.learner import MetaLearner
 from torchmaml.plots import plot_sinusoid_fits
+from torchmaml.run.files import WriteError
 from torchmaml.rundir import RunDir
 
 SCHEMA_VERSION = 2
@@ -21,7 +22,7 @@ def load_learner(run: RunDir, config: TrainConfig, kind: str) -> tuple[MetaLearn
     one, else the final one. Returns the learner and the checkpoint it came from."""
     path = run.best_checkpoint(kind) if run.best_checkpoint(kind).exists() else run.checkpoint(kind)
     learner = build_learner(config, kind)
-    learner.load_state_dict(load_checkpoint(path)["learner"])
+    load_module_state(learner, load_checkpoint(path).get("learner"), path)
     return learner, path
 
 
@@ -64,7 +65,10 @@ def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
     }
     if is_classification(config):
         report.update({"ways": config.ways, "shots": config.shots, "split": config.split})
-    atomic_write_bytes(run.evaluation, (json.dumps(report, indent=2) + "\n").encode())
-    if not is_classification(config):
-        plot_sinusoid_fits(learners, run.fits, support_size=min(config.eval_support_sizes))
+    try:
+        atomic_write_bytes(run.evaluation, (json.dumps(report, indent=2) + "\n").encode())
+        if not is_classification(config):
+            plot_sinusoid_fits(learners, run.fits, support_size=min(config.eval_support_sizes))
+    except WriteError as error:  # a read-only run folder: the table is still worth printing
+        report["not_written"] = str(error)
     return report

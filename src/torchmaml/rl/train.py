@@ -14,7 +14,10 @@ tasks: the paper's "pretrained" baseline). ``train(..., resume=True)`` continues
 its newest valid checkpoint with the folder's own configuration; everything a run draws comes from one
 ``torch.Generator`` per phase, so a resumed run repeats the uninterrupted one. On an error or
 ``KeyboardInterrupt`` the sampler's worker processes (if any) are shut down before the exception propagates;
-the last periodic checkpoint is kept.
+the last periodic checkpoint is kept. The run-folder runtime is the supervised trainer's (``torchmaml.run``):
+no symbolic link followed, a torn metrics line dropped on resume, SIGINT/SIGTERM finish the iteration and
+write a stop checkpoint (``Interrupted``), a checkpoint of another configuration refused, an existing run
+replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
@@ -28,17 +31,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from torchmaml.checkpoint import CheckpointStore, atomic_write_bytes, save_checkpoint
+from torchmaml.checkpoint import CheckpointStore, check_config_digest, config_digest, save_checkpoint
 from torchmaml.config import read_toml, to_toml
 from torchmaml.errors import ConfigError
 from torchmaml.functional import FunctionalModel, Params
 from torchmaml.rl.config import RLConfig, build_config
 from torchmaml.rl.maml_trpo import meta_update, sample_phases
 from torchmaml.rl.navigation import HORIZON as NAVIGATION_HORIZON
-from torchmaml.rl.plots import plot_learning_curve, read_metrics
+from torchmaml.rl.plots import plot_learning_curve
 from torchmaml.rl.policy import GaussianMLPPolicy, check_policy
 from torchmaml.rl.sampler import BatchedNavigationSampler, Sampler, VectorEnvSampler
 from torchmaml.rng import capture_rng, restore_rng
+from torchmaml.run.files import remove_temporaries, write_atomic
+from torchmaml.run.folder import check_new_run_folder, replace_run
+from torchmaml.run.metrics_log import open_metrics, read_records, truncate_metrics
+from torchmaml.run.signals import Interrupted, StopFlag, stop_requests
 from torchmaml.runlock import exclusive_run
 
 MAML, PRETRAINED = "maml", "pretrained"
@@ -81,24 +88,32 @@ def train(
     progress: bool = True,
     resume: bool = False,
     policy: nn.Module | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Meta-train (then the pretrained baseline, if configured) into ``out_dir``; returns the folder.
 
     ``policy``: any ``nn.Module`` mapping observations to ``(mean, log_std)`` of a Gaussian (see ``rl.policy``)
     to meta-train instead of the configured MLP; its parameters are the starting point. Pass the same module
-    to ``evaluate``.
+    to ``evaluate``. A new run refuses a folder that holds a run unless ``overwrite`` (which deletes it).
     """
     out = Path(out_dir)
     if resume:
         config = load_run_config(out)
-    with exclusive_run(out):
-        if not resume:
-            atomic_write_bytes(out / "config.toml", to_toml(config).encode())
-        _train_phases(config, out, progress, resume, policy)
+    elif check_new_run_folder(out, overwrite):
+        replace_run(out)
+    with exclusive_run(out), stop_requests() as stop:
+        if resume:
+            for folder in (out, out / "checkpoints"):
+                remove_temporaries(folder)
+        else:
+            write_atomic(out / "config.toml", to_toml(config).encode())
+        _train_phases(config, out, progress, resume, policy, stop)
     return out
 
 
-def _train_phases(config: RLConfig, out: Path, progress: bool, resume: bool, policy: nn.Module | None) -> None:
+def _train_phases(
+    config: RLConfig, out: Path, progress: bool, resume: bool, policy: nn.Module | None, stop: StopFlag
+) -> None:
     phases = [(MAML, config.iterations, [config.inner_lr] * config.inner_steps)]
     if config.pretrained_iterations:
         phases.append((PRETRAINED, config.pretrained_iterations, []))
@@ -108,27 +123,30 @@ def _train_phases(config: RLConfig, out: Path, progress: bool, resume: bool, pol
                 continue
             module = policy if policy is not None else build_policy(config, sampler.observation_dim, sampler.action_dim)
             check_policy(module, sampler.observation_dim, sampler.action_dim)
-            _train_phase(config, sampler, FunctionalModel(module), kind, iterations, lrs, out, progress, resume)
-    plot_learning_curve({kind: read_metrics(out / f"metrics-{kind}.jsonl") for kind, *_ in phases}, out)
+            phase = (kind, iterations, lrs)
+            _train_phase(config, sampler, FunctionalModel(module), phase, out, progress, resume, stop)
+    plot_learning_curve({kind: read_records(out / f"metrics-{kind}.jsonl") for kind, *_ in phases}, out)
 
 
 def _train_phase(
     config: RLConfig,
     sampler: Sampler,
     policy: FunctionalModel,
-    kind: str,
-    iterations: int,
-    lrs: list[float],
+    phase: tuple[str, int, list[float]],
     out: Path,
     progress: bool,
     resume: bool,
+    stop: StopFlag,
 ) -> None:
+    kind, iterations, lrs = phase
+    digest = config_digest(config.model_dump())
     params: Params = policy.parameters()
     generator = torch.Generator().manual_seed(2 * config.seed + (kind == PRETRAINED))
     store = CheckpointStore(out / "checkpoints", kind, config.keep_checkpoints)
     iteration, seconds, cpu_seconds, env_steps = 0, 0.0, 0.0, 0
     if resume and (found := store.newest_valid(warn=_warn)) is not None:
         payload = found[1]
+        check_config_digest(payload, digest, found[0])
         iteration, seconds, env_steps = payload["iteration"], payload["seconds"], payload["env_steps"]
         cpu_seconds = payload["cpu_seconds"]
         params = payload["policy"]
@@ -147,12 +165,13 @@ def _train_phase(
             "generator": generator.get_state(),
             "rng": capture_rng(),
             "config": config.model_dump(),
+            "config_digest": digest,
         }
 
     metrics_path = out / f"metrics-{kind}.jsonl"
-    _truncate_metrics(metrics_path, iteration)
+    truncate_metrics(metrics_path, iteration)
     bar = tqdm(total=iterations, initial=iteration, desc=f"train {kind}", disable=not progress, dynamic_ncols=True)
-    with open(metrics_path, "a") as log, bar:
+    with open_metrics(metrics_path) as log, bar:
         while iteration < iterations:
             started, cpu_started = time.perf_counter(), time.process_time()
             tasks = sampler.sample_tasks(config.meta_batch_size, generator)
@@ -172,23 +191,15 @@ def _train_phase(
             log.write(json.dumps(record) + "\n")
             bar.update(1)
             bar.set_postfix(before=f"{metrics['return_before']:.1f}", after=f"{metrics['return_after']:.1f}")
-            if iteration % config.checkpoint_every == 0:
+            if iteration % config.checkpoint_every == 0 or stop.signal_number is not None:
                 log.flush()
-                store.save(iteration, payload())
+                saved = store.save(iteration, payload())
+                if stop.signal_number is not None:
+                    raise Interrupted(stop.signal_number, saved)
             if config.time_limit_minutes is not None and seconds >= 60 * config.time_limit_minutes:
                 print(f"{kind}: time limit of {config.time_limit_minutes} minutes reached at iteration {iteration}")
                 break
     save_checkpoint(out / f"checkpoint-{kind}.pt", payload())
-
-
-def _truncate_metrics(path: Path, iteration: int) -> None:
-    """Drop metric lines past ``iteration`` (written after the checkpoint a run resumes from)."""
-    if not path.exists():
-        return
-    keep = [
-        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["iteration"] <= iteration
-    ]
-    atomic_write_bytes(path, "".join(f"{line}\n" for line in keep).encode())
 
 
 def _warn(message: str) -> None:
