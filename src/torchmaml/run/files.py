@@ -46,8 +46,9 @@ def describe(mode: int) -> str:
         (stat.S_ISCHR, "a character device"),
         (stat.S_ISBLK, "a block device"),
         (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISREG, "a regular file"),
     ]
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
+    return next((name for test, name in kinds if test(mode)), "a file of unknown kind")
 
 
 def check_destination(path: Path, devices: bool = False) -> bool:
@@ -139,16 +140,19 @@ def read_regular(path: Path, limit: int) -> bytes:
         mode = _lstat_mode(path)
         kind = describe(mode) if mode is not None else (error.strerror or str(error))
         raise UnsafePathError(f"cannot read {path}: it is {kind}; torchmaml reads regular files only") from None
-    with os.fdopen(handle, "rb") as stream:
-        mode, size = os.fstat(handle).st_mode, os.fstat(handle).st_size
-        if not stat.S_ISREG(mode):
-            raise UnsafePathError(f"cannot read {path}: it is {describe(mode)}; torchmaml reads regular files only")
-        if size > limit:
-            raise UnsafePathError(f"cannot read {path}: {size} bytes is more than the limit of {limit} bytes")
-        try:
+    try:
+        status = os.fstat(handle)
+        if not stat.S_ISREG(status.st_mode):
+            kind = describe(status.st_mode)
+            raise UnsafePathError(f"cannot read {path}: it is {kind}; torchmaml reads regular files only")
+        if status.st_size > limit:
+            raise UnsafePathError(f"cannot read {path}: {status.st_size} bytes is more than the limit of {limit} bytes")
+        with os.fdopen(os.dup(handle), "rb") as stream:
             return stream.read(limit + 1)[:limit]
-        except OSError as error:
-            raise UnsafePathError(f"cannot read {path}: {error.strerror or error}") from None
+    except OSError as error:
+        raise UnsafePathError(f"cannot read {path}: {error.strerror or error}") from None
+    finally:
+        os.close(handle)
 
 
 def _lstat_mode(path: Path) -> int | None:
