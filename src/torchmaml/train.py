@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
@@ -165,6 +166,23 @@ def _allocation_errors() -> Iterator[None]:
         raise ConfigError(_no_memory(error)) from None
 
 
+@contextmanager
+def _writer_thread_errors_to_main() -> Iterator[None]:
+    """Keep TensorBoard's writing thread from printing a traceback for an ``OSError`` (disk full): the thread
+    hands the error to the main thread at its next call, which reports it in one line."""
+    previous = threading.excepthook
+
+    def hook(arguments: threading.ExceptHookArgs) -> None:
+        if not issubclass(arguments.exc_type, OSError):
+            previous(arguments)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
 def _no_memory(error: BaseException) -> str:
     return (
         f"this configuration needs more memory than there is ({first_line(error)[:120]}); lower hidden, filters, "
@@ -265,8 +283,9 @@ class PhaseTrainer:
             log_dir=str(ensure_folder(self.run_dir.tensorboard(self.kind))), purge_step=self.iteration + 1
         )
         try:
-            with _allocation_errors():
+            with _allocation_errors(), _writer_thread_errors_to_main():
                 self._loop(stop, store, writer)
+                writer.close()  # TensorBoard's writing thread reports its errors here
         except OSError as error:  # disk full, file size limit (ulimit -f), ...
             kept = (
                 f"the newest checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else "no checkpoint"
@@ -276,7 +295,8 @@ class PhaseTrainer:
                 f"{self.iteration}; {kept}: free space, then continue with `torchmaml train --resume`"
             ) from None
         finally:
-            writer.close()
+            with suppress(OSError):  # already reported
+                writer.close()
         save_checkpoint(self.run_dir.checkpoint(self.kind), self.state_dict())
 
     def _newest_state(self, store: CheckpointStore) -> tuple[Path, dict] | None:

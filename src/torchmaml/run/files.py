@@ -163,7 +163,7 @@ def _lstat_mode(path: Path) -> int | None:
 
 
 def open_append(path: Path) -> TextIO:
-    """``path`` opened for appending text; created if missing, refused if it is a link or not a regular file."""
+    """``path`` opened for appending lines; created if missing, refused if it is a link or not a regular file."""
     try:
         handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW | NONBLOCK | CLOEXEC, 0o644)
     except OSError as error:
@@ -175,7 +175,7 @@ def open_append(path: Path) -> TextIO:
     if not stat.S_ISREG(mode):
         os.close(handle)
         raise UnsafePathError(f"{path} is {describe(mode)}, not a regular file: remove it")
-    return os.fdopen(handle, "a")
+    return os.fdopen(handle, "a", buffering=1)  # line-buffered: a line on disk per iteration
 
 
 def ensure_folder(path: Path) -> Path:
