@@ -63,9 +63,10 @@ from torchmaml.experiment import (
 from torchmaml.learner import MetaLearner
 from torchmaml.plots import plot_learning_curve
 from torchmaml.rng import capture_rng, restore_rng
-from torchmaml.run.files import WriteError, ensure_folder, remove_temporaries, write_atomic
+from torchmaml.run.files import WriteError, ensure_folder, write_atomic
 from torchmaml.run.folder import check_new_run_folder, replace_run
 from torchmaml.run.metrics_log import open_metrics, read_records, truncate_metrics
+from torchmaml.run.resume import phase_finished, remove_stale_temporaries
 from torchmaml.run.signals import Interrupted, StopFlag, stop_requests
 from torchmaml.rundir import RunDir
 from torchmaml.runlock import exclusive_run
@@ -98,7 +99,7 @@ def train_run(
             with exclusive_run(run.root):
                 _prepare_resume(run, config)
                 for kind, iterations in phases:
-                    if not _finished(run, kind, iterations, digest):
+                    if not phase_finished(run.checkpoint(kind), iterations, digest, warn=_warn):
                         build_phase(config, kind, iterations, run, progress).run(stop, resume=True)
                 _plot(run, phases)
             return run
@@ -116,32 +117,13 @@ def train_run(
 
 def _prepare_resume(run: RunDir, config: TrainConfig) -> None:
     """Remove temporaries of killed writes; save ``config`` if it extends the run (more iterations)."""
-    for folder in (run.root, run.root / "checkpoints"):
-        for path in remove_temporaries(folder):
-            print(f"removed {path}, the temporary file of an interrupted write", flush=True)
+    remove_stale_temporaries(run.root, report=lambda message: print(message, flush=True))
     saved = run.load_config()
     if config == saved:
         return
     if config_digest(config.model_dump()) != config_digest(saved.model_dump()):
         raise ConfigError(f"--resume continues {run.root} with its own config; only iterations can be raised")
     write_atomic(run.config, to_toml(config).encode())
-
-
-def _finished(run: RunDir, kind: str, iterations: int, digest: str) -> bool:
-    """Whether ``kind`` has a good final checkpoint for ``iterations``; a corrupt one is set aside and reported."""
-    path = run.checkpoint(kind)
-    if not os.path.lexists(path):
-        return False
-    try:
-        payload = load_checkpoint(path)
-    except CheckpointError as error:
-        aside = path.with_name(f"{path.name}.corrupt")
-        os.replace(path, aside)
-        _warn(f"{error}; set it aside as {aside.name}, {kind} continues from its newest good periodic checkpoint")
-        return False
-    check_config_digest(payload, digest, path)
-    target = payload.get("target", payload.get("iteration"))
-    return isinstance(target, int) and target >= iterations
 
 
 def _plot(run: RunDir, phases: list[tuple[str, int]]) -> None:
@@ -304,7 +286,7 @@ class PhaseTrainer:
         found = store.newest_valid(warn=_warn)
         final = self.run_dir.checkpoint(self.kind)
         if os.path.lexists(final):
-            payload = load_checkpoint(final)  # checked by _finished before this phase was started
+            payload = load_checkpoint(final)  # checked by phase_finished before this phase was started
             if found is None or payload.get("iteration", 0) > found[1].get("iteration", 0):
                 return final, payload
         return found

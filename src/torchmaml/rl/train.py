@@ -42,9 +42,10 @@ from torchmaml.rl.plots import plot_learning_curve
 from torchmaml.rl.policy import GaussianMLPPolicy, check_policy
 from torchmaml.rl.sampler import BatchedNavigationSampler, Sampler, VectorEnvSampler
 from torchmaml.rng import capture_rng, restore_rng
-from torchmaml.run.files import remove_temporaries, write_atomic
+from torchmaml.run.files import write_atomic
 from torchmaml.run.folder import check_new_run_folder, replace_run
 from torchmaml.run.metrics_log import open_metrics, read_records, truncate_metrics
+from torchmaml.run.resume import phase_finished, remove_stale_temporaries
 from torchmaml.run.signals import Interrupted, StopFlag, stop_requests
 from torchmaml.runlock import exclusive_run
 
@@ -103,8 +104,7 @@ def train(
         replace_run(out)
     with exclusive_run(out), stop_requests() as stop:
         if resume:
-            for folder in (out, out / "checkpoints"):
-                remove_temporaries(folder)
+            remove_stale_temporaries(out, report=_warn)
         else:
             write_atomic(out / "config.toml", to_toml(config).encode())
         _train_phases(config, out, progress, resume, policy, stop)
@@ -114,12 +114,13 @@ def train(
 def _train_phases(
     config: RLConfig, out: Path, progress: bool, resume: bool, policy: nn.Module | None, stop: StopFlag
 ) -> None:
+    digest = config_digest(config.model_dump())
     phases = [(MAML, config.iterations, [config.inner_lr] * config.inner_steps)]
     if config.pretrained_iterations:
         phases.append((PRETRAINED, config.pretrained_iterations, []))
     with make_sampler(config) as sampler:
         for kind, iterations, lrs in phases:
-            if resume and (out / f"checkpoint-{kind}.pt").exists():
+            if resume and phase_finished(out / f"checkpoint-{kind}.pt", iterations, digest, warn=_warn):
                 continue
             module = policy if policy is not None else build_policy(config, sampler.observation_dim, sampler.action_dim)
             check_policy(module, sampler.observation_dim, sampler.action_dim)
@@ -166,6 +167,7 @@ def _train_phase(
             "rng": capture_rng(),
             "config": config.model_dump(),
             "config_digest": digest,
+            "target": iterations,
         }
 
     metrics_path = out / f"metrics-{kind}.jsonl"
