@@ -130,6 +130,17 @@ def test_out_a_fifo_is_refused_and_a_character_device_is_written_through(tmp_pat
         write_atomic(dev_null, b"x")  # inside a run folder devices are refused too
 
 
+def test_adapt_out_writes_through_dev_null_and_refuses_a_fifo(tmp_path):
+    from torchmaml.predict import Prediction, _write_csv
+
+    rows = [Prediction("a.png", "class1", 0.9, None)]
+    _write_csv(Path("/dev/null"), rows)
+    assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(UnsafePathError, match="is a FIFO"):
+        _write_csv(tmp_path / "fifo", rows)
+
+
 # -- item 3: training over an existing run ------------------------------------------------------------------
 
 
