@@ -486,3 +486,18 @@ def test_the_checkpoint_records_the_compile_call_count_and_config_digest(finishe
     assert payload["compile_calls"] == 6 and len(payload["config_digest"]) == 64
     store = CheckpointStore(finished_run / "checkpoints", "maml", 2)
     assert [load_checkpoint(p)["compile_calls"] for p in store.paths()] == [4, 6]
+
+
+def test_a_finished_rl_run_can_be_extended_and_other_keys_are_refused(capsys, tmp_path):
+    from torchmaml.rl.train import extended_config
+
+    run = tmp_path / "run"
+    rl_tiny = ["iterations=2", "meta_batch_size=2", "trajectories=2", "horizon=10", "hidden=[8]"]
+    rl_tiny.append("pretrained_iterations=0")
+    tiny = [x for item in rl_tiny for x in ("--set", item)]
+    assert torchmaml(capsys, "train", "--config", "navigation2d", *tiny, "--no-progress", "--out", run)[0] == 0
+    code, _, err = torchmaml(capsys, "train", "--resume", run, "--set", "iterations=3", "--no-progress")
+    assert code == 0, err
+    assert "resumed maml at iteration 2 from" in err and load_checkpoint(run / "checkpoint-maml.pt")["iteration"] == 3
+    assert extended_config(run, []).iterations == 3
+    assert_one_line_error(torchmaml(capsys, "train", "--resume", run, "--set", "inner_lr=0.5"), "can raise iterations")

@@ -91,10 +91,11 @@ def _train_rl(args: argparse.Namespace) -> int:
     from torchmaml import rl
 
     if args.resume is not None:
-        if args.overrides or args.out or args.overwrite:
-            raise TorchMAMLError("--resume continues a run with its own config: drop --set, --out and --overwrite")
-        out = args.resume
-        config, resume = None, True
+        if args.out or args.overwrite:
+            raise TorchMAMLError("--resume continues a run in its own folder: drop --out and --overwrite")
+        from torchmaml.rl.train import extended_config
+
+        out, config, resume = args.resume, extended_config(args.resume, args.overrides), True
     else:
         config = rl.load_config(args.config, args.overrides)
         out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchmaml.checkpoint import CheckpointStore
-from torchmaml.config import TrainConfig, build_config, parse_override, read_toml
+from torchmaml.config import TrainConfig, build_config, read_toml
 from torchmaml.errors import ConfigError
 
 EXTENSIBLE_KEYS = ("iterations", "baseline_iterations")
@@ -60,19 +60,12 @@ class RunDir:
 
 def resume_config(root: Path, overrides: list[str]) -> TrainConfig:
     """The run's saved configuration with ``--set`` overrides of ``EXTENSIBLE_KEYS`` only (extending a run)."""
+    from torchmaml.run.resume import extended
+
     config = RunDir(Path(root)).load_config()
-    values = config.model_dump()
-    for text in overrides:
-        key, value = parse_override(text)
-        if key not in EXTENSIBLE_KEYS:
-            raise ConfigError(
-                f"--resume continues a run with its own config: --set can raise {' or '.join(EXTENSIBLE_KEYS)} "
-                f"(to extend the run), not {key}"
-            )
-        if config.outer_lr_schedule == "cosine":
-            raise ConfigError(
-                f"--set {key}: a run with outer_lr_schedule cosine cannot be extended (its schedule "
-                "was fitted to its iterations); train a new run"
-            )
-        values[key] = value
-    return build_config(values)
+    if overrides and config.outer_lr_schedule == "cosine":
+        raise ConfigError(
+            "--set: a run with outer_lr_schedule cosine cannot be extended (its schedule was fitted to its "
+            "iterations); train a new run"
+        )
+    return build_config(extended(config.model_dump(), overrides, EXTENSIBLE_KEYS))

@@ -23,7 +23,6 @@ SIGINT/SIGTERM finish the current iteration, write a checkpoint and raise ``Inte
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -40,7 +39,6 @@ from torchmaml.checkpoint import (
     CheckpointStore,
     check_config_digest,
     config_digest,
-    load_checkpoint,
     load_module_state,
     save_checkpoint,
 )
@@ -66,7 +64,7 @@ from torchmaml.rng import capture_rng, restore_rng
 from torchmaml.run.files import WriteError, ensure_folder, write_atomic
 from torchmaml.run.folder import check_new_run_folder, replace_run
 from torchmaml.run.metrics_log import open_metrics, read_records, truncate_metrics
-from torchmaml.run.resume import phase_finished, remove_stale_temporaries
+from torchmaml.run.resume import newest_state, phase_finished, remove_stale_temporaries
 from torchmaml.run.signals import Interrupted, StopFlag, stop_requests
 from torchmaml.rundir import RunDir
 from torchmaml.runlock import exclusive_run
@@ -254,7 +252,7 @@ class PhaseTrainer:
         """Train from the start (or the newest valid checkpoint) to ``iterations``; write the final checkpoint."""
         store = self.run_dir.checkpoints(self.kind, self.config.keep_checkpoints)
         if resume:
-            found = self._newest_state(store)
+            found = newest_state(store, self.run_dir.checkpoint(self.kind), warn=_warn)
             if found is not None:
                 self.load_state_dict(found[1], found[0])
                 self.last_checkpoint = found[0]
@@ -280,16 +278,6 @@ class PhaseTrainer:
             with suppress(OSError):  # already reported
                 writer.close()
         save_checkpoint(self.run_dir.checkpoint(self.kind), self.state_dict())
-
-    def _newest_state(self, store: CheckpointStore) -> tuple[Path, dict] | None:
-        """The newest valid periodic checkpoint, or the final one if it is newer (a finished phase extended)."""
-        found = store.newest_valid(warn=_warn)
-        final = self.run_dir.checkpoint(self.kind)
-        if os.path.lexists(final):
-            payload = load_checkpoint(final)  # checked by phase_finished before this phase was started
-            if found is None or payload.get("iteration", 0) > found[1].get("iteration", 0):
-                return final, payload
-        return found
 
     def _loop(self, stop: StopFlag, store: CheckpointStore, writer: SummaryWriter) -> None:
         config = self.config

@@ -45,11 +45,12 @@ from torchmaml.rng import capture_rng, restore_rng
 from torchmaml.run.files import write_atomic
 from torchmaml.run.folder import check_new_run_folder, replace_run
 from torchmaml.run.metrics_log import open_metrics, read_records, truncate_metrics
-from torchmaml.run.resume import phase_finished, remove_stale_temporaries
+from torchmaml.run.resume import extended, newest_state, phase_finished, remove_stale_temporaries
 from torchmaml.run.signals import Interrupted, StopFlag, stop_requests
 from torchmaml.runlock import exclusive_run
 
 MAML, PRETRAINED = "maml", "pretrained"
+EXTENSIBLE_KEYS = ("iterations", "pretrained_iterations")
 
 
 def make_sampler(config: RLConfig) -> Sampler:
@@ -83,8 +84,13 @@ def load_run_config(out_dir: str | Path) -> RLConfig:
     return build_config(read_toml(path))
 
 
+def extended_config(out_dir: str | Path, overrides: list[str]) -> RLConfig:
+    """The run's saved configuration with ``--set`` overrides of ``EXTENSIBLE_KEYS`` only (extending a run)."""
+    return build_config(extended(load_run_config(out_dir).model_dump(), overrides, EXTENSIBLE_KEYS))
+
+
 def train(
-    config: RLConfig,
+    config: RLConfig | None,
     out_dir: str | Path,
     progress: bool = True,
     resume: bool = False,
@@ -96,15 +102,24 @@ def train(
     ``policy``: any ``nn.Module`` mapping observations to ``(mean, log_std)`` of a Gaussian (see ``rl.policy``)
     to meta-train instead of the configured MLP; its parameters are the starting point. Pass the same module
     to ``evaluate``. A new run refuses a folder that holds a run unless ``overwrite`` (which deletes it).
+    ``resume=True`` continues the run with its saved configuration, or with ``config`` if that raises its
+    ``EXTENSIBLE_KEYS`` only (:func:`extended_config`).
     """
     out = Path(out_dir)
     if resume:
-        config = load_run_config(out)
+        saved = load_run_config(out)
+        config = saved if config is None else config
+        if config_digest(config.model_dump()) != config_digest(saved.model_dump()):
+            raise ConfigError(
+                f"--resume continues {out} with its own config; only {' and '.join(EXTENSIBLE_KEYS)} can be raised"
+            )
     elif check_new_run_folder(out, overwrite):
         replace_run(out)
     with exclusive_run(out), stop_requests() as stop:
         if resume:
             remove_stale_temporaries(out, report=_warn)
+            if config != saved:
+                write_atomic(out / "config.toml", to_toml(config).encode())
         else:
             write_atomic(out / "config.toml", to_toml(config).encode())
         _train_phases(config, out, progress, resume, policy, stop)
@@ -145,7 +160,7 @@ def _train_phase(
     generator = torch.Generator().manual_seed(2 * config.seed + (kind == PRETRAINED))
     store = CheckpointStore(out / "checkpoints", kind, config.keep_checkpoints)
     iteration, seconds, cpu_seconds, env_steps = 0, 0.0, 0.0, 0
-    if resume and (found := store.newest_valid(warn=_warn)) is not None:
+    if resume and (found := newest_state(store, out / f"checkpoint-{kind}.pt", warn=_warn)) is not None:
         payload = found[1]
         check_config_digest(payload, digest, found[0])
         iteration, seconds, env_steps = payload["iteration"], payload["seconds"], payload["env_steps"]

@@ -1,4 +1,5 @@
-"""What a resume finds in a run folder: temporaries of killed writes, and whether a phase is finished.
+"""What a resume finds in a run folder: temporaries of killed writes, whether a phase is finished, the
+checkpoint to continue from; and the ``--set`` overrides a resume accepts (those that extend the run).
 
 A phase is finished when its final checkpoint ``checkpoint-<phase>.pt`` loads, comes from a run of the same
 configuration and was written for at least the iterations now asked for (more iterations extend the run). A
@@ -11,8 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from torchmaml.checkpoint import CheckpointError, check_config_digest, load_checkpoint
+from torchmaml.checkpoint import CheckpointError, CheckpointStore, check_config_digest, load_checkpoint
+from torchmaml.config import parse_override
+from torchmaml.errors import ConfigError
 from torchmaml.run.files import remove_temporaries
 
 
@@ -37,3 +41,30 @@ def phase_finished(final: Path, iterations: int, digest: str, warn: Callable[[st
     check_config_digest(payload, digest, final)
     target = payload.get("target", payload.get("iteration"))
     return isinstance(target, int) and target >= iterations
+
+
+def newest_state(
+    store: CheckpointStore, final: Path, warn: Callable[[str], None]
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest valid periodic checkpoint, or the final one if it is newer (a finished phase extended;
+    :func:`phase_finished` has checked the final checkpoint before)."""
+    found = store.newest_valid(warn=warn)
+    if os.path.lexists(final):
+        payload = load_checkpoint(final)
+        if found is None or payload.get("iteration", 0) > found[1].get("iteration", 0):
+            return final, payload
+    return found
+
+
+def extended(values: dict[str, Any], overrides: list[str], keys: tuple[str, ...]) -> dict[str, Any]:
+    """``values`` (a run's saved configuration) with ``--set`` overrides of ``keys`` only; others refused."""
+    values = dict(values)
+    for text in overrides:
+        key, value = parse_override(text)
+        if key not in keys:
+            raise ConfigError(
+                f"--resume continues a run with its own config: --set can raise {' or '.join(keys)} "
+                f"(to extend the run), not {key}"
+            )
+        values[key] = value
+    return values
