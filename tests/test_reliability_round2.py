@@ -501,3 +501,15 @@ def test_a_finished_rl_run_can_be_extended_and_other_keys_are_refused(capsys, tm
     assert "resumed maml at iteration 2 from" in err and load_checkpoint(run / "checkpoint-maml.pt")["iteration"] == 3
     assert extended_config(run, []).iterations == 3
     assert_one_line_error(torchmaml(capsys, "train", "--resume", run, "--set", "inner_lr=0.5"), "can raise iterations")
+
+
+def test_an_rl_run_that_fails_validation_writes_nothing(tmp_path):
+    from torch import nn
+
+    from torchmaml.errors import ModelError
+    from torchmaml.rl import load_config as rl_config
+    from torchmaml.rl import train as rl_train
+
+    with pytest.raises(ModelError, match="mean, log_std"):
+        rl_train(rl_config("navigation2d", ["iterations=1"]), tmp_path / "run", progress=False, policy=nn.Linear(2, 2))
+    assert not (tmp_path / "run").exists()

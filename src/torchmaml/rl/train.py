@@ -113,34 +113,42 @@ def train(
             raise ConfigError(
                 f"--resume continues {out} with its own config; only {' and '.join(EXTENSIBLE_KEYS)} can be raised"
             )
-    elif check_new_run_folder(out, overwrite):
-        replace_run(out)
-    with exclusive_run(out), stop_requests() as stop:
-        if resume:
-            remove_stale_temporaries(out, report=_warn)
-            if config != saved:
+    with make_sampler(config) as sampler:  # the environment and a given policy are checked before any write
+        if policy is not None:
+            check_policy(policy, sampler.observation_dim, sampler.action_dim)
+        if not resume and check_new_run_folder(out, overwrite):
+            replace_run(out)
+        with exclusive_run(out), stop_requests() as stop:
+            if resume:
+                remove_stale_temporaries(out, report=_warn)
+                if config != saved:
+                    write_atomic(out / "config.toml", to_toml(config).encode())
+            else:
                 write_atomic(out / "config.toml", to_toml(config).encode())
-        else:
-            write_atomic(out / "config.toml", to_toml(config).encode())
-        _train_phases(config, out, progress, resume, policy, stop)
+            _train_phases(config, sampler, out, progress, resume, policy, stop)
     return out
 
 
 def _train_phases(
-    config: RLConfig, out: Path, progress: bool, resume: bool, policy: nn.Module | None, stop: StopFlag
+    config: RLConfig,
+    sampler: Sampler,
+    out: Path,
+    progress: bool,
+    resume: bool,
+    policy: nn.Module | None,
+    stop: StopFlag,
 ) -> None:
     digest = config_digest(config.model_dump())
     phases = [(MAML, config.iterations, [config.inner_lr] * config.inner_steps)]
     if config.pretrained_iterations:
         phases.append((PRETRAINED, config.pretrained_iterations, []))
-    with make_sampler(config) as sampler:
-        for kind, iterations, lrs in phases:
-            if resume and phase_finished(out / f"checkpoint-{kind}.pt", iterations, digest, warn=_warn):
-                continue
-            module = policy if policy is not None else build_policy(config, sampler.observation_dim, sampler.action_dim)
-            check_policy(module, sampler.observation_dim, sampler.action_dim)
-            phase = (kind, iterations, lrs)
-            _train_phase(config, sampler, FunctionalModel(module), phase, out, progress, resume, stop)
+    for kind, iterations, lrs in phases:
+        if resume and phase_finished(out / f"checkpoint-{kind}.pt", iterations, digest, warn=_warn):
+            continue
+        module = policy if policy is not None else build_policy(config, sampler.observation_dim, sampler.action_dim)
+        check_policy(module, sampler.observation_dim, sampler.action_dim)
+        phase = (kind, iterations, lrs)
+        _train_phase(config, sampler, FunctionalModel(module), phase, out, progress, resume, stop)
     plot_learning_curve({kind: read_records(out / f"metrics-{kind}.jsonl") for kind, *_ in phases}, out)
 
 
