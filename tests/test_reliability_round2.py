@@ -163,6 +163,13 @@ def test_overwrite_replaces_the_whole_run(capsys, tmp_path):
     assert torchmaml(capsys, "evaluate", run)[0] == 0
 
 
+def test_a_run_folder_that_is_a_link_the_user_made_is_fine(capsys, tmp_path):
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "run").symlink_to(tmp_path / "scratch", target_is_directory=True)
+    assert torchmaml(capsys, "train", *TINY, "--set", "iterations=2", "--out", tmp_path / "run")[0] == 0
+    assert (tmp_path / "scratch" / "checkpoint-maml.pt").is_file()
+
+
 def test_overwrite_never_deletes_a_folder_that_is_not_a_run(capsys, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -352,7 +359,9 @@ def _random_bytes(tmp_path):
 @pytest.mark.parametrize(
     ("arguments", "phrase"),
     [
-        (lambda t: ["--config", t], "cannot read config file"),  # a directory
+        (lambda t: ["--config", t], "it is a folder; torchmaml reads regular files only"),
+        (lambda t: ["--config", _fifo(t / "fifo.toml")], "it is a FIFO"),  # no hang
+        (lambda t: ["--config", _link(t / "zero.toml", "/dev/zero")], "it is a character device"),
         (lambda t: ["--config", _random_bytes(t)], "is not valid TOML"),
         (lambda t: ["--config", _write(t / "latin1.toml", b"data_dir = '\xe9'\n")], "is not valid TOML"),
         (lambda t: [*TINY, "--set", "device=cuda"], "device: 'cuda' is not available on this machine"),
@@ -371,6 +380,16 @@ def test_a_user_error_in_train_is_one_line(capsys, tmp_path, arguments, phrase):
     if "--out" not in args:
         args = [*args, "--no-progress", "--out", tmp_path / "run"]
     assert_one_line_error(torchmaml(capsys, "train", *args), phrase)
+
+
+def _fifo(path):
+    os.mkfifo(path)
+    return path
+
+
+def _link(path, target):
+    path.symlink_to(target)
+    return path
 
 
 def _write(path, data):

@@ -230,6 +230,7 @@ class TrainConfig(BaseModel):
         return self
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB
 MAX_INTEGER = 2**63 - 1  # torch's seeds are 64-bit (a seed s is also used as 2s + 1 < 2**64)
 
 
@@ -274,9 +275,12 @@ def preset_names() -> list[str]:
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file, with a one-line error naming the file on failure."""
+    from torchmaml.run.files import UnsafePathError, read_regular
+
     try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(read_regular(path, MAX_CONFIG_BYTES, follow=True).decode())
+    except UnsafePathError as error:  # a folder, a FIFO, /dev/zero
+        raise ConfigError(str(error)) from None
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:

@@ -18,7 +18,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from torchmaml.errors import ConfigError
-from torchmaml.run.files import UnsafePathError, check_destination, ensure_folder, read_regular
+from torchmaml.run.files import UnsafePathError, WriteError, check_destination, read_regular
 
 LOCK_NAME = ".lock"
 
@@ -39,7 +39,11 @@ def _holder(path: Path) -> str:
 @contextmanager
 def exclusive_run(root: Path) -> Iterator[None]:
     """Hold ``root/.lock`` for the block; a one-line ``ConfigError`` if another process holds it."""
-    root = ensure_folder(Path(root))
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)  # the run folder itself may be a link the user made
+    except OSError as error:
+        raise WriteError(f"cannot create the folder {root}: {error.strerror or error}") from None
     path = root / LOCK_NAME
     check_destination(path)
     lock = FileLock(path, timeout=0, preserve_lock_file=True, on_acquired=_write_pid)

@@ -126,14 +126,15 @@ def save_figure(figure: Figure, path: Path, dpi: int) -> Path:
     return Path(path)
 
 
-def read_regular(path: Path, limit: int) -> bytes:
-    """The bytes of ``path``, which must be a regular file (not a link) of at most ``limit`` bytes.
+def read_regular(path: Path, limit: int, follow: bool = False) -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes, and not a symbolic link
+    unless ``follow`` (a user's own config file may be one; what it points to must still be a regular file).
 
     ``FileNotFoundError`` if it does not exist; an ``UnsafePathError`` naming the file otherwise.
     """
     path = Path(path)
     try:
-        handle = os.open(path, os.O_RDONLY | NOFOLLOW | NONBLOCK | CLOEXEC)
+        handle = os.open(path, os.O_RDONLY | (0 if follow else NOFOLLOW) | NONBLOCK | CLOEXEC)
     except FileNotFoundError:
         raise
     except OSError as error:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import sys
 from pathlib import Path
 
 from torchmaml.errors import ConfigError
@@ -56,5 +57,5 @@ def replace_run(root: Path) -> None:
             raise WriteError(f"cannot replace the run {root}: {error.strerror or error}; nothing was deleted") from None
     shutil.rmtree(aside, ignore_errors=True)
     if aside.exists():
-        print(f"torchmaml: warning: could not delete all of the replaced run, now at {aside}")
+        print(f"torchmaml: warning: could not delete all of the replaced run, now at {aside}", file=sys.stderr)
     ensure_folder(root)
