@@ -134,11 +134,13 @@ def test_adapt_out_writes_through_dev_null_and_refuses_a_fifo(tmp_path):
     from torchmaml.predict import Prediction, _write_csv
 
     rows = [Prediction("a.png", "class1", 0.9, None)]
-    _write_csv(Path("/dev/null"), rows)
+    _write_csv(Path("/dev/null"), rows, devices=True)  # what adapt --out does
     assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+    with pytest.raises(UnsafePathError, match="is a character device"):
+        _write_csv(Path("/dev/null"), rows)  # RUN_DIR/predictions.csv: no devices in a run folder
     os.mkfifo(tmp_path / "fifo")
     with pytest.raises(UnsafePathError, match="is a FIFO"):
-        _write_csv(tmp_path / "fifo", rows)
+        _write_csv(tmp_path / "fifo", rows, devices=True)
 
 
 # -- item 3: training over an existing run ------------------------------------------------------------------

@@ -71,9 +71,9 @@ def adapt_and_predict(
         Prediction(str(path), labelled.class_names[int(p)], float(c), truth)
         for path, p, c, truth in zip(files, predicted, confidence, truths, strict=True)
     ]
-    out = Path(out) if out is not None else run.root / "predictions.csv"
-    _write_csv(out, rows)
-    return rows, out
+    path = Path(out) if out is not None else run.root / "predictions.csv"
+    _write_csv(path, rows, devices=out is not None)  # a user's --out may be /dev/null; the run folder may not
+    return rows, path
 
 
 def check_steps(steps: int) -> int:
@@ -117,10 +117,11 @@ def _read(path: Path, mode: str, size: int) -> torch.Tensor:
     return pixels.unsqueeze(0) if pixels.dim() == 2 else pixels.permute(2, 0, 1)
 
 
-def _write_csv(path: Path, rows: list[Prediction]) -> None:
+def _write_csv(path: Path, rows: list[Prediction], devices: bool = False) -> None:
+    """The predictions as CSV at ``path``; ``devices``: a user's ``--out`` may be a character device."""
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(["file", "predicted_class", "probability", "true_class"])
     for row in rows:
         writer.writerow([row.file, row.predicted, f"{row.probability:.6f}", row.true_class or ""])
-    atomic_write_bytes(path, text.getvalue().encode(), devices=True)
+    atomic_write_bytes(path, text.getvalue().encode(), devices=devices)
