@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from torchmaml.errors import ConfigError
 from torchmaml.estimators import ESTIMATORS, get_estimator
 from torchmaml.execution import STRATEGIES
+from torchmaml.run.files import UnsafePathError, read_regular
 from torchmaml.theory.step_size import STEP_SIZE_CONSTANTS
 
 if sys.version_info >= (3, 11):
@@ -256,8 +258,6 @@ def check_machine(device: str, threads: int | None) -> None:
     if match is None:
         raise ValueError(f"device: must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if device.startswith("cuda"):
-        import torch
-
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if int(match.group(1) or 0) >= count:
             raise ValueError(
@@ -275,8 +275,6 @@ def preset_names() -> list[str]:
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file, with a one-line error naming the file on failure."""
-    from torchmaml.run.files import UnsafePathError, read_regular
-
     try:
         return tomllib.loads(read_regular(path, MAX_CONFIG_BYTES, follow=True).decode())
     except UnsafePathError as error:  # a folder, a FIFO, /dev/zero
@@ -285,8 +283,6 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-    except OSError as error:  # a folder, no permission, ...
-        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
 
 
 def resolve_preset(name_or_path: str) -> Path:
