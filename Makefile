@@ -25,7 +25,7 @@ $(STAMP): $(DEMO_STAMP)
 venv: $(STAMP)
 
 demo: $(DEMO_STAMP)
-	$(BIN)/torchmaml train --config sinusoid-demo --out $(DEMO_DIR)
+	$(BIN)/torchmaml train --config sinusoid-demo --out $(DEMO_DIR) --overwrite
 	$(BIN)/torchmaml evaluate $(DEMO_DIR)
 	@echo "Plots: $(DEMO_DIR)/adaptation.png (the paper's Figure 2) and $(DEMO_DIR)/learning_curve.png"
 

@@ -62,24 +62,48 @@ def recording_compile(monkeypatch) -> list:
     return compiled
 
 
-def test_auto_compiles_a_vectorised_learner_once_eager_time_reaches_the_threshold(monkeypatch):
+def test_auto_compiles_a_vectorised_learner_at_a_fixed_call_whatever_the_clock_says(monkeypatch):
+    """Item 5 of issue 18: the switch used to follow eager wall-clock time, so load changed the numbers."""
+    import time
+
     compiled = recording_compile(monkeypatch)
-    monkeypatch.setitem(compilation.COMPILE_AFTER_SECONDS, "vmap", 0.05)
+    monkeypatch.setitem(compilation.COMPILE_AFTER_CALLS, "vmap", 3)
+    clock = iter(range(0, 10**6, 1000))  # every reading 1000 s later: a machine under heavy load
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(clock)))
+    notices = []
     batch = SinusoidTasks().sample(8, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     learner = MetaLearner(mlp(), F.mse_loss)  # compile="auto" is the default; strategy auto -> vmap
     runner = learner._meta_gradient_runner
-    while runner.eager_seconds < 0.05:
+    runner.notify = notices.append
+    for call in range(1, 4):
         assert not learner.compiled and not compiled
         learner.meta_gradient(batch)
-    assert learner.compiled and len(compiled) == 1
+        assert runner.calls == call
+    assert learner.compiled and not compiled and not notices  # compiles on the next (4th) call
     learner.meta_gradient(batch)
-    assert len(compiled) == 1 and runner.eager_seconds >= 0.05  # compiled once, later calls not timed as eager
+    learner.meta_gradient(batch)
+    assert len(compiled) == 1 and notices == [compilation.COMPILING_NOTICE]
+
+
+def test_a_runner_restored_past_the_switch_compiles_on_its_first_call(monkeypatch):
+    compiled = recording_compile(monkeypatch)
+    monkeypatch.setitem(compilation.COMPILE_AFTER_CALLS, "vmap", 3)
+    runner = compilation.MetaGradientRunner("auto", "vmap", notify=lambda message: None, calls=5)
+    assert runner.compiled and not compiled
+    learner = MetaLearner(mlp(), F.mse_loss)
+    runner(*learner_arguments(learner))
+    assert len(compiled) == 1 and runner.calls == 6
+
+
+def learner_arguments(learner):
+    batch = SinusoidTasks().sample(2, torch.Generator().manual_seed(0))
+    return (learner.estimator, learner.inner_problem(), learner._meta_params(), batch, learner.strategy, None)
 
 
 def test_auto_leaves_the_loop_strategy_and_compile_false_eager(monkeypatch):
     compiled = recording_compile(monkeypatch)
-    monkeypatch.setattr(compilation, "COMPILE_AFTER_SECONDS", {"vmap": 0.0, "chunked": 0.0})
+    monkeypatch.setattr(compilation, "COMPILE_AFTER_CALLS", {"vmap": 0, "chunked": 0})
     batch = SinusoidTasks().sample(4, torch.Generator().manual_seed(0))
     for learner in (MetaLearner(mlp(), F.mse_loss, strategy="loop"), MetaLearner(mlp(), F.mse_loss, compile=False)):
         for _ in range(3):

@@ -138,7 +138,8 @@ def test_divergence_stops_the_run_naming_the_iteration(tmp_path):
     message = result.stderr.strip()
     assert message.count("\n") == 0 and "Traceback" not in message
     assert "5 meta-steps in a row had a non-finite loss or meta-gradient (up to iteration 5)" in message
-    assert "last good checkpoint:" in message and "maml-000000004.pt" in message
+    # checkpoints 2 and 4 hold weights whose loss (at the next step) was not finite: none is good
+    assert "last good checkpoint: none yet" in message
 
 
 def test_a_non_finite_step_does_not_reach_the_parameters():

@@ -1,51 +1,38 @@
 """Checkpoints that survive crashes and can never run code.
 
 File format: one header line ``TORCHMAML-CHECKPOINT 1 <sha256 of the body>\\n`` followed by the body, the
-bytes of ``torch.save(payload)``. Saving writes a temporary file in the same folder, fsyncs it and
-renames it over the target (atomic on POSIX), so a crash leaves either the old file or the new one.
-Loading verifies the checksum before unpickling and unpickles with ``weights_only=True``.
+bytes of ``torch.save(payload)``. Saving writes a temporary file in the same folder (never through a
+symbolic link, ``torchmaml.run.files``), fsyncs it and renames it over the target (atomic on POSIX), so a crash
+leaves either the old file or the new one. Loading reads regular files only, of at most ``MAX_CHECKPOINT_BYTES``,
+verifies the checksum before unpickling and unpickles with ``weights_only=True``.
+
+A training checkpoint records ``config_digest`` (:func:`config_digest`: the run's configuration but for the
+keys that may change on resume); resuming from a checkpoint of another configuration is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from torchmaml.errors import TorchMAMLError
+from torchmaml.errors import TorchMAMLError, first_line
+from torchmaml.run.files import UnsafePathError, WriteError, ensure_folder, read_regular, remove_temporaries
+from torchmaml.run.files import write_atomic as atomic_write_bytes
 
 MAGIC = b"TORCHMAML-CHECKPOINT 1 "
+MAX_CHECKPOINT_BYTES = 1 << 34  # 16 GiB: far above any model torchmaml trains, far below /dev/zero
+RESUMABLE_KEYS = ("iterations", "baseline_iterations", "pretrained_iterations", "time_limit_minutes")
 
 
 class CheckpointError(TorchMAMLError):
     """A checkpoint is missing, truncated, corrupted, or holds something other than plain data."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old or the complete new content."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; a run folder's files are for sharing
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -59,19 +46,19 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     digest = hashlib.sha256(body).hexdigest().encode()
     try:
         atomic_write_bytes(Path(path), MAGIC + digest + b"\n" + body)
-    except OSError as error:
-        raise CheckpointError(
-            f"could not write checkpoint {path}: {error.strerror or error}; nothing was overwritten"
-        ) from None
+    except WriteError as error:
+        raise CheckpointError(f"could not write checkpoint: {error}; nothing was overwritten") from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read and verify a checkpoint; a ``CheckpointError`` naming the file if anything is wrong."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_regular(path, MAX_CHECKPOINT_BYTES)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except UnsafePathError as error:
+        raise CheckpointError(str(error)) from None
     header, newline, body = data.partition(b"\n")
     if not newline or not header.startswith(MAGIC):
         raise CheckpointError(f"checkpoint {path} is not a torchmaml checkpoint (bad header)")
@@ -85,6 +72,35 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, expected a dict")
     return payload
+
+
+def config_digest(values: dict[str, Any]) -> str:
+    """sha256 of a configuration (``model_dump()``) without ``RESUMABLE_KEYS``, which a resume may change."""
+    kept = {key: value for key, value in values.items() if key not in RESUMABLE_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_config_digest(payload: dict[str, Any], digest: str, path: Path) -> None:
+    """Refuse a checkpoint written by a run of another configuration (its digest, or its saved config)."""
+    found = payload.get("config_digest")
+    if found is None and isinstance(payload.get("config"), dict):
+        found = config_digest(payload["config"])
+    if found != digest:
+        raise CheckpointError(
+            f"checkpoint {path} was written by a run with another configuration; refusing to resume from it: "
+            "move it out of the run folder, or train into a new folder"
+        )
+
+
+def load_module_state(module: nn.Module, state: Any, path: Path) -> None:
+    """``module.load_state_dict(state)`` with a one-line ``CheckpointError`` if the state does not fit."""
+    try:
+        module.load_state_dict(state)
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this run's model ({first_line(error)}); it was written for another "
+            "configuration"
+        ) from None
 
 
 class CheckpointStore:
@@ -101,21 +117,26 @@ class CheckpointStore:
         """Existing checkpoints, oldest first."""
         return sorted(self.folder.glob(f"{self.prefix}-*.pt"))
 
+    def remove_temporaries(self) -> list[Path]:
+        """Delete the temporary files of writes that a kill cut short."""
+        return remove_temporaries(self.folder)
+
     def save(self, iteration: int, payload: dict[str, Any]) -> Path:
         """Write the checkpoint of ``iteration``, verify it, then drop all but the newest ``keep``."""
         path = self.folder / f"{self.prefix}-{iteration:09d}.pt"
         previous = self.paths()
         try:
+            ensure_folder(self.folder)
             save_checkpoint(path, payload)
             load_checkpoint(path)
-        except CheckpointError as error:
+        except (CheckpointError, WriteError, UnsafePathError) as error:
             intact = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint"
             raise CheckpointError(f"{error}; {intact}") from None
         for old in self.paths()[: -self.keep]:
             old.unlink(missing_ok=True)
         return path
 
-    def newest_valid(self, warn=None) -> tuple[Path, dict[str, Any]] | None:
+    def newest_valid(self, warn: Callable[[str], None] | None = None) -> tuple[Path, dict[str, Any]] | None:
         """The newest checkpoint that loads and verifies, with its payload; ``warn`` hears of bad ones."""
         for path in reversed(self.paths()):
             try:
@@ -124,3 +145,15 @@ class CheckpointStore:
                 if warn is not None:
                     warn(f"{error}; falling back to an older checkpoint")
         return None
+
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointStore",
+    "atomic_write_bytes",
+    "check_config_digest",
+    "config_digest",
+    "load_checkpoint",
+    "load_module_state",
+    "save_checkpoint",
+]

@@ -14,6 +14,7 @@ from torchmaml import __version__
 from torchmaml.config import load_config
 from torchmaml.errors import TorchMAMLError
 from torchmaml.presets import all_names, preset_path, read_preset, rl_presets
+from torchmaml.run.signals import Interrupted
 from torchmaml.theory.lab.commands import add_theory_parser
 
 EXIT_USAGE = 2
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<preset>-<time>)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument("--overwrite", action="store_true", help="delete the run already in --out and train anew")
 
     evaluate = commands.add_parser("evaluate", help="meta-test a trained run; writes RUN_DIR/evaluation.json")
     evaluate.add_argument("run_dir", type=Path)
@@ -111,40 +113,51 @@ def _train_rl(args: argparse.Namespace) -> int:
     from torchmaml import rl
 
     if args.resume is not None:
-        if args.overrides or args.out:
-            raise TorchMAMLError("--resume continues a run with its own config: drop --set and --out")
-        run = rl.train(None, args.resume, progress=not args.no_progress, resume=True)
+        if args.out or args.overwrite:
+            raise TorchMAMLError("--resume continues a run in its own folder: drop --out and --overwrite")
+        from torchmaml.rl.train import extended_config
+
+        out, config, resume = args.resume, extended_config(args.resume, args.overrides), True
     else:
         config = rl.load_config(args.config, args.overrides)
         out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run = rl.train(config, out, progress=not args.no_progress)
+        resume = False
+    try:
+        run = rl.train(config, out, progress=not args.no_progress, resume=resume, overwrite=args.overwrite)
+    except Interrupted as stop:
+        return _interrupted(stop, out)
     print(f"run folder: {run}")
     return 0
 
 
+def _interrupted(stop: Interrupted, out: Path) -> int:
+    """One line for a run stopped by a signal; the exit code a signal gives (128 + its number)."""
+    wrote = f"wrote {stop.checkpoint}" if stop.checkpoint else "stopped at once by a second signal"
+    print(
+        f"torchmaml: stopped by signal {stop.signal_number}; {wrote}. Continue with: torchmaml train --resume {out}",
+        file=sys.stderr,
+    )
+    return 128 + stop.signal_number
+
+
 def _train(args: argparse.Namespace) -> int:
-    from torchmaml.rundir import RunDir
-    from torchmaml.train import Interrupted, train_run
+    from torchmaml.rundir import resume_config
+    from torchmaml.train import train_run
 
     if _is_rl(run_dir=args.resume) if args.resume is not None else _is_rl(config=args.config):
         return _train_rl(args)
     if args.resume is not None:
-        if args.overrides or args.out:
-            raise TorchMAMLError("--resume continues a run with its own config: drop --set and --out")
-        out, config, resume = args.resume, RunDir(args.resume).load_config(), True
+        if args.out or args.overwrite:
+            raise TorchMAMLError("--resume continues a run in its own folder: drop --out and --overwrite")
+        out, config, resume = args.resume, resume_config(args.resume, args.overrides), True
     else:
         config = load_config(args.config, args.overrides)
         out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         resume = False
     try:
-        run = train_run(config, out, progress=not args.no_progress, resume=resume)
+        run = train_run(config, out, progress=not args.no_progress, resume=resume, overwrite=args.overwrite)
     except Interrupted as stop:
-        print(
-            f"torchmaml: stopped by signal {stop.signal_number}; wrote {stop.checkpoint}. "
-            f"Continue with: torchmaml train --resume {out}",
-            file=sys.stderr,
-        )
-        return 128 + stop.signal_number
+        return _interrupted(stop, out)
     print(f"run folder: {run.root}")
     print(f"  checkpoints: {', '.join(str(p.name) for p in sorted(run.root.glob('checkpoint-*.pt')))}")
     if run.learning_curve.exists():
@@ -173,15 +186,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     if "held_out" in report:
         print(f"held out: {report['held_out']}")
     print(report["table"])
+    if "not_written" in report:
+        raise TorchMAMLError(f"{report['not_written']}; the results above were not saved")
     print(f"wrote {' and '.join(report['written'])}")
     return 0
 
 
 def _adapt(args: argparse.Namespace) -> int:
-    from torchmaml.predict import adapt_and_predict
+    from torchmaml.predict import adapt_and_predict, check_steps
 
-    if args.steps is not None and args.steps < 0:
-        raise TorchMAMLError(f"--steps: must be >= 0, got {args.steps}")
+    if args.steps is not None:
+        check_steps(args.steps)
     rows, out = adapt_and_predict(args.run_dir, args.support, args.query, args.steps, args.out, args.transductive)
     labelled = [r for r in rows if r.true_class is not None]
     if labelled:

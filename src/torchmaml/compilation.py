@@ -1,10 +1,13 @@
 """When the meta-gradient runs through ``torch.compile``.
 
 ``compile=True`` compiles from the first call and ``False`` never does. ``"auto"`` (the default) follows the
-ski-rental rule: run eagerly, and compile once the time spent in eager meta-gradients reaches what one
-compilation costs (``COMPILE_AFTER_SECONDS``). A short job never pays for a compilation it cannot earn back;
-a long one pays at most about twice the compilation time, then runs compiled for the rest of the run
-(W1: 4.7 -> 1.6 ms per meta-iteration, ``benchmarks/README.md``).
+ski-rental rule with a count fixed in advance: run eagerly, and compile from call ``COMPILE_AFTER_CALLS`` on,
+about as many eager meta-gradients as take one compilation's time (30 s at W1's 4.7 ms eager; compiled
+1.6 ms, ``benchmarks/README.md``). A short job never pays for a compilation it cannot earn back; a long one
+pays at most about twice the compilation time. The switch never depends on the clock or the machine's load
+(compiled and eager kernels round differently, so a time-based switch made identical runs differ): results
+are a function of the configuration and seed. The trainer saves :attr:`MetaGradientRunner.calls` in its
+checkpoints and restores it on resume, so a resumed run switches at the same call as an uninterrupted one.
 
 ``"auto"`` compiles the vectorised strategies only (``vmap``, ``chunked``: models without convolutions).
 Under ``loop`` (conv nets) a compiled conv4 meta-gradient (W2, one task's meta-gradient compiled, the same
@@ -12,14 +15,14 @@ graph for every task) agreed with eager execution to 5e-5 but was only 5-18% fas
 10-20% slower at first order, after a compilation of 10-50 s with the cache warm, so ``"auto"`` leaves the
 loop eager; ``True`` compiles it.
 
-Compilation needs a C++ compiler; where it fails (``BackendCompilerFailed``) the learner warns once and
-continues eagerly.
+Compilation needs a C++ compiler; where it fails (any ``torch._dynamo`` error: no compiler, or a model torch
+cannot trace yet, such as dropout under ``vmap``) the learner warns once and continues eagerly.
 """
 
 from __future__ import annotations
 
 import math
-import time
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -29,9 +32,10 @@ import torch
 from torchmaml.errors import ConfigError, first_line
 from torchmaml.execution import apply_task_gradient, mean_task_gradient
 
-# seconds of eager meta-gradients before "auto" compiles: about one cold compilation of the sinusoid MLP's
-# meta-gradient on this project's 2-core machine (36 s; 4-5 s with torch's compilation cache warm)
-COMPILE_AFTER_SECONDS = {"vmap": 30.0, "chunked": 30.0}
+# eager meta-gradients before "auto" compiles: about one cold compilation of the sinusoid MLP's meta-gradient
+# on this project's 2-core machine (36 s; 4-5 s with torch's compilation cache warm) at W1's 4.7 ms per call
+COMPILE_AFTER_CALLS = {"vmap": 6000, "chunked": 6000}
+COMPILING_NOTICE = "torchmaml: compiling the meta-gradient with torch.compile (first compiled iteration only)"
 CompileMode = bool | str
 
 
@@ -50,37 +54,56 @@ class MetaGradientRunner:
     keeps the Python loop over tasks.
     """
 
-    def __init__(self, mode: CompileMode, strategy: str) -> None:
+    def __init__(
+        self, mode: CompileMode, strategy: str, notify: Callable[[str], None] | None = None, calls: int = 0
+    ) -> None:
         self.mode = check_compile_mode(mode)
         self.strategy = strategy
-        self.eager_seconds = 0.0
-        self._compiled: Callable[..., Any] | None = self._compile() if mode is True else None
+        self.notify = notify if notify is not None else _print_notice
+        self.calls = calls  # calls so far (eager and compiled): the trainer saves and restores it
+        self._compiled: Callable[..., Any] | None = None
+        self._announced = False
+
+    @property
+    def compile_after(self) -> float:
+        """The number of calls after which the runner compiles: 0, never (``inf``) or the ``"auto"`` count."""
+        if self.mode is True:
+            return 0
+        return COMPILE_AFTER_CALLS.get(self.strategy, math.inf) if self.mode == "auto" else math.inf
 
     @property
     def compiled(self) -> bool:
         """Whether the next call runs compiled."""
-        return self._compiled is not None
+        return self.calls >= self.compile_after
 
     def __call__(self, *arguments: Any) -> Any:
-        if self._compiled is not None:
+        self.calls += 1
+        if self.calls > self.compile_after:
+            if self._compiled is None:
+                self._compiled = self._compile()
+            if not self._announced:
+                self._announced = True
+                self.notify(COMPILING_NOTICE)
             try:
                 return self._compiled(*arguments)
             except Exception as error:
-                from torch._dynamo.exc import BackendCompilerFailed
+                from torch._dynamo.exc import TorchDynamoException
 
-                if not isinstance(error, BackendCompilerFailed):
+                if not isinstance(error, TorchDynamoException):  # not compilation's own failure: the user's
                     raise
                 warnings.warn(f"torch.compile failed ({first_line(error)}); continuing without it", stacklevel=3)
                 self._compiled, self.mode = None, False
-        start = time.perf_counter()
-        result = mean_task_gradient(*arguments)
-        self.eager_seconds += time.perf_counter() - start
-        if self.mode == "auto" and self.eager_seconds >= COMPILE_AFTER_SECONDS.get(self.strategy, math.inf):
-            self._compiled = self._compile()
-        return result
+        return mean_task_gradient(*arguments)
 
     def _compile(self) -> Callable[..., Any]:
         if self.strategy != "loop":
             return torch.compile(mean_task_gradient)
         per_task = torch.compile(apply_task_gradient)
         return lambda *arguments: mean_task_gradient(*arguments, per_task=per_task)
+
+
+def _print_notice(message: str) -> None:
+    """One line on stderr that does not break a tqdm progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)

@@ -6,15 +6,22 @@ Every problem with a configuration (unknown key, wrong type, value out of range)
 
 from __future__ import annotations
 
+import math
+import os
+import re
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
+import tomli_w
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from torchmaml.errors import ConfigError
 from torchmaml.estimators import ESTIMATORS, get_estimator
 from torchmaml.execution import STRATEGIES
+from torchmaml.run.files import UnsafePathError, read_regular
 from torchmaml.theory.step_size import STEP_SIZE_CONSTANTS
 
 if sys.version_info >= (3, 11):
@@ -304,10 +311,56 @@ class TrainConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _workable_values(self) -> TrainConfig:
+        check_values(self.model_dump())
+        return self
+
+    @model_validator(mode="after")
+    def _this_machine(self) -> TrainConfig:
+        check_machine(self.device, self.threads)
+        return self
+
+    @model_validator(mode="after")
     def _chunking(self) -> TrainConfig:
         if self.strategy == "chunked" and self.chunk_size is None:
             raise ValueError("strategy 'chunked' needs chunk_size (e.g. --set chunk_size=8)")
         return self
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB
+MAX_INTEGER = 2**63 - 1  # torch's seeds are 64-bit (a seed s is also used as 2s + 1 < 2**64)
+
+
+def check_values(values: dict[str, Any], prefix: str = "") -> None:
+    """Refuse values that cannot work: a string with control characters (a newline in ``data_dir``), a
+    number that is not finite (``outer_lr = inf``), an integer beyond 64 bits (``seed = 2**70``)."""
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for index, item in items:
+            check_values({index: item}, f"{name}.")
+        if isinstance(value, str) and any(unicodedata.category(c) == "Cc" for c in value):
+            raise ValueError(f"{name}: control characters (newline, tab, ...) are not allowed, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name}: must be a finite number, got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+            raise ValueError(f"{name}: must be below 2**63, got {value}")
+
+
+def check_machine(device: str, threads: int | None) -> None:
+    """Refuse a device this machine lacks (``cuda`` without CUDA, ``cuda:abc``) and more threads than CPUs."""
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+    if match is None:
+        raise ValueError(f"device: must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(match.group(1) or 0) >= count:
+            raise ValueError(
+                f"device: {device!r} is not available on this machine ({count} CUDA devices); set device = \"cpu\""
+            )
+    cpus = os.cpu_count() or 1
+    if threads is not None and threads > cpus:
+        raise ValueError(f"threads: this machine has {cpus} CPUs, got {threads}; leave it unset or lower it")
 
 
 def preset_names() -> list[str]:
@@ -318,11 +371,12 @@ def preset_names() -> list[str]:
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file, with a one-line error naming the file on failure."""
     try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(read_regular(path, MAX_CONFIG_BYTES, follow=True).decode())
+    except UnsafePathError as error:  # a folder, a FIFO, /dev/zero
+        raise ConfigError(str(error)) from None
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
 
 
@@ -373,25 +427,7 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
 
 def to_toml(config: BaseModel) -> str:
     """The resolved configuration as TOML text (``None`` values are left out, as TOML has no null)."""
-    lines = []
-    for key, value in config.model_dump().items():
-        if value is not None:
-            lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+    return tomli_w.dumps({key: value for key, value in config.model_dump().items() if value is not None})
 
 
 def describe_validation_error(error: ValidationError, schema: type[BaseModel]) -> str:

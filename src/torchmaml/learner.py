@@ -128,6 +128,16 @@ class MetaLearner(nn.Module):
         return self._meta_gradient_runner.compiled
 
     @property
+    def meta_gradient_calls(self) -> int:
+        """Meta-gradients computed so far; ``compile="auto"`` switches at a call count fixed in advance, so a
+        trainer saves this in its checkpoints and sets it back on resume (``torchmaml.compilation``)."""
+        return self._meta_gradient_runner.calls
+
+    @meta_gradient_calls.setter
+    def meta_gradient_calls(self, calls: int) -> None:
+        self._meta_gradient_runner.calls = calls
+
+    @property
     def functional(self) -> FunctionalModel:
         """The model as a pure function ``f(params, x)``."""
         return self._functional

@@ -12,6 +12,7 @@ import torch
 from torchmaml.data.sinusoid import SinusoidTasks
 from torchmaml.extras import available, note_missing
 from torchmaml.learner import MetaLearner
+from torchmaml.run.files import save_figure
 
 
 def _pyplot():
@@ -68,7 +69,7 @@ def plot_learning_curve(records: dict[str, list[dict]], out: Path, window: int =
     if panels == 2:
         _plot_validation(validated, axes[0][1])
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    save_figure(fig, out, dpi=120)
     plt.close(fig)
     return out
 
@@ -135,6 +136,6 @@ def plot_sinusoid_fits(
             if row == 0 and column == 0:
                 ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    save_figure(fig, out, dpi=120)
     plt.close(fig)
     return out

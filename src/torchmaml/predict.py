@@ -33,6 +33,8 @@ from torchmaml.experiment import MAML, dtype_of, is_classification
 from torchmaml.report import load_learner
 from torchmaml.rundir import RunDir
 
+MAX_STEPS = 1000  # as for eval_steps: more inner steps than any run is evaluated with
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -76,7 +78,8 @@ def adapt_and_predict(
     support_y = torch.cat([torch.full((len(images),), c) for c, images in enumerate(labelled.images)])
     files, truths = _query_files(Path(query))
     query_x = convert(torch.stack([_read(path, mode, config.image_size) for path in files]))
-    fast = learner.adapt(support_x, support_y.to(config.device), steps=steps or max(config.eval_steps))
+    steps = max(config.eval_steps) if steps is None else check_steps(steps)
+    fast = learner.adapt(support_x, support_y.to(config.device), steps=steps)
     with torch.no_grad():
         fast.train(transductive)
         logits = fast(query_x)
@@ -86,9 +89,16 @@ def adapt_and_predict(
         Prediction(str(path), labelled.class_names[int(p)], float(c), truth)
         for path, p, c, truth in zip(files, predicted, confidence, truths, strict=True)
     ]
-    out = Path(out) if out is not None else run.root / "predictions.csv"
-    _write_csv(out, rows)
-    return rows, out
+    path = Path(out) if out is not None else run.root / "predictions.csv"
+    _write_csv(path, rows, devices=out is not None)  # a user's --out may be /dev/null; the run folder may not
+    return rows, path
+
+
+def check_steps(steps: int) -> int:
+    """``steps`` if it is between 0 (no step: the meta-learned weights as they are) and ``MAX_STEPS``."""
+    if not 0 <= steps <= MAX_STEPS:
+        raise ConfigError(f"--steps: must be between 0 and {MAX_STEPS} inner steps, got {steps}")
+    return steps
 
 
 def _converter(invert: bool, dtype: torch.dtype, device: str):
@@ -125,10 +135,11 @@ def _read(path: Path, mode: str, size: int) -> torch.Tensor:
     return pixels.unsqueeze(0) if pixels.dim() == 2 else pixels.permute(2, 0, 1)
 
 
-def _write_csv(path: Path, rows: list[Prediction]) -> None:
+def _write_csv(path: Path, rows: list[Prediction], devices: bool = False) -> None:
+    """The predictions as CSV at ``path``; ``devices``: a user's ``--out`` may be a character device."""
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(["file", "predicted_class", "probability", "true_class"])
     for row in rows:
         writer.writerow([row.file, row.predicted, f"{row.probability:.6f}", row.true_class or ""])
-    atomic_write_bytes(path, text.getvalue().encode())
+    atomic_write_bytes(path, text.getvalue().encode(), devices=devices)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from torchmaml.checkpoint import atomic_write_bytes, load_checkpoint
+from torchmaml.checkpoint import atomic_write_bytes, load_checkpoint, load_module_state
 from torchmaml.config import TrainConfig
 from torchmaml.evaluate import AdaptationResult, evaluate_adaptation, format_table, tune_fine_tuning_lr
 from torchmaml.experiment import (
@@ -19,6 +19,7 @@ from torchmaml.experiment import (
 )
 from torchmaml.learner import MetaLearner
 from torchmaml.plots import plot_sinusoid_fits
+from torchmaml.run.files import WriteError
 from torchmaml.rundir import RunDir
 
 SCHEMA_VERSION = 2
@@ -29,7 +30,7 @@ def load_learner(run: RunDir, config: TrainConfig, kind: str) -> tuple[MetaLearn
     one, else the final one. Returns the learner and the checkpoint it came from."""
     path = run.best_checkpoint(kind) if run.best_checkpoint(kind).exists() else run.checkpoint(kind)
     learner = build_learner(config, kind)
-    learner.load_state_dict(load_checkpoint(path)["learner"])
+    load_module_state(learner, load_checkpoint(path).get("learner"), path)
     return learner, path
 
 
@@ -77,9 +78,14 @@ def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
             f"{config.eval_tasks} tasks drawn from the {counts['test']} test classes of split {report['split']!r} "
             f"(train {counts['train']}, validation {counts['val']}, test {counts['test']} classes, disjoint)"
         )
-    atomic_write_bytes(run.evaluation, (json.dumps(report, indent=2) + "\n").encode())
-    figure = None
-    if not is_classification(config):
-        figure = plot_sinusoid_fits(learners, run.fits, support_size=min(config.eval_support_sizes))
-    report["written"] = [str(run.evaluation)] + ([str(figure)] if figure is not None else [])
+    report["written"] = []
+    try:  # a read-only run folder: the table is still worth printing
+        atomic_write_bytes(run.evaluation, (json.dumps(report, indent=2) + "\n").encode())
+        report["written"].append(str(run.evaluation))
+        if not is_classification(config):
+            figure = plot_sinusoid_fits(learners, run.fits, support_size=min(config.eval_support_sizes))
+            if figure is not None:
+                report["written"].append(str(figure))
+    except WriteError as error:
+        report["not_written"] = str(error)
     return report

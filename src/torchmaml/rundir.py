@@ -9,6 +9,8 @@ from torchmaml.checkpoint import CheckpointStore
 from torchmaml.config import TrainConfig, build_config, read_toml
 from torchmaml.errors import ConfigError
 
+EXTENSIBLE_KEYS = ("iterations", "baseline_iterations")
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -54,3 +56,16 @@ class RunDir:
         if not self.config.exists():
             raise ConfigError(f"{self.root} is not a run folder (no config.toml); train one with `torchmaml train`")
         return build_config(read_toml(self.config))
+
+
+def resume_config(root: Path, overrides: list[str]) -> TrainConfig:
+    """The run's saved configuration with ``--set`` overrides of ``EXTENSIBLE_KEYS`` only (extending a run)."""
+    from torchmaml.run.resume import extended
+
+    config = RunDir(Path(root)).load_config()
+    if overrides and config.outer_lr_schedule == "cosine":
+        raise ConfigError(
+            "--set: a run with outer_lr_schedule cosine cannot be extended (its schedule was fitted to its "
+            "iterations); train a new run"
+        )
+    return build_config(extended(config.model_dump(), overrides, EXTENSIBLE_KEYS))

@@ -4,28 +4,45 @@ A run has one or two phases: ``maml`` (meta-training) and, if ``config.baseline`
 joint-training baseline). Each phase checkpoints every ``checkpoint_every`` iterations (model, learned
 rates, optimiser, iteration, every random-number generator, the metrics so far are on disk) and writes
 ``checkpoint-<phase>.pt`` when it is done. ``train_run(..., resume=True)`` continues from the newest valid
-checkpoint, so a run killed at any instant and resumed ends bit-identical to an uninterrupted one.
+checkpoint, so a run killed at any instant and resumed ends bit-identical to an uninterrupted one; it refuses
+a checkpoint of another configuration, sets a corrupt final checkpoint aside (``.corrupt``) and continues
+from the newest good periodic one, and extends a finished phase whose ``iterations`` were raised.
+
+A new run validates everything it can (data, device, sizes) before it writes anything, and refuses a folder
+that holds a run already unless ``overwrite`` (``torchmaml.run.folder``). Nothing in a run folder is written
+or read through a symbolic link (``torchmaml.run.files``).
 
 Non-finite losses or meta-gradients never reach the parameters (``MetaLearner.meta_step`` skips them);
-after ``max_consecutive_skips`` skipped steps in a row the run stops with a ``DivergenceError``.
-SIGINT/SIGTERM finish the current iteration, write a checkpoint and raise ``Interrupted``.
+after ``max_consecutive_skips`` skipped steps in a row the run stops with a ``DivergenceError``, and a step
+that leaves non-finite weights stops it at once. The error names the last good checkpoint: the newest one
+whose weights are finite and whose loss (at the next step) was finite.
+SIGINT/SIGTERM finish the current iteration, write a checkpoint and raise ``Interrupted``
+(``torchmaml.run.signals``).
 """
 
 from __future__ import annotations
 
 import json
-import signal
 import sys
+import threading
 import time
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from torchmaml.checkpoint import CheckpointError, CheckpointStore, atomic_write_bytes, save_checkpoint
+from torchmaml.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    check_config_digest,
+    config_digest,
+    load_module_state,
+    save_checkpoint,
+)
 from torchmaml.config import TrainConfig, to_toml
-from torchmaml.errors import TorchMAMLError
+from torchmaml.errors import ConfigError, TorchMAMLError, first_line
 from torchmaml.estimators import get_estimator
 from torchmaml.evaluate import adaptation_scores
 from torchmaml.experiment import (
@@ -42,8 +59,13 @@ from torchmaml.experiment import (
 )
 from torchmaml.extras import SummaryWriter  # tensorboard is optional (an extra)
 from torchmaml.learner import MetaLearner
-from torchmaml.plots import plot_learning_curve, read_metrics
+from torchmaml.plots import plot_learning_curve
 from torchmaml.rng import capture_rng, restore_rng
+from torchmaml.run.files import WriteError, ensure_folder, write_atomic
+from torchmaml.run.folder import check_new_run_folder, replace_run
+from torchmaml.run.metrics_log import open_metrics, read_records, truncate_metrics
+from torchmaml.run.resume import newest_state, phase_finished, remove_stale_temporaries
+from torchmaml.run.signals import Interrupted, StopFlag, stop_requests
 from torchmaml.rundir import RunDir
 from torchmaml.runlock import exclusive_run
 from torchmaml.schedules import multi_step_weights, uses_first_order
@@ -54,20 +76,14 @@ class DivergenceError(TorchMAMLError):
     """Too many consecutive meta-steps had a non-finite loss or meta-gradient."""
 
 
-class Interrupted(Exception):
-    """Training stopped on SIGINT/SIGTERM after writing a checkpoint; ``signal_number`` says which."""
-
-    def __init__(self, signal_number: int, checkpoint: Path) -> None:
-        super().__init__(f"stopped by signal {signal_number}; checkpoint {checkpoint}")
-        self.signal_number = signal_number
-        self.checkpoint = checkpoint
-
-
-def train_run(config: TrainConfig, root: Path, progress: bool = True, resume: bool = False) -> RunDir:
+def train_run(
+    config: TrainConfig, root: Path, progress: bool = True, resume: bool = False, overwrite: bool = False
+) -> RunDir:
     """Meta-train (and, if ``config.baseline``, train the pretrained baseline) into the folder ``root``.
 
-    With ``resume=True`` the folder's own config is used and every phase continues from its newest valid
-    checkpoint (a finished phase is skipped).
+    With ``resume=True`` every phase continues from its newest valid checkpoint (a finished phase is skipped
+    unless ``config`` raises its iterations; ``config`` may differ from the folder's own in those only). A new
+    run refuses a folder holding a run unless ``overwrite``, which deletes that run first.
     """
     run = RunDir(Path(root))
     if config.threads is not None:  # small models run best on one thread, and do not slow down on a busy CPU
@@ -75,15 +91,83 @@ def train_run(config: TrainConfig, root: Path, progress: bool = True, resume: bo
     phases = [(MAML, config.iterations)]
     if config.baseline:
         phases.append((PRETRAINED, config.baseline_iterations))
-    with exclusive_run(run.root), _stop_requests() as stop:
-        if not resume:
-            atomic_write_bytes(run.config, to_toml(config).encode())
-        for kind, iterations in phases:
-            if resume and run.checkpoint(kind).exists():
-                continue
-            PhaseTrainer(config, kind, iterations, run, progress).run(stop, resume)
-    plot_learning_curve({kind: read_metrics(run.metrics(kind)) for kind, _ in phases}, run.learning_curve)
+    digest = config_digest(config.model_dump())
+    with stop_requests() as stop:
+        if resume:
+            with exclusive_run(run.root):
+                _prepare_resume(run, config)
+                for kind, iterations in phases:
+                    if not phase_finished(run.checkpoint(kind), iterations, digest, warn=_warn):
+                        build_phase(config, kind, iterations, run, progress).run(stop, resume=True)
+                _plot(run, phases)
+            return run
+        first = build_phase(config, MAML, config.iterations, run, progress)  # validates before anything is written
+        if check_new_run_folder(run.root, overwrite):
+            replace_run(run.root)
+        with exclusive_run(run.root):
+            write_atomic(run.config, to_toml(config).encode())
+            first.run(stop, resume=False)
+            for kind, iterations in phases[1:]:
+                build_phase(config, kind, iterations, run, progress).run(stop, resume=False)
+            _plot(run, phases)
     return run
+
+
+def _prepare_resume(run: RunDir, config: TrainConfig) -> None:
+    """Remove temporaries of killed writes; save ``config`` if it extends the run (more iterations)."""
+    remove_stale_temporaries(run.root, report=lambda message: print(message, flush=True))
+    saved = run.load_config()
+    if config == saved:
+        return
+    if config_digest(config.model_dump()) != config_digest(saved.model_dump()):
+        raise ConfigError(f"--resume continues {run.root} with its own config; only iterations can be raised")
+    write_atomic(run.config, to_toml(config).encode())
+
+
+def _plot(run: RunDir, phases: list[tuple[str, int]]) -> None:
+    plot_learning_curve({kind: read_records(run.metrics(kind)) for kind, _ in phases}, run.learning_curve)
+
+
+def build_phase(config: TrainConfig, kind: str, iterations: int, run: RunDir, progress: bool) -> PhaseTrainer:
+    """The trainer of one phase; sizes that cannot be allocated are a one-line ``ConfigError``."""
+    with _allocation_errors():
+        return PhaseTrainer(config, kind, iterations, run, progress)
+
+
+@contextmanager
+def _allocation_errors() -> Iterator[None]:
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        raise ConfigError(_no_memory(error)) from None
+    except RuntimeError as error:
+        if "allocate" not in str(error) and "out of memory" not in str(error):
+            raise
+        raise ConfigError(_no_memory(error)) from None
+
+
+@contextmanager
+def _writer_thread_errors_to_main() -> Iterator[None]:
+    """Keep TensorBoard's writing thread from printing a traceback for an ``OSError`` (disk full): the thread
+    hands the error to the main thread at its next call, which reports it in one line."""
+    previous = threading.excepthook
+
+    def hook(arguments: threading.ExceptHookArgs) -> None:
+        if not issubclass(arguments.exc_type, OSError):
+            previous(arguments)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
+def _no_memory(error: BaseException) -> str:
+    return (
+        f"this configuration needs more memory than there is ({first_line(error)[:120]}); lower hidden, filters, "
+        "meta_batch_size, support/query sizes or image_size"
+    )
 
 
 class PhaseTrainer:
@@ -108,6 +192,9 @@ class PhaseTrainer:
         self.skipped_total = 0
         self.skipped_in_a_row = 0
         self.last_checkpoint: Path | None = None
+        self.last_good: Path | None = None  # the newest checkpoint whose weights and loss were finite
+        self.pending_good: Path | None = None  # the newest checkpoint, until the next step's loss is known
+        self.digest = config_digest(config.model_dump())
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -127,46 +214,75 @@ class PhaseTrainer:
             "step_rule": self.step_rule.state_dict() if self.step_rule is not None else {},
             "rng": capture_rng(),
             "config": self.config.model_dump(),
+            "config_digest": self.digest,
+            "target": self.iterations,
+            "compile_calls": self.learner.meta_gradient_calls,
+            "last_good": str(self.last_good) if self.last_good is not None else None,
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        self.iteration = state["iteration"]
-        self.elapsed = state["elapsed"]
-        self.skipped_total = state["skipped_total"]
-        self.skipped_in_a_row = state["skipped_in_a_row"]
-        self.best_validation = state["best_validation"]
-        self.learner.load_state_dict(state["learner"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["task_generator"])
-        if self.step_rule is not None:
-            self.step_rule.load_state_dict(state["step_rule"])
-        restore_rng(state["rng"])
+    def load_state_dict(self, state: dict, path: Path) -> None:
+        """Restore ``state`` (from the checkpoint ``path``); a ``CheckpointError`` if it does not fit this run."""
+        check_config_digest(state, self.digest, path)
+        load_module_state(self.learner, state.get("learner"), path)
+        try:
+            self.iteration = state["iteration"]
+            self.elapsed = state["elapsed"]
+            self.skipped_total = state["skipped_total"]
+            self.skipped_in_a_row = state["skipped_in_a_row"]
+            self.best_validation = state["best_validation"]
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            self.generator.set_state(state["task_generator"])
+            if self.step_rule is not None:
+                self.step_rule.load_state_dict(state["step_rule"])
+            restore_rng(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+            raise CheckpointError(f"checkpoint {path} is incomplete or malformed ({first_line(error)})") from None
+        self.learner.meta_gradient_calls = state.get("compile_calls", self.iteration)
+        self.last_good = Path(state["last_good"]) if state.get("last_good") else None
+        if self.iteration > self.iterations:
+            raise ConfigError(
+                f"{self.kind} has trained {self.iteration} iterations already, more than the {self.iterations} asked"
+            )
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def run(self, stop: _StopFlag, resume: bool) -> None:
+    def run(self, stop: StopFlag, resume: bool) -> None:
         """Train from the start (or the newest valid checkpoint) to ``iterations``; write the final checkpoint."""
         store = self.run_dir.checkpoints(self.kind, self.config.keep_checkpoints)
         if resume:
-            found = store.newest_valid(warn=lambda message: print(f"torchmaml: warning: {message}", file=sys.stderr))
+            found = newest_state(store, self.run_dir.checkpoint(self.kind), warn=_warn)
             if found is not None:
-                self.load_state_dict(found[1])
+                self.load_state_dict(found[1], found[0])
                 self.last_checkpoint = found[0]
                 print(f"resumed {self.kind} at iteration {self.iteration} from {found[0]}", flush=True)
-        _truncate_metrics(self.run_dir.metrics(self.kind), self.iteration)
-        writer = SummaryWriter(log_dir=str(self.run_dir.tensorboard(self.kind)), purge_step=self.iteration + 1)
+        truncate_metrics(self.run_dir.metrics(self.kind), self.iteration)
+        ensure_folder(self.run_dir.root / "tensorboard")
+        writer = SummaryWriter(
+            log_dir=str(ensure_folder(self.run_dir.tensorboard(self.kind))), purge_step=self.iteration + 1
+        )
         try:
-            self._loop(stop, store, writer)
+            with _allocation_errors(), _writer_thread_errors_to_main():
+                self._loop(stop, store, writer)
+                writer.close()  # TensorBoard's writing thread reports its errors here
+        except OSError as error:  # disk full, file size limit (ulimit -f), ...
+            kept = (
+                f"the newest checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else "no checkpoint"
+            )
+            raise WriteError(
+                f"{self.kind}: cannot write to {self.run_dir.root} ({error.strerror or error}) at iteration "
+                f"{self.iteration}; {kept}: free space, then continue with `torchmaml train --resume`"
+            ) from None
         finally:
-            writer.close()
+            with suppress(OSError):  # already reported
+                writer.close()
         save_checkpoint(self.run_dir.checkpoint(self.kind), self.state_dict())
 
-    def _loop(self, stop: _StopFlag, store: CheckpointStore, writer: SummaryWriter) -> None:
+    def _loop(self, stop: StopFlag, store: CheckpointStore, writer: SummaryWriter) -> None:
         config = self.config
         with (
-            open(self.run_dir.metrics(self.kind), "a") as log,
+            open_metrics(self.run_dir.metrics(self.kind)) as log,
             tqdm(
                 total=self.iterations,
                 initial=self.iteration,
@@ -189,6 +305,7 @@ class PhaseTrainer:
                 self.iteration += 1
                 self.elapsed += time.perf_counter() - started
                 self._count_skips(metrics)
+                self._check_weights()
                 metrics.update(self._stationarity())
                 metrics.update(self._validate())
                 record = {"iteration": self.iteration, **metrics, "seconds": round(self.elapsed, 4)}
@@ -202,6 +319,7 @@ class PhaseTrainer:
                 if checkpoint_due or stop.signal_number is not None:
                     log.flush()
                     self.last_checkpoint = store.save(self.iteration, self.state_dict())
+                    self.pending_good = self.last_checkpoint  # good once the next step's loss is finite
                 if stop.signal_number is not None:
                     raise Interrupted(stop.signal_number, self.last_checkpoint)
                 if self._out_of_time():
@@ -271,59 +389,37 @@ class PhaseTrainer:
     def _count_skips(self, metrics: dict[str, float]) -> None:
         if not metrics.get("skipped"):
             self.skipped_in_a_row = 0
+            if self.pending_good is not None:  # the weights it holds gave a finite loss and meta-gradient
+                self.last_good, self.pending_good = self.pending_good, None
             return
+        self.pending_good = None
         self.skipped_total += 1
         self.skipped_in_a_row += 1
         if self.skipped_in_a_row >= self.config.max_consecutive_skips:
-            last = self.last_checkpoint or "none yet"
             raise DivergenceError(
                 f"{self.kind} diverged: {self.skipped_in_a_row} meta-steps in a row had a non-finite loss or "
-                f"meta-gradient (up to iteration {self.iteration}); last good checkpoint: {last}. Lower "
-                "inner_lr or outer_lr, then resume or restart"
+                f"meta-gradient (up to iteration {self.iteration}); {self._last_good()}"
             )
 
+    def _check_weights(self) -> None:
+        """Stop at once if the step left non-finite weights (its loss and meta-gradient were finite)."""
+        with torch.no_grad():
+            finite = all(bool(torch.isfinite(p).all()) for p in self.learner.parameters())
+        if not finite:
+            raise DivergenceError(
+                f"{self.kind} diverged: the meta-step of iteration {self.iteration} left non-finite weights; "
+                f"{self._last_good()}"
+            )
 
-def _truncate_metrics(path: Path, iteration: int) -> None:
-    """Keep only the records of iterations ``1..iteration`` (a crash can leave later or partial lines)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a line cut short by a crash: nothing after it was written completely
-        if record.get("iteration", 0) > iteration:
-            break
-        kept.append(line + "\n")
-    atomic_write_bytes(path, "".join(kept).encode())
-
-
-class _StopFlag:
-    """Set by the first SIGINT/SIGTERM; a second one stops at once (KeyboardInterrupt)."""
-
-    signal_number: int | None = None
-
-    def request(self, number: int, _frame: object) -> None:
-        if self.signal_number is not None:
-            raise KeyboardInterrupt
-        self.signal_number = number
+    def _last_good(self) -> str:
+        return (
+            f"last good checkpoint: {self.last_good or 'none yet'}. Lower inner_lr or outer_lr and train again "
+            "(a resume continues with the same configuration)"
+        )
 
 
-@contextmanager
-def _stop_requests():
-    """While active, SIGINT and SIGTERM set a flag instead of killing the process (main thread only)."""
-    flag = _StopFlag()
-    handled = (signal.SIGINT, signal.SIGTERM)
-    try:
-        previous = {sig: signal.signal(sig, flag.request) for sig in handled}
-    except ValueError:  # not the main thread: leave signals alone
-        previous = {}
-    try:
-        yield flag
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def _warn(message: str) -> None:
+    print(f"torchmaml: warning: {message}", file=sys.stderr, flush=True)
 
 
 __all__ = ["CheckpointError", "DivergenceError", "Interrupted", "PhaseTrainer", "train_run"]

@@ -5,7 +5,8 @@ md5, and only then renames it into place: an interrupted, truncated or corrupt d
 reported, so the destination either does not exist or holds the complete, verified file.
 
 ``checked_zip_members`` refuses an archive with an entry that could land outside the folder it belongs
-to (an absolute path, a drive letter, a ``..`` component) or that is a symbolic link. torchmaml reads
+to (an absolute path, a drive letter, a ``..`` component), that is a symbolic link, or whose declared size
+is above a cap (checked before anything is inflated: a small entry can inflate to gigabytes). torchmaml reads
 images straight out of verified archives and never unpacks them, but an archive with such an entry is
 malformed and refused as a whole. Only the standard library is used for HTTP (``urllib``, with a timeout).
 """
@@ -91,14 +92,20 @@ def _fetch(url: str, stream, timeout: float) -> tuple[str, int, int | None]:
     return md5.hexdigest(), size, int(length) if length and length.isdigit() else None
 
 
-def checked_zip_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+def checked_zip_members(archive: zipfile.ZipFile, max_member_bytes: int | None = None) -> list[zipfile.ZipInfo]:
     """The entries of ``archive`` (folders included), after refusing any unsafe one.
 
     Raises ``UnsafeArchiveError`` naming the archive and the first entry that is absolute, has a drive
-    letter or a ``..`` component (``/`` and ``\\`` both count as separators), or is a symbolic link.
+    letter or a ``..`` component (``/`` and ``\\`` both count as separators), is a symbolic link, or
+    declares more than ``max_member_bytes`` uncompressed bytes.
     """
     members = archive.infolist()
     for info in members:
+        if max_member_bytes is not None and info.file_size > max_member_bytes:
+            raise UnsafeArchiveError(
+                f"archive {archive.filename} holds the entry {info.filename!r} of {info.file_size} bytes, more than "
+                f"the {max_member_bytes} allowed; refusing the whole archive"
+            )
         name = info.filename.replace("\\", "/")
         parts = PurePosixPath(name).parts
         if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts or "\0" in name:

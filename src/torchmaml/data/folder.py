@@ -89,15 +89,18 @@ def _scan(root: Path) -> list[tuple[str, list[os.DirEntry]]]:
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist or is not a folder (expected root/<class>/<image>)")
     classes = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        files = [
-            f
-            for f in os.scandir(entry.path)
-            if not f.name.startswith(".") and Path(f.name).suffix.lower() in IMAGE_SUFFIXES and f.is_file()
-        ]
-        classes.append((entry.name, sorted(files, key=lambda f: f.name)))
+    try:
+        for entry in sorted(os.scandir(root), key=lambda e: e.name):
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            files = [
+                f
+                for f in os.scandir(entry.path)
+                if not f.name.startswith(".") and Path(f.name).suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+            ]
+            classes.append((entry.name, sorted(files, key=lambda f: f.name)))
+    except OSError as error:  # a symbolic link loop, an unreadable folder
+        raise DatasetError(f"cannot read the image folder {root}: {error}") from None
     if not any(files for _, files in classes):
         raise DatasetError(
             f"no images in {root}: expected one folder per class, root/<class>/<image>, with images ending in "

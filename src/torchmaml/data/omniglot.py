@@ -38,6 +38,7 @@ import hashlib
 import logging
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ OMNIGLOT_MD5 = {
 EXPECTED = {"images_background": (30, 964), "images_evaluation": (20, 659)}  # alphabets, characters
 DRAWINGS = 20
 ROTATIONS = (0, 90, 180, 270)
+MAX_MEMBER_BYTES = 1 << 20  # an Omniglot drawing is a few KB; a bigger zip entry is not one (or a zip bomb)
 SPLITS = ("vinyals", "maml")
 PARTS = ("train", "val", "trainval", "test")
 
@@ -138,7 +140,7 @@ def load_omniglot(
     root = Path(root).expanduser()
     cache = Path(cache_dir if cache_dir is not None else root).expanduser() / f"omniglot-{image_size}.npz"
     meta = {"dataset": "omniglot", "image_size": image_size, "resample": "lanczos", "strokes": 255}
-    arrays = load_cache(cache, meta)
+    arrays = load_cache(cache, meta, required=("images", "characters", "background"))
     if arrays is None:
         sources = _locate(root, download, base_url, md5, timeout)
         logger.info("decoding Omniglot (32,460 images, about 10 s) into %s", cache)
@@ -286,14 +288,18 @@ def _zip_entries(archive: zipfile.ZipFile, name: str, path: Path) -> dict[str, t
     def reader(info: zipfile.ZipInfo):
         def read() -> bytes:
             try:
-                return archive.read(info)
-            except (OSError, zipfile.BadZipFile) as error:  # a CRC mismatch, a truncated archive
+                with archive.open(info) as stream:  # reads in bounded pieces: memory stays near the cap
+                    data = stream.read(MAX_MEMBER_BYTES + 1)
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:  # CRC, truncated, bad deflate
                 raise DatasetError(f"{path}: cannot read {info.filename} ({error}); the zip is corrupt") from None
+            if len(data) > MAX_MEMBER_BYTES:
+                raise DatasetError(f"{path}: {info.filename} inflates past {MAX_MEMBER_BYTES} bytes; corrupt zip")
+            return data
 
         return read
 
     entries = {}
-    for info in checked_zip_members(archive):
+    for info in checked_zip_members(archive, max_member_bytes=MAX_MEMBER_BYTES):
         parts = info.filename.split("/")
         if info.is_dir() or parts[0] == "__MACOSX" or any(part.startswith(".") for part in parts):
             continue

@@ -14,6 +14,7 @@ import numpy as np
 
 from torchmaml.rl.episodes import Episodes
 from torchmaml.rl.navigation import move_of
+from torchmaml.run.files import save_figure
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -50,7 +51,7 @@ def plot_learning_curve(records: dict[str, list[dict]], out_dir: Path, window: i
     axes[1].legend(fontsize=8)
     fig.suptitle("Learning curve")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    save_figure(fig, out, dpi=110)
     plt.close(fig)
     return out
 
@@ -73,7 +74,7 @@ def plot_returns(results: list[dict], out: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    save_figure(fig, out, dpi=110)
     plt.close(fig)
     return out
 
@@ -105,6 +106,6 @@ def plot_navigation(
     axes[0][0].legend(fontsize=8, loc="lower left")
     fig.suptitle("MAML on 2D navigation: trajectories before and after adaptation")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    save_figure(fig, out, dpi=110)
     plt.close(fig)
     return out

@@ -14,7 +14,10 @@ tasks: the paper's "pretrained" baseline). ``train(..., resume=True)`` continues
 its newest valid checkpoint with the folder's own configuration; everything a run draws comes from one
 ``torch.Generator`` per phase, so a resumed run repeats the uninterrupted one. On an error or
 ``KeyboardInterrupt`` the sampler's worker processes (if any) are shut down before the exception propagates;
-the last periodic checkpoint is kept.
+the last periodic checkpoint is kept. The run-folder runtime is the supervised trainer's (``torchmaml.run``):
+no symbolic link followed, a torn metrics line dropped on resume, SIGINT/SIGTERM finish the iteration and
+write a stop checkpoint (``Interrupted``), a checkpoint of another configuration refused, an existing run
+replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
@@ -28,20 +31,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from torchmaml.checkpoint import CheckpointStore, atomic_write_bytes, save_checkpoint
+from torchmaml.checkpoint import CheckpointStore, check_config_digest, config_digest, save_checkpoint
 from torchmaml.config import read_toml, to_toml
 from torchmaml.errors import ConfigError
 from torchmaml.functional import FunctionalModel, Params
 from torchmaml.rl.config import RLConfig, build_config
 from torchmaml.rl.maml_trpo import meta_update, sample_phases
 from torchmaml.rl.navigation import HORIZON as NAVIGATION_HORIZON
-from torchmaml.rl.plots import plot_learning_curve, read_metrics
+from torchmaml.rl.plots import plot_learning_curve
 from torchmaml.rl.policy import GaussianMLPPolicy, check_policy
 from torchmaml.rl.sampler import BatchedNavigationSampler, Sampler, VectorEnvSampler
 from torchmaml.rng import capture_rng, restore_rng
+from torchmaml.run.files import write_atomic
+from torchmaml.run.folder import check_new_run_folder, replace_run
+from torchmaml.run.metrics_log import open_metrics, read_records, truncate_metrics
+from torchmaml.run.resume import extended, newest_state, phase_finished, remove_stale_temporaries
+from torchmaml.run.signals import Interrupted, StopFlag, stop_requests
 from torchmaml.runlock import exclusive_run
 
 MAML, PRETRAINED = "maml", "pretrained"
+EXTENSIBLE_KEYS = ("iterations", "pretrained_iterations")
 
 
 def make_sampler(config: RLConfig) -> Sampler:
@@ -78,60 +87,93 @@ def load_run_config(out_dir: str | Path) -> RLConfig:
     return build_config(read_toml(path))
 
 
+def extended_config(out_dir: str | Path, overrides: list[str]) -> RLConfig:
+    """The run's saved configuration with ``--set`` overrides of ``EXTENSIBLE_KEYS`` only (extending a run)."""
+    return build_config(extended(load_run_config(out_dir).model_dump(), overrides, EXTENSIBLE_KEYS))
+
+
 def train(
-    config: RLConfig,
+    config: RLConfig | None,
     out_dir: str | Path,
     progress: bool = True,
     resume: bool = False,
     policy: nn.Module | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Meta-train (then the pretrained baseline, if configured) into ``out_dir``; returns the folder.
 
     ``policy``: any ``nn.Module`` mapping observations to ``(mean, log_std)`` of a Gaussian (see ``rl.policy``)
     to meta-train instead of the configured MLP; its parameters are the starting point. Pass the same module
-    to ``evaluate``.
+    to ``evaluate``. A new run refuses a folder that holds a run unless ``overwrite`` (which deletes it).
+    ``resume=True`` continues the run with its saved configuration, or with ``config`` if that raises its
+    ``EXTENSIBLE_KEYS`` only (:func:`extended_config`).
     """
     out = Path(out_dir)
     if resume:
-        config = load_run_config(out)
-    with exclusive_run(out):
-        if not resume:
-            atomic_write_bytes(out / "config.toml", to_toml(config).encode())
-        _train_phases(config, out, progress, resume, policy)
+        saved = load_run_config(out)
+        config = saved if config is None else config
+        if config_digest(config.model_dump()) != config_digest(saved.model_dump()):
+            raise ConfigError(
+                f"--resume continues {out} with its own config; only {' and '.join(EXTENSIBLE_KEYS)} can be raised"
+            )
+    with make_sampler(config) as sampler:  # the environment and a given policy are checked before any write
+        if policy is not None:
+            check_policy(policy, sampler.observation_dim, sampler.action_dim)
+        if not resume and check_new_run_folder(out, overwrite):
+            replace_run(out)
+        with exclusive_run(out), stop_requests() as stop:
+            if resume:
+                remove_stale_temporaries(out, report=_warn)
+                if config != saved:
+                    write_atomic(out / "config.toml", to_toml(config).encode())
+            else:
+                write_atomic(out / "config.toml", to_toml(config).encode())
+            _train_phases(config, sampler, out, progress, resume, policy, stop)
     return out
 
 
-def _train_phases(config: RLConfig, out: Path, progress: bool, resume: bool, policy: nn.Module | None) -> None:
+def _train_phases(
+    config: RLConfig,
+    sampler: Sampler,
+    out: Path,
+    progress: bool,
+    resume: bool,
+    policy: nn.Module | None,
+    stop: StopFlag,
+) -> None:
+    digest = config_digest(config.model_dump())
     phases = [(MAML, config.iterations, [config.inner_lr] * config.inner_steps)]
     if config.pretrained_iterations:
         phases.append((PRETRAINED, config.pretrained_iterations, []))
-    with make_sampler(config) as sampler:
-        for kind, iterations, lrs in phases:
-            if resume and (out / f"checkpoint-{kind}.pt").exists():
-                continue
-            module = policy if policy is not None else build_policy(config, sampler.observation_dim, sampler.action_dim)
-            check_policy(module, sampler.observation_dim, sampler.action_dim)
-            _train_phase(config, sampler, FunctionalModel(module), kind, iterations, lrs, out, progress, resume)
-    plot_learning_curve({kind: read_metrics(out / f"metrics-{kind}.jsonl") for kind, *_ in phases}, out)
+    for kind, iterations, lrs in phases:
+        if resume and phase_finished(out / f"checkpoint-{kind}.pt", iterations, digest, warn=_warn):
+            continue
+        module = policy if policy is not None else build_policy(config, sampler.observation_dim, sampler.action_dim)
+        check_policy(module, sampler.observation_dim, sampler.action_dim)
+        phase = (kind, iterations, lrs)
+        _train_phase(config, sampler, FunctionalModel(module), phase, out, progress, resume, stop)
+    plot_learning_curve({kind: read_records(out / f"metrics-{kind}.jsonl") for kind, *_ in phases}, out)
 
 
 def _train_phase(
     config: RLConfig,
     sampler: Sampler,
     policy: FunctionalModel,
-    kind: str,
-    iterations: int,
-    lrs: list[float],
+    phase: tuple[str, int, list[float]],
     out: Path,
     progress: bool,
     resume: bool,
+    stop: StopFlag,
 ) -> None:
+    kind, iterations, lrs = phase
+    digest = config_digest(config.model_dump())
     params: Params = policy.parameters()
     generator = torch.Generator().manual_seed(2 * config.seed + (kind == PRETRAINED))
     store = CheckpointStore(out / "checkpoints", kind, config.keep_checkpoints)
     iteration, seconds, cpu_seconds, env_steps = 0, 0.0, 0.0, 0
-    if resume and (found := store.newest_valid(warn=_warn)) is not None:
+    if resume and (found := newest_state(store, out / f"checkpoint-{kind}.pt", warn=_warn)) is not None:
         payload = found[1]
+        check_config_digest(payload, digest, found[0])
         iteration, seconds, env_steps = payload["iteration"], payload["seconds"], payload["env_steps"]
         cpu_seconds = payload["cpu_seconds"]
         params = payload["policy"]
@@ -150,12 +192,14 @@ def _train_phase(
             "generator": generator.get_state(),
             "rng": capture_rng(),
             "config": config.model_dump(),
+            "config_digest": digest,
+            "target": iterations,
         }
 
     metrics_path = out / f"metrics-{kind}.jsonl"
-    _truncate_metrics(metrics_path, iteration)
+    truncate_metrics(metrics_path, iteration)
     bar = tqdm(total=iterations, initial=iteration, desc=f"train {kind}", disable=not progress, dynamic_ncols=True)
-    with open(metrics_path, "a") as log, bar:
+    with open_metrics(metrics_path) as log, bar:
         while iteration < iterations:
             started, cpu_started = time.perf_counter(), time.process_time()
             tasks = sampler.sample_tasks(config.meta_batch_size, generator)
@@ -175,23 +219,15 @@ def _train_phase(
             log.write(json.dumps(record) + "\n")
             bar.update(1)
             bar.set_postfix(before=f"{metrics['return_before']:.1f}", after=f"{metrics['return_after']:.1f}")
-            if iteration % config.checkpoint_every == 0:
+            if iteration % config.checkpoint_every == 0 or stop.signal_number is not None:
                 log.flush()
-                store.save(iteration, payload())
+                saved = store.save(iteration, payload())
+                if stop.signal_number is not None:
+                    raise Interrupted(stop.signal_number, saved)
             if config.time_limit_minutes is not None and seconds >= 60 * config.time_limit_minutes:
                 print(f"{kind}: time limit of {config.time_limit_minutes} minutes reached at iteration {iteration}")
                 break
     save_checkpoint(out / f"checkpoint-{kind}.pt", payload())
-
-
-def _truncate_metrics(path: Path, iteration: int) -> None:
-    """Drop metric lines past ``iteration`` (written after the checkpoint a run resumes from)."""
-    if not path.exists():
-        return
-    keep = [
-        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["iteration"] <= iteration
-    ]
-    atomic_write_bytes(path, "".join(f"{line}\n" for line in keep).encode())
 
 
 def _warn(message: str) -> None:
