@@ -1,6 +1,5 @@
 """``compile=True``: the same meta-gradient through torch.compile, and a clean fallback when it fails;
-``compile="auto"``: compiled once the eager meta-gradients have taken as long as a compilation, vectorised
-strategies only."""
+``compile="auto"``: compiled from a call count fixed in advance (never a time), vectorised strategies only."""
 
 from __future__ import annotations
 

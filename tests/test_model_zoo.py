@@ -555,3 +555,13 @@ def test_buffers_are_read_and_an_in_place_update_is_reported_not_hidden():
     model.scale.fill_(3.0)  # buffers are read at each call
     rescaled, _ = learner.meta_gradient(batch)
     assert not torch.allclose(rescaled["params"]["linear.weight"], grads["params"]["linear.weight"])
+
+
+def test_differentiable_adaptation_of_a_model_with_several_inputs_takes_its_own_call_signature():
+    model = TwoInputs().double()
+    batch = make_batch("two_inputs", torch.float64)
+    learner = MetaLearner(model, F.mse_loss, 0.3, 1, compile=False)
+    fast = learner.adapt_differentiable(tree_map(lambda t: t[0], batch.support_x), batch.support_y[0])
+    a, b = (t[0] for t in batch.query_x)
+    assert torch.equal(fast(a, b), fast(a, b=b))
+    assert torch.equal(fast(a, b), call(model, fast.params, (a, b)))

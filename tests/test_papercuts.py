@@ -53,7 +53,7 @@ def test_the_baseline_follows_the_runs_length():
 
 
 def test_the_sinusoid_preset_does_not_wait_for_a_compilation_on_a_short_run():
-    assert load_config("sinusoid").compile == "auto"  # eager until 30 s of meta-gradients
+    assert load_config("sinusoid").compile == "auto"  # eager until the 6000th meta-gradient
 
 
 # -- devices ---------------------------------------------------------------------------------------------
@@ -158,6 +158,33 @@ def test_export_writes_weights_plain_torch_load_reads(sinusoid_run, tmp_path, ca
         assert code == 0
         loaded = load_file(str(tmp_path / "model.safetensors"))
         assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+
+
+def test_export_never_writes_through_a_link_and_a_bad_out_is_one_line(sinusoid_run, tmp_path, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "link.pt").symlink_to(victim)
+    code, _, err = in_process(capsys, "export", str(sinusoid_run), "--out", str(tmp_path / "link.pt"))
+    assert code == 2 and err.count("\n") == 1 and "symbolic link" in err
+    assert victim.read_text() == "keep me"
+    code, _, err = in_process(capsys, "export", str(sinusoid_run), "--out", str(victim / "model.pt"))
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_a_run_from_a_bigger_machine_is_evaluated_here(sinusoid_run, tmp_path, capsys):
+    """A saved config asking for more threads than this machine has (or a device it lacks) is used on this
+    machine's CPU with a one-line note, not refused: the run was trained elsewhere."""
+    import shutil
+
+    copied = tmp_path / "elsewhere"
+    shutil.copytree(sinusoid_run, copied)
+    config = (copied / "config.toml").read_text()
+    assert "\nthreads = 1\n" in config
+    (copied / "config.toml").write_text(config.replace("\nthreads = 1\n", "\nthreads = 4096\n"))
+    _, loaded = torchmaml.load_run(copied)
+    assert loaded.threads is None and "threads" in capsys.readouterr().err
+    code, _, err = in_process(capsys, "train", "--resume", str(copied))
+    assert code == 2 and "threads" in err  # training here is refused: it would compute differently
 
 
 def test_checkpoints_still_need_load_run(sinusoid_run):

@@ -83,8 +83,13 @@ def config_digest(values: dict[str, Any]) -> str:
 def check_config_digest(payload: dict[str, Any], digest: str, path: Path) -> None:
     """Refuse a checkpoint written by a run of another configuration (its digest, or its saved config)."""
     found = payload.get("config_digest")
-    if found is None and isinstance(payload.get("config"), dict):
-        found = config_digest(payload["config"])
+    if found is None and isinstance(payload.get("config"), dict):  # written before digests: its saved config,
+        from torchmaml.config import build_config  # completed with the keys added since (their defaults)
+
+        try:
+            found = config_digest(build_config(payload["config"]).model_dump())
+        except TorchMAMLError:
+            found = config_digest(payload["config"])
     if found != digest:
         raise CheckpointError(
             f"checkpoint {path} was written by a run with another configuration; refusing to resume from it: "

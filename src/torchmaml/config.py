@@ -109,7 +109,7 @@ class TrainConfig(BaseModel):
     chunk_size: int | None = Field(None, ge=1, description="tasks per vmap call under strategy chunked")
     compile: bool | Literal["auto"] = Field(
         "auto",
-        description="torch.compile the meta-gradient: true, false or auto (after 30 s of eager meta-gradients; MLPs)",
+        description="torch.compile the meta-gradient: true, false or auto (from the 6000th meta-gradient on; MLPs)",
     )
     # task family
     support_size: int = Field(10, ge=1, description="sinusoid: support (training) points per task")
@@ -316,11 +316,6 @@ class TrainConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _this_machine(self) -> TrainConfig:
-        check_machine(self.device, self.threads)
-        return self
-
-    @model_validator(mode="after")
     def _chunking(self) -> TrainConfig:
         if self.strategy == "chunked" and self.chunk_size is None:
             raise ValueError("strategy 'chunked' needs chunk_size (e.g. --set chunk_size=8)")
@@ -348,10 +343,18 @@ def check_values(values: dict[str, Any], prefix: str = "") -> None:
 
 
 def check_machine(device: str, threads: int | None) -> None:
-    """Refuse a device this machine lacks (``cuda`` without CUDA, ``cuda:abc``) and more threads than CPUs."""
-    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+    """Refuse a device this machine lacks (``cuda`` without CUDA, ``cuda:abc``) and more threads than CPUs
+    (``ConfigError``). Checked where a run computes (a new run, a resumed one), not where a saved run is read."""
+    try:
+        _check_machine(device, threads)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _check_machine(device: str, threads: int | None) -> None:
+    match = re.fullmatch(r"cpu|mps(?::0)?|cuda(?::(\d+))?", device)
     if match is None:
-        raise ValueError(f"device: must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        raise ValueError(f"device: must be 'cpu', 'cuda' or 'cuda:N' (or 'mps' on Apple silicon), got {device!r}")
     if device.startswith("cuda"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if int(match.group(1) or 0) >= count:
@@ -422,7 +425,9 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     for text in overrides:
         key, value = parse_override(text)
         values[key] = value
-    return build_config(values)
+    config = build_config(values)
+    check_machine(config.device, config.threads)
+    return config
 
 
 def to_toml(config: BaseModel) -> str:

@@ -21,6 +21,7 @@ dictionary of parameters. What the meta-learner evaluates, for any module:
 from __future__ import annotations
 
 import copy
+import itertools
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -53,25 +54,30 @@ class FunctionalModel:
         self._buffer_names = frozenset(name for name, _ in self._evaluated.named_buffers())
 
     def __call__(self, params: Params, x: Any) -> Any:
-        return self._call(params, x, self._buffer_clones())
+        args, kwargs = model_arguments(x)
+        return self._call(params, args, kwargs, self._buffer_clones())
+
+    def apply(self, params: Params, *args: Any, **kwargs: Any) -> Any:
+        """``module(*args, **kwargs)`` at ``params``: the module's own call signature."""
+        return self._call(params, args, kwargs, self._buffer_clones())
 
     def updated_buffers(self, params: Params, x: Any) -> list[str]:
         """The names of the buffers that a forward pass at ``params`` on ``x`` changes in place: updates that the
         meta-learner discards (each call gets fresh clones)."""
         buffers = self._buffer_clones()
-        self._call(params, x, buffers)
+        args, kwargs = model_arguments(x)
+        self._call(params, args, kwargs, buffers)
         current = dict(self.module.named_buffers())
         return [name for name, value in buffers.items() if not torch.equal(value, current[name])]
 
     def _buffer_clones(self) -> Params:
         return {name: b.clone() for name, b in self.module.named_buffers() if name in self._buffer_names}
 
-    def _call(self, params: Params, x: Any, buffers: Params) -> Any:
+    def _call(self, params: Params, args: tuple, kwargs: dict[str, Any], buffers: Params) -> Any:
         if self._evaluated is not self.module and not torch.compiler.is_compiling():
             _copy_modes(self.module, self._evaluated)
         tensors = {name: p.detach() for name, p in self.module.named_parameters() if not p.requires_grad}
         tensors.update(params)
-        args, kwargs = model_arguments(x)
         with sdpa_kernel(SDPBackend.MATH):
             return functional_call(self._evaluated, (tensors, buffers), args, kwargs)
 
@@ -98,8 +104,10 @@ def model_arguments(x: Any) -> tuple[tuple, dict[str, Any]]:
 def batch_statistics_view(module: nn.Module) -> nn.Module:
     """A copy of ``module`` whose batch-norm layers keep no running statistics, so they normalise with the
     statistics of the current batch in train and eval mode alike (``F.batch_norm`` with no running buffers).
-    Parameter and buffer names are the original's (``functional_call`` supplies their values)."""
-    view = copy.deepcopy(module)
+    Parameter and buffer names are the original's (``functional_call`` supplies their values); the copy's
+    tensors are the original's own, so no memory is duplicated."""
+    shared = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}  # not duplicated
+    view = copy.deepcopy(module, memo=shared)
     for layer in view.modules():
         if isinstance(layer, BATCH_NORM_TYPES):
             layer.track_running_stats = False

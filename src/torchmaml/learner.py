@@ -65,8 +65,8 @@ class MetaLearner(nn.Module):
             adapts; ``None`` adapts all trainable ones. ANIL adapts only the head; the rest is shared and
             meta-learned.
         compile: run the meta-gradient through ``torch.compile``: ``True`` from the first call, ``False``
-            never, ``"auto"`` (default) once the eager meta-gradients have taken as long as a compilation
-            costs (30 s), for the vectorised strategies only (see ``torchmaml.compilation``). Compiled, the
+            never, ``"auto"`` (default) from a call count fixed in advance (about one compilation's worth of
+            eager calls), for the vectorised strategies only (see ``torchmaml.compilation``). Compiled, the
             sinusoid MLP's meta-iteration is ~3x faster; needs a C++ compiler, and falls back to eager
             execution with a warning when compilation fails.
 
@@ -124,7 +124,7 @@ class MetaLearner(nn.Module):
     @property
     def compiled(self) -> bool:
         """Whether meta-gradients now run through ``torch.compile`` (``compile=True``, or ``"auto"`` once the
-        eager ones have taken as long as a compilation; see ``torchmaml.compilation``)."""
+        eager calls have reached the count fixed in advance; see ``torchmaml.compilation``)."""
         return self._meta_gradient_runner.compiled
 
     @property
@@ -420,11 +420,9 @@ class MetaLearner(nn.Module):
         classes = getattr(self, "_classes", None)
         if classes is None:
             return
-        for name in ("support_y", "query_y", "hessian_y"):
-            labels = getattr(batch, name)
-            if labels is None:
-                continue
-            low, high = int(labels.min()), int(labels.max())
+        fields = [name for name in ("support_y", "query_y", "hessian_y") if getattr(batch, name) is not None]
+        ranges = torch.stack([torch.stack([getattr(batch, n).min(), getattr(batch, n).max()]) for n in fields])
+        for name, (low, high) in zip(fields, ranges.tolist(), strict=True):  # one device sync for all of them
             if low < 0 or high >= classes:
                 raise ModelError(
                     f"TaskBatch.{name} holds class labels in [{low}, {high}] but the model outputs {classes} "
@@ -445,8 +443,7 @@ class AdaptedModel(nn.Module):
         self.params = params
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        x = kwargs if kwargs else (args[0] if len(args) == 1 else args)
-        return self._functional(self.params, x)
+        return self._functional.apply(self.params, *args, **kwargs)
 
 
 def set_support_statistics(model: nn.Module, support_x: Any) -> None:

@@ -8,6 +8,7 @@ unpack them. ``load_run`` gives back the trained ``MetaLearner`` and the run's `
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from torchmaml.config import TrainConfig
 from torchmaml.errors import TorchMAMLError
 from torchmaml.learner import MetaLearner
+from torchmaml.run.files import write_atomic
 
 __all__ = ["export_run", "load_run"]
 
@@ -37,7 +39,7 @@ def load_run(run_dir: str | Path, kind: str = "maml") -> tuple[MetaLearner, Trai
     if "env" in read_toml(root / "config.toml"):
         raise TorchMAMLError(f"{root} is a meta-RL run; load its policy with torchmaml.rl (see docs/rl.md)")
     run = RunDir(root)
-    config = run.load_config()
+    config = run.config_for_this_machine()
     if not run.checkpoint(kind).exists() and not run.best_checkpoint(kind).exists():
         raise TorchMAMLError(
             f"{root} has no trained {kind} weights yet (no {run.checkpoint(kind).name}); "
@@ -57,14 +59,16 @@ def export_run(run_dir: str | Path, out: str | Path, kind: str = "maml") -> Path
     out = Path(out)
     learner, _ = load_run(run_dir, kind)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in learner.model.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".safetensors":
         from torchmaml.extras import require
 
         require("safetensors", "safetensors")
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(state, str(out))
+        data = save(state)
     else:
-        torch.save(state, out)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
+    write_atomic(out, data)  # never through a link; one line if the folder cannot hold it
     return out

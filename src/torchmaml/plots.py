@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The JSONL metrics of a run, one dict per iteration."""
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def plot_learning_curve(records: dict[str, list[dict]], out: Path, window: int = 200) -> Path | None:

@@ -58,7 +58,7 @@ def adapt_and_predict(
     ``transductive=True`` classifies the query set as one batch with its batch statistics (``fast.train()``).
     """
     run = RunDir(Path(root))
-    config = run.load_config()
+    config = run.config_for_this_machine()
     if not is_classification(config):
         raise ConfigError(f"{root} is a {config.benchmark} run; `torchmaml adapt` needs a classification run")
     learner, _ = load_learner(run, config, MAML)

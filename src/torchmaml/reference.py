@@ -12,10 +12,11 @@ import types
 import typing
 from typing import Any
 
+import tomli_w
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from torchmaml.config import TrainConfig, _toml_value
+from torchmaml.config import TrainConfig
 
 HEADER = """# Configuration reference
 
@@ -44,11 +45,20 @@ A config with an `env` key is a meta-RL run (`torchmaml.rl.RLConfig`; needs `pip
 TABLE = "| key | type | default | meaning |\n|---|---|---|---|\n"
 
 
+def toml_value(value: Any) -> str:
+    """``value`` written as an inline TOML value, as it would appear after ``key =``."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
+
+
 def _type(annotation: Any) -> str:
     """``int``, ``float or unset``, ``"a" or "b"``, ``list[int]``: the type as a TOML user reads it."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Literal:
-        return " or ".join(_toml_value(a) for a in args)
+        return " or ".join(toml_value(a) for a in args)
     if origin in (types.UnionType, typing.Union):
         return " or ".join("unset" if a is type(None) else _type(a) for a in args)
     if origin is not None:
@@ -59,7 +69,7 @@ def _type(annotation: Any) -> str:
 def _default(model: type[BaseModel], name: str) -> str:
     field = model.model_fields[name]
     value = field.default_factory() if field.default is PydanticUndefined else field.default  # type: ignore[misc]
-    return "unset" if value is None else f"`{_toml_value(value)}`"
+    return "unset" if value is None else f"`{toml_value(value)}`"
 
 
 def table(model: type[BaseModel]) -> str:

@@ -40,7 +40,7 @@ def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
     Returns the report written to ``RUN_DIR/evaluation.json`` (schema in the README).
     """
     run = RunDir(Path(root))
-    config = run.load_config()
+    config = run.config_for_this_machine()
     if eval_tasks is not None:
         config = config.model_copy(update={"eval_tasks": eval_tasks})
     metric = metric_of(config)

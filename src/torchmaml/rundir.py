@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from torchmaml.checkpoint import CheckpointStore
-from torchmaml.config import TrainConfig, build_config, read_toml
+from torchmaml.config import TrainConfig, build_config, check_machine, read_toml
 from torchmaml.errors import ConfigError
 
 EXTENSIBLE_KEYS = ("iterations", "baseline_iterations")
@@ -52,10 +53,27 @@ class RunDir:
         return self.root / "adaptation.png"
 
     def load_config(self) -> TrainConfig:
-        """The resolved configuration saved by ``train``; a clear error if this is not a run folder."""
+        """The resolved configuration saved by ``train``; a clear error if this is not a run folder. It is read
+        as saved, whatever machine it was trained on (see :meth:`config_for_this_machine`)."""
         if not self.config.exists():
             raise ConfigError(f"{self.root} is not a run folder (no config.toml); train one with `torchmaml train`")
         return build_config(read_toml(self.config))
+
+    def config_for_this_machine(self) -> TrainConfig:
+        """The saved configuration, to evaluate or use the run here: a device this machine lacks becomes
+        ``cpu`` and a thread count above its CPUs the default, each with a one-line note on stderr."""
+        config = self.load_config()
+        try:
+            check_machine(config.device, None)
+        except ConfigError as error:
+            print(f"torchmaml: note: {error}; using cpu", file=sys.stderr)
+            config = config.model_copy(update={"device": "cpu"})
+        try:
+            check_machine("cpu", config.threads)
+        except ConfigError as error:
+            print(f"torchmaml: note: {error}; using the default", file=sys.stderr)
+            config = config.model_copy(update={"threads": None})
+        return config
 
 
 def resume_config(root: Path, overrides: list[str]) -> TrainConfig:
@@ -63,6 +81,7 @@ def resume_config(root: Path, overrides: list[str]) -> TrainConfig:
     from torchmaml.run.resume import extended
 
     config = RunDir(Path(root)).load_config()
+    check_machine(config.device, config.threads)
     if overrides and config.outer_lr_schedule == "cosine":
         raise ConfigError(
             "--set: a run with outer_lr_schedule cosine cannot be extended (its schedule was fitted to its "

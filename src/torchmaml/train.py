@@ -101,8 +101,9 @@ def train_run(
                         build_phase(config, kind, iterations, run, progress).run(stop, resume=True)
                 _plot(run, phases)
             return run
+        replacing = check_new_run_folder(run.root, overwrite)  # before building the data: writes nothing
         first = build_phase(config, MAML, config.iterations, run, progress)  # validates before anything is written
-        if check_new_run_folder(run.root, overwrite):
+        if replacing:
             replace_run(run.root)
         with exclusive_run(run.root):
             write_atomic(run.config, to_toml(config).encode())
@@ -153,7 +154,8 @@ def _writer_thread_errors_to_main() -> Iterator[None]:
     previous = threading.excepthook
 
     def hook(arguments: threading.ExceptHookArgs) -> None:
-        if not issubclass(arguments.exc_type, OSError):
+        writer_thread = arguments.thread is not None and type(arguments.thread).__module__.startswith("tensorboard")
+        if not (writer_thread and issubclass(arguments.exc_type, OSError)):
             previous(arguments)
 
     threading.excepthook = hook
@@ -404,16 +406,22 @@ class PhaseTrainer:
     def _check_weights(self) -> None:
         """Stop at once if the step left non-finite weights (its loss and meta-gradient were finite)."""
         with torch.no_grad():
-            finite = all(bool(torch.isfinite(p).all()) for p in self.learner.parameters())
+            finite = bool(torch.stack([torch.isfinite(p).all() for p in self.learner.parameters()]).all())
         if not finite:
             raise DivergenceError(
                 f"{self.kind} diverged: the meta-step of iteration {self.iteration} left non-finite weights; "
                 f"{self._last_good()}"
             )
 
+    def _newest_good(self) -> str:
+        """The last good checkpoint if it is still on disk (``keep_checkpoints`` may have pruned it)."""
+        if self.last_good is not None and Path(self.last_good).exists():
+            return str(self.last_good)
+        return "none kept" if self.last_good is not None else "none yet"
+
     def _last_good(self) -> str:
         return (
-            f"last good checkpoint: {self.last_good or 'none yet'}. Lower inner_lr or outer_lr and train again "
+            f"last good checkpoint: {self._newest_good()}. Lower inner_lr or outer_lr and train again "
             "(a resume continues with the same configuration)"
         )
 

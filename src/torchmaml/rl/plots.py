@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -15,14 +14,6 @@ import numpy as np
 from torchmaml.rl.episodes import Episodes
 from torchmaml.rl.navigation import move_of
 from torchmaml.run.files import save_figure
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The JSONL metrics of a phase, one dict per iteration (empty if the file does not exist)."""
-    if not Path(path).exists():
-        return []
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def plot_learning_curve(records: dict[str, list[dict]], out_dir: Path, window: int = 10) -> Path:

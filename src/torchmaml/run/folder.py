@@ -48,7 +48,9 @@ def check_new_run_folder(root: Path, overwrite: bool) -> bool:
 def replace_run(root: Path) -> None:
     """Delete the run in ``root`` completely: renamed aside under its lock (refused if it is training), then
     removed; ``root`` is left as an empty folder."""
-    root = Path(root)
+    root = Path(os.path.realpath(root))  # the folder itself, also where --out is a link the user made to it
+    if not root.name:
+        raise ConfigError(f"--out {root}: cannot replace a run at the file system's root; give a folder below it")
     aside = root.with_name(f".{root.name}.replaced-{os.getpid()}")
     with exclusive_run(root):
         try:
