@@ -41,3 +41,12 @@ def test_overrides_and_unknown_presets():
     assert (config.iterations, config.estimator, config.hidden) == (7, "exact", [32])
     with pytest.raises(ConfigError, match="presets: half-cheetah-dir"):
         load_config("navigation3d")
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [("inner_lr=inf", "must be a finite number"), ("seed=18446744073709551616", "below 2\\*\\*63")],
+)
+def test_values_that_cannot_work_are_refused_in_one_line(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("navigation2d", [override])

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from torchmaml.config import describe_validation_error, parse_override
+from torchmaml.config import check_values, describe_validation_error, parse_override
 from torchmaml.errors import ConfigError
 from torchmaml.presets import read_preset
 
@@ -119,6 +119,11 @@ class RLConfig(BaseModel):
         if any(not v > 0 for v in value):
             raise ValueError("every rate must be > 0")
         return value
+
+    @model_validator(mode="after")
+    def _workable_values(self) -> RLConfig:
+        check_values(self.model_dump())  # control characters, non-finite numbers, integers beyond 64 bits
+        return self
 
     def eval_rates(self, steps: int) -> list[float]:
         """The inner step sizes of ``steps`` evaluation steps: ``eval_lrs``, its last entry repeated."""
