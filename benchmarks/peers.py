@@ -54,7 +54,8 @@ Protocol, per (workload, order):
    parameters); past the tolerance (W1 1e-6, W2 1e-4) it refuses to time and the cell says so. W3's float32
    meta-gradient is ill-conditioned (five inner steps on random images: every implementation is 7e-2 from
    the float64 reference), so each W3 child checks a float64 copy of its implementation (tolerance 1e-8) and
-   times the float32 one. Then untimed warm-up meta-iterations (W1 10, W2 and W3 1; compilation happens
+   times the float32 one; so does each W2u child (its float32 meta-gradients, peers included, are all
+   1.3-1.6e-4 from the reference). Then untimed warm-up meta-iterations (W1 10, W2 and W3 1; compilation happens
    there) and the timed ones: one meta-iteration is the meta-gradient over the
    batch plus the Adam step.
 3. A cell is the median ms per meta-iteration over all timed iterations of all rounds, their min-max
@@ -124,10 +125,11 @@ PEER_DISTRIBUTIONS = {"learn2learn": "learn2learn", "higher": "higher", "torchop
 W1_BEST = "vmap+compile"
 W2_CANDIDATES = ("loop", "chunked", "vmap", "loop+compile", "chunked+compile", "vmap+compile")
 CHUNK_SIZE = 4
-TOLERANCE = {"W1": 1e-6, "W2": 1e-4, "W2u": 1e-4, "W3": 1e-8}
+TOLERANCE = {"W1": 1e-6, "W2": 1e-4, "W2u": 1e-8, "W3": 1e-8}
 # W3's float32 meta-gradient is ill-conditioned (five steps on random images: every implementation, peers
-# included, is 7e-2 from the float64 reference), so W3 checks a float64 copy of each implementation instead
-CHECK_IN_FLOAT64 = {"W1": False, "W2": False, "W2u": False, "W3": True}
+# included, is 7e-2 from the float64 reference), so W3 checks a float64 copy of each implementation instead;
+# so does W2u, whose float32 meta-gradients are all 1.3-1.6e-4 from it (peers included; W2's were <= 6e-5)
+CHECK_IN_FLOAT64 = {"W1": False, "W2": False, "W2u": True, "W3": True}
 WARMUP = {"W1": 10, "W2": 1, "W2u": 1, "W3": 1}
 OUTER_LR = 1e-3
 MAX_WARMUP = 100_000  # warm-up iterations at most while waiting for torchmaml's default to compile
