@@ -51,13 +51,13 @@ Protocol, per (workload, order):
    (W1 ``--w1-iterations``, default 50; W2 ``--w2-iterations``, default 10; W3 ``--w3-iterations``, default
    4), because this machine's speed drifts. Each child first computes its meta-gradient at the initial
    weights and compares it with the reference (relative error ``||g - g_ref|| / ||g_ref||`` over all
-   parameters); past the tolerance (W1 1e-6, W2 1e-4) it refuses to time and the cell says so. W3's float32
-   meta-gradient is ill-conditioned (five inner steps on random images: every implementation is 7e-2 from
-   the float64 reference), so each W3 child checks a float64 copy of its implementation (tolerance 1e-8) and
-   times the float32 one; so does each W2u child (its float32 meta-gradients, peers included, are all
-   1.3-1.6e-4 from the reference). Then untimed warm-up meta-iterations (W1 10, W2 and W3 1; compilation happens
-   there) and the timed ones: one meta-iteration is the meta-gradient over the
-   batch plus the Adam step.
+   parameters); past the tolerance (W1 1e-6, W2 1e-4, W2u 3e-4: every implementation's float32 meta-gradient
+   there, peers included, is 0.7-1.6e-4 from the reference) it refuses to time and the cell says so. W3's
+   float32 meta-gradient is ill-conditioned (five inner steps on random images: every implementation is 7e-2
+   from the float64 reference), so each W3 child checks a float64 copy of its implementation (tolerance 1e-8)
+   and times the float32 one (its peak RSS then includes the float64 copy's). Then untimed warm-up
+   meta-iterations (W1 10, W2, W2u and W3 1; compilation happens there) and the timed ones: one
+   meta-iteration is the meta-gradient over the batch plus the Adam step.
 3. A cell is the median ms per meta-iteration over all timed iterations of all rounds, their min-max
    spread, and the largest peak RSS of the implementation's children (``ru_maxrss`` from ``os.wait4``,
    which includes the interpreter and torch, about 300 MB). A peer that cannot be imported is "not
@@ -125,11 +125,12 @@ PEER_DISTRIBUTIONS = {"learn2learn": "learn2learn", "higher": "higher", "torchop
 W1_BEST = "vmap+compile"
 W2_CANDIDATES = ("loop", "chunked", "vmap", "loop+compile", "chunked+compile", "vmap+compile")
 CHUNK_SIZE = 4
-TOLERANCE = {"W1": 1e-6, "W2": 1e-4, "W2u": 1e-8, "W3": 1e-8}
+# W2u's float32 meta-gradients are all 0.7-1.6e-4 from the float64 reference, peers included (its exactness in
+# float64 is tests/test_accelerate.py's, to 1e-10)
+TOLERANCE = {"W1": 1e-6, "W2": 1e-4, "W2u": 3e-4, "W3": 1e-8}
 # W3's float32 meta-gradient is ill-conditioned (five steps on random images: every implementation, peers
-# included, is 7e-2 from the float64 reference), so W3 checks a float64 copy of each implementation instead;
-# so does W2u, whose float32 meta-gradients are all 1.3-1.6e-4 from it (peers included; W2's were <= 6e-5)
-CHECK_IN_FLOAT64 = {"W1": False, "W2": False, "W2u": True, "W3": True}
+# included, is 7e-2 from the float64 reference), so W3 checks a float64 copy of each implementation instead
+CHECK_IN_FLOAT64 = {"W1": False, "W2": False, "W2u": False, "W3": True}
 WARMUP = {"W1": 10, "W2": 1, "W2u": 1, "W3": 1}
 OUTER_LR = 1e-3
 MAX_WARMUP = 100_000  # warm-up iterations at most while waiting for torchmaml's default to compile
