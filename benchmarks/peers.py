@@ -66,8 +66,9 @@ Protocol, per (workload, order):
    meta-iteration (``torch.utils.flop_counter.FlopCounterMode``: matrix products and convolutions, forward,
    backward and double backward) and measures the attainable rate of this machine's kernels on its thread
    count (best of 5: a 1024^3 ``torch.mm``, and W2's first- and second-block forward convolutions,
-   channels-last, on 75 images). A third table gives each row's achieved rate, its FLOPs over its median
-   time, and that rate as a fraction of the best attainable one measured at the same thread count.
+   channels-last, on 75 images); that child's peak RSS is taken before the counted meta-iteration. A third
+   table gives each row's achieved rate, its FLOPs over its median time, and that rate as a fraction of the
+   best attainable one measured at the same thread count.
 
 Run from the repository root, after ``bash benchmarks/install_peers.sh`` (the full table takes in the order of
 an hour on one thread, and W2's naive vmap needs several GB of RAM)::
@@ -106,7 +107,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from _harness import last_error_line, names, read_json_line, run_child
+from _harness import last_error_line, max_rss_mb, names, read_json_line, run_child
 from speed import DESCRIPTIONS, INNER_STEPS, ORDERS, WORKLOADS, build_workload
 
 IMPLEMENTATIONS = {
@@ -495,7 +496,8 @@ def time_implementation(job: Job) -> dict[str, Any]:
         start = time.perf_counter()
         implementation.step()
         times_ms.append((time.perf_counter() - start) * 1000)
-    if job.flops:
+    if job.flops:  # the peak RSS of the timed iterations is the child's before the counted one
+        result["timed_peak_rss_mb"] = max_rss_mb()
         result.update(flops=count_flops(implementation.step), attainable_gflops=attainable_rates())
     return {**result, "status": "ok", "times_ms": times_ms}
 
@@ -573,7 +575,7 @@ def run_job(job: Job, out: Path, name: str) -> dict[str, Any]:
     if result is None:
         reason = f"timed out after {job.timeout:g} s" if code == -signal.SIGALRM else last_error_line(log)
         result = {"status": "failed", "error": f"exit code {code}: {reason}"}
-    return {**result, "wall_s": wall, "peak_rss_mb": rss}
+    return {**result, "wall_s": wall, "peak_rss_mb": result.get("timed_peak_rss_mb", rss)}
 
 
 def job_name(job: Job) -> str:
