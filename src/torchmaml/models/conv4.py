@@ -9,7 +9,8 @@ Batch norm is :class:`MetaBatchNorm2d`: transductive batch statistics, written w
 gradients, functorch#534) except where tasks run one at a time (``functional.unvectorised``, the ``"loop"``
 strategy), where the fused kernel computes the same function faster; where the exact estimator then
 differentiates with plain autograd (``functional.plain_autograd``), with the double backward of
-``torchmaml.models.batch_norm``. It keeps no running statistics, so nothing can leak between tasks.
+``torchmaml.models.batch_norm``. It keeps no running statistics, so nothing can leak between tasks. The layers'
+kernels per execution context are ``torchmaml.models.layers``'s, shared with ``models.accelerate``.
 """
 
 from __future__ import annotations
