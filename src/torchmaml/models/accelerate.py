@@ -47,7 +47,7 @@ def accelerate(module: nn.Module) -> nn.Module:
     statistics in every batch norm), the same parameter and buffer names and tensors."""
     shared = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}  # deepcopy's memo
     copied = copy.deepcopy(module, memo=shared)
-    replaced: dict[int, nn.Module] = {}
+    replaced: dict[int, tuple[nn.Module, nn.Module]] = {}
     root = _replacement(copied, replaced)
     for parent in list(root.modules()):
         for name, child in parent.named_children():
@@ -57,16 +57,18 @@ def accelerate(module: nn.Module) -> nn.Module:
     return root
 
 
-def _replacement(module: nn.Module, replaced: dict[int, nn.Module]) -> nn.Module:
-    """The fast layer for ``module`` (one per module object, so shared modules stay shared), else ``module``."""
+def _replacement(module: nn.Module, replaced: dict[int, tuple[nn.Module, nn.Module]]) -> nn.Module:
+    """The fast layer for ``module`` (one per module object, so shared modules stay shared), else ``module``.
+    ``replaced`` maps ``id(module)`` to ``(module, its replacement)``, keeping ``module`` alive so that its id is
+    not reused while the walk runs."""
     if id(module) not in replaced:
         fast = module
         if type(module) is nn.Conv2d and module.padding_mode == "zeros":
             fast.__class__ = ChannelsLastConv2d  # a subclass with no state of its own: the same layer, faster
         elif type(module) is nn.BatchNorm2d:
             fast = TransductiveBatchNorm2d.from_batch_norm(module)
-        replaced[id(module)] = fast
-    return replaced[id(module)]
+        replaced[id(module)] = (module, fast)
+    return replaced[id(module)][1]
 
 
 def _pool_before_relu(sequence: nn.Sequential) -> None:
