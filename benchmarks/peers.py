@@ -26,39 +26,57 @@ seed), the same fixed task batch and ``Adam(lr=1e-3)`` as the outer optimiser:
   implementation of its own: W1 ``vmap`` with ``compile=True``; W2 ``--w2-candidates``, by default ``loop``,
   ``chunked`` (4 tasks per vectorised call) and ``loop+compile`` (``compile=True``). The cell names the
   winner; a note under the table lists every candidate's median.
+- ``torchmaml-accelerated`` (W2u only): ``MetaLearner(accelerate(model), ...)`` with the defaults of
+  ``torchmaml`` (``torchmaml.models.accelerate``: the user's layers on conv4's fast path). On W2u the
+  ``torchmaml`` row is the user's model as it is, ``MetaLearner(model, ...)``.
+- ``torchmaml-conv4`` (W2u only): ``MetaLearner(conv4(ways=5), ...)`` with the user model's weights copied in:
+  the same function written with torchmaml's own layers.
 
 Workloads: those of ``benchmarks/speed.py`` (its ``build_workload``: the same seeds, weights and data).
 W1: sinusoid MLP 1-40-40-1 (ReLU), MSE, 25 tasks of 10 support + 10 query points, 1 inner step, inner lr
 0.01. W2: ``conv4(ways=5)`` (64 filters, transductive batch norm, so every implementation uses training-mode
 batch statistics), 5-way 1-shot with 15 queries per class on random images, 32 tasks (``--w2-tasks``),
 1 inner step, inner lr 0.4, cross entropy. W3: ``conv4(ways=20)``, 20-way 1-shot with 15 queries per class,
-16 tasks, 5 inner steps, inner lr 0.1 (MAML's 20-way Omniglot protocol). Orders: ``second`` (exact MAML),
+16 tasks, 5 inner steps, inner lr 0.1 (MAML's 20-way Omniglot protocol). W2u: W2 with a user's plain
+``nn.Sequential`` of ``nn.Conv2d``, ``nn.BatchNorm2d`` (training mode), ``nn.ReLU``, ``nn.MaxPool2d`` (x 4) and
+``nn.Linear`` in place of conv4 (``speed.user_conv4``; the same initial weights). Orders: ``second`` (exact MAML),
 ``first`` (FO-MAML; every inner gradient taken without a graph).
 
 Protocol, per (workload, order):
 
 1. A child process computes the reference meta-gradient: the ``loop`` implementation in float64.
-2. Every implementation runs in child processes of its own (``OMP_NUM_THREADS=--threads``), in
+2. Every implementation runs in child processes of its own (``OMP_NUM_THREADS`` from ``--threads``, a list:
+   each thread count is a row of its own, its children interleaved with the others'), in
    ``--rounds`` round-robin rounds (the order rotated every round) that share the timed iterations
    (W1 ``--w1-iterations``, default 50; W2 ``--w2-iterations``, default 10; W3 ``--w3-iterations``, default
    4), because this machine's speed drifts. Each child first computes its meta-gradient at the initial
    weights and compares it with the reference (relative error ``||g - g_ref|| / ||g_ref||`` over all
-   parameters); past the tolerance (W1 1e-6, W2 1e-4) it refuses to time and the cell says so. W3's float32
-   meta-gradient is ill-conditioned (five inner steps on random images: every implementation is 7e-2 from
-   the float64 reference), so each W3 child checks a float64 copy of its implementation (tolerance 1e-8) and
-   times the float32 one. Then untimed warm-up meta-iterations (W1 10, W2 and W3 1; compilation happens
-   there) and the timed ones: one meta-iteration is the meta-gradient over the
-   batch plus the Adam step.
+   parameters); past the tolerance (W1 1e-6, W2 1e-4, W2u 3e-4: every implementation's float32 meta-gradient
+   there, peers included, is 0.7-1.6e-4 from the reference) it refuses to time and the cell says so. W3's
+   float32 meta-gradient is ill-conditioned (five inner steps on random images: every implementation is 7e-2
+   from the float64 reference), so each W3 child checks a float64 copy of its implementation (tolerance 1e-8)
+   and times the float32 one (its peak RSS then includes the float64 copy's). Then untimed warm-up
+   meta-iterations (W1 10, W2, W2u and W3 1; compilation happens there) and the timed ones: one
+   meta-iteration is the meta-gradient over the batch plus the Adam step.
 3. A cell is the median ms per meta-iteration over all timed iterations of all rounds, their min-max
    spread, and the largest peak RSS of the implementation's children (``ru_maxrss`` from ``os.wait4``,
    which includes the interpreter and torch, about 300 MB). A peer that cannot be imported is "not
    installed"; a child that crashes or runs past ``--timeout`` seconds is "failed".
+4. With ``--flops``, each child of the first round also counts the floating-point operations of one more
+   meta-iteration (``torch.utils.flop_counter.FlopCounterMode``: matrix products and convolutions, forward,
+   backward and double backward) and measures the attainable rate of this machine's kernels on its thread
+   count (best of 5: a 1024^3 ``torch.mm``, and W2's first- and second-block forward convolutions,
+   channels-last, on 75 images); that child's peak RSS is taken before the counted meta-iteration. A third
+   table gives each row's achieved rate, its FLOPs over its median time, and that rate as a fraction of the
+   best attainable one measured at the same thread count.
 
 Run from the repository root, after ``bash benchmarks/install_peers.sh`` (the full table takes in the order of
 an hour on one thread, and W2's naive vmap needs several GB of RAM)::
 
     .venv/bin/python benchmarks/peers.py --json runs/peers/results.json
     .venv/bin/python benchmarks/peers.py --workloads W1 --orders second --implementations loop,torchmaml
+    .venv/bin/python benchmarks/peers.py --workloads W2u --implementations \\
+        learn2learn,higher,torchopt,torchmaml,torchmaml-accelerated,torchmaml-conv4 --threads 1,2 --flops
     .venv/bin/python benchmarks/peers.py --w1-iterations 3 --w2-iterations 1 --w2-tasks 2 --rounds 1 \\
         --out runs/peers/smoke                                  # a smoke test of everything (minutes)
 
@@ -89,8 +107,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from _harness import last_error_line, names, read_json_line, run_child
-from speed import DESCRIPTIONS, INNER_STEPS, ORDERS, build_workload
+from _harness import last_error_line, max_rss_mb, names, read_json_line, run_child
+from speed import DESCRIPTIONS, INNER_STEPS, ORDERS, WORKLOADS, build_workload
 
 IMPLEMENTATIONS = {
     "learn2learn": "learn2learn",
@@ -100,16 +118,21 @@ IMPLEMENTATIONS = {
     "vmap": "naive vmap over tasks",
     "torchmaml": "torchmaml (auto)",
     "torchmaml-best": "torchmaml (best)",
+    "torchmaml-accelerated": "torchmaml (accelerate)",
+    "torchmaml-conv4": "torchmaml (conv4, same weights)",
 }
+USER_MODEL_ONLY = ("torchmaml-accelerated", "torchmaml-conv4")  # rows of W2u alone
 PEER_DISTRIBUTIONS = {"learn2learn": "learn2learn", "higher": "higher", "torchopt": "torchopt"}
 W1_BEST = "vmap+compile"
 W2_CANDIDATES = ("loop", "chunked", "vmap", "loop+compile", "chunked+compile", "vmap+compile")
 CHUNK_SIZE = 4
-TOLERANCE = {"W1": 1e-6, "W2": 1e-4, "W3": 1e-8}
+# W2u's float32 meta-gradients are all 0.7-1.6e-4 from the float64 reference, peers included (its exactness in
+# float64 is tests/test_accelerate.py's, to 1e-10)
+TOLERANCE = {"W1": 1e-6, "W2": 1e-4, "W2u": 3e-4, "W3": 1e-8}
 # W3's float32 meta-gradient is ill-conditioned (five steps on random images: every implementation, peers
 # included, is 7e-2 from the float64 reference), so W3 checks a float64 copy of each implementation instead
-CHECK_IN_FLOAT64 = {"W1": False, "W2": False, "W3": True}
-WARMUP = {"W1": 10, "W2": 1, "W3": 1}
+CHECK_IN_FLOAT64 = {"W1": False, "W2": False, "W2u": False, "W3": True}
+WARMUP = {"W1": 10, "W2": 1, "W2u": 1, "W3": 1}
 OUTER_LR = 1e-3
 MAX_WARMUP = 100_000  # warm-up iterations at most while waiting for torchmaml's default to compile
 
@@ -126,6 +149,7 @@ class Job:
     warmup: int
     iterations: int
     threads: int
+    flops: bool  # count the FLOPs of one more meta-iteration and measure the attainable rates
     reference: str  # the file of the float64 reference meta-gradient
     tolerance: float
     timeout: float
@@ -335,15 +359,40 @@ def torchopt_functional_first_order(
     return accumulate
 
 
+def as_conv4(model: Any, ways: int) -> tuple[Any, dict[str, str]]:
+    """``conv4(ways)`` with ``model``'s parameters copied in (the same shapes in the same order), and the map
+    from conv4's parameter names to ``model``'s."""
+    import torch
+
+    from torchmaml.models import conv4
+
+    twin = conv4(ways=ways).to(next(model.parameters()).dtype)
+    names = {}
+    with torch.no_grad():
+        for (name, target), (source_name, source) in zip(
+            twin.named_parameters(), model.named_parameters(), strict=True
+        ):
+            target.copy_(source)
+            names[name] = source_name
+    return twin, names
+
+
 def torchmaml_implementation(model: Any, loss: Callable, inner_lr: float, batch: Any, job: Job) -> Implementation:
-    """``MetaLearner`` with the job's strategy (``+compile`` adds ``compile=True``) and its ``meta_step``."""
+    """``MetaLearner`` with the job's strategy (``+compile`` adds ``compile=True``) and its ``meta_step``; the
+    model accelerated (``torchmaml-accelerated``) or replaced by its conv4 twin (``torchmaml-conv4``)."""
     import torch
 
     from torchmaml import MetaLearner
-    from torchmaml.compilation import COMPILE_AFTER_SECONDS
+    from torchmaml.compilation import COMPILE_AFTER_CALLS
+    from torchmaml.models.accelerate import accelerate
 
     strategy = job.variant.removesuffix("+compile")
     compiled = job.variant.endswith("+compile")
+    names: dict[str, str] = {}  # the meta-gradient's names as the reference's
+    if job.implementation == "torchmaml-accelerated":
+        model = accelerate(model)
+    elif job.implementation == "torchmaml-conv4":
+        model, names = as_conv4(model, ways=int(batch.support_y.max()) + 1)
     learner = MetaLearner(
         model,
         loss=loss,
@@ -357,11 +406,11 @@ def torchmaml_implementation(model: Any, loss: Callable, inner_lr: float, batch:
     optimizer = torch.optim.Adam(learner.parameters(), lr=OUTER_LR)
     resolved = f"chunked ({CHUNK_SIZE})" if learner.strategy == "chunked" else learner.strategy
     label = ("auto → " if strategy == "auto" else "") + resolved + (" + compile" if compiled else "")
-    if strategy == "auto" and resolved in COMPILE_AFTER_SECONDS:
-        label += f", compiled after {COMPILE_AFTER_SECONDS[resolved]:g} s eager (the default)"
-    settles = strategy != "auto" or resolved not in COMPILE_AFTER_SECONDS
+    if strategy == "auto" and resolved in COMPILE_AFTER_CALLS:
+        label += f", compiled from call {COMPILE_AFTER_CALLS[resolved]} (the default)"
+    settles = strategy != "auto" or resolved not in COMPILE_AFTER_CALLS
     return Implementation(
-        gradient=lambda: learner.meta_gradient(batch)[0]["params"],
+        gradient=lambda: {names.get(k, k): g for k, g in learner.meta_gradient(batch)[0]["params"].items()},
         step=lambda: learner.meta_step(batch, optimizer),
         label=label,
         settled=lambda: settles or learner.compiled,
@@ -447,7 +496,50 @@ def time_implementation(job: Job) -> dict[str, Any]:
         start = time.perf_counter()
         implementation.step()
         times_ms.append((time.perf_counter() - start) * 1000)
+    if job.flops:  # the peak RSS of the timed iterations is the child's before the counted one
+        result["timed_peak_rss_mb"] = max_rss_mb()
+        result.update(flops=count_flops(implementation.step), attainable_gflops=attainable_rates())
     return {**result, "status": "ok", "times_ms": times_ms}
+
+
+def count_flops(step: Callable[[], object]) -> int:
+    """The matrix-product and convolution FLOPs of one call of ``step`` (torch's ``FlopCounterMode``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops()
+
+
+def attainable_rates(repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of this machine's kernels on this process's threads, best of ``repeats``: a 1024^3 ``torch.mm``
+    and the forward convolutions of W2's first and second blocks (channels-last, 75 images: a query set)."""
+    import torch
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(0)
+
+    def tensor(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator)
+
+    def conv(channels: int, size: int) -> Callable[[], Any]:
+        x = tensor(75, channels, size, size).contiguous(memory_format=torch.channels_last)
+        weight = tensor(64, channels, 3, 3).contiguous(memory_format=torch.channels_last)
+        return lambda: F.conv2d(x, weight, None, 1, 1)
+
+    a, b = tensor(1024, 1024), tensor(1024, 1024)
+    kernels = {"mm 1024^3": lambda: torch.mm(a, b), "conv block 1": conv(1, 28), "conv block 2": conv(64, 14)}
+    rates = {}
+    for name, kernel in kernels.items():
+        flops = count_flops(kernel)
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            kernel()
+            best = min(best, time.perf_counter() - start)
+        rates[name] = flops / best / 1e9
+    return rates
 
 
 def child_main(job_json: str) -> None:
@@ -483,24 +575,31 @@ def run_job(job: Job, out: Path, name: str) -> dict[str, Any]:
     if result is None:
         reason = f"timed out after {job.timeout:g} s" if code == -signal.SIGALRM else last_error_line(log)
         result = {"status": "failed", "error": f"exit code {code}: {reason}"}
-    return {**result, "wall_s": wall, "peak_rss_mb": rss}
+    return {**result, "wall_s": wall, "peak_rss_mb": result.get("timed_peak_rss_mb", rss)}
 
 
 def job_name(job: Job) -> str:
     """A file-name stem for the job's log."""
     variant = job.variant.replace("+", "-")
-    return "-".join(part for part in (job.workload, job.order, job.implementation, variant) if part)
+    parts = (job.workload, job.order, job.implementation, variant, f"{job.threads}t")
+    return "-".join(part for part in parts if part)
 
 
 def implementation_jobs(args: argparse.Namespace, base: Job) -> list[Job]:
-    """One job per implementation, and one per candidate setting of ``torchmaml-best``."""
+    """One job per implementation and thread count, and one per candidate setting of ``torchmaml-best``."""
     jobs = []
     for implementation in args.implementations:
+        if implementation in USER_MODEL_ONLY and base.workload != "W2u":
+            continue
         if implementation == "torchmaml-best":
             variants: list[str] = [W1_BEST] if base.workload == "W1" else args.w2_candidates
         else:
-            variants = ["auto"] if implementation == "torchmaml" else [""]
-        jobs += [replace(base, implementation=implementation, variant=variant) for variant in variants]
+            variants = ["auto"] if implementation.startswith("torchmaml") else [""]
+        jobs += [
+            replace(base, implementation=implementation, variant=variant, threads=threads)
+            for threads in args.threads
+            for variant in variants
+        ]
     return jobs
 
 
@@ -518,7 +617,7 @@ def run_rounds(jobs: list[Job], rounds: int, out: Path) -> list[dict[str, Any]]:
         for record in records[number % len(records) :] + records[: number % len(records)]:
             if any(r["status"] != "ok" for r in record["rounds"]):
                 continue
-            job = replace(record["job"], iterations=share)
+            job = replace(record["job"], iterations=share, flops=record["job"].flops and number == 0)
             name = f"{job_name(job)}-round{number + 1}"
             print(f"  round {number + 1}/{rounds}: {job_name(job)} ...", file=sys.stderr, flush=True)
             result = run_job(job, out, name)
@@ -541,7 +640,10 @@ def summarize(job: Job, rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The job, its rounds, and the statistics over all their timed iterations."""
     first = next((r for r in rounds if r["status"] != "ok"), rounds[0])
     row: dict[str, Any] = {**asdict(job), "rounds": rounds, "status": first["status"]}
-    row.update({key: first[key] for key in ("error", "relative_error", "label") if key in first})
+    row.update({key: first[key] for key in ("error", "relative_error", "label", "flops") if key in first})
+    rates = [r["attainable_gflops"] for r in rounds if "attainable_gflops" in r]
+    if rates:
+        row["attainable_gflops"] = {name: max(rate[name] for rate in rates) for name in rates[0]}
     row["warnings"] = sorted({warning for r in rounds for warning in r.get("warnings", [])})
     times = [t for r in rounds for t in r.get("times_ms", [])]
     if row["status"] == "ok" and times:
@@ -553,12 +655,13 @@ def summarize(job: Job, rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def timed_iterations(args: argparse.Namespace, workload_name: str) -> int:
     """The timed iterations of a workload, all rounds together."""
-    return {"W1": args.w1_iterations, "W2": args.w2_iterations, "W3": args.w3_iterations}[workload_name]
+    iterations = {"W1": args.w1_iterations, "W2": args.w2_iterations, "W3": args.w3_iterations}
+    return iterations["W2" if workload_name == "W2u" else workload_name]
 
 
 def measure(args: argparse.Namespace, workload_name: str, order: str) -> list[dict[str, Any]]:
     """The reference, then every implementation's rows for one workload and order."""
-    tasks = args.w2_tasks if workload_name == "W2" else None
+    tasks = args.w2_tasks if workload_name in ("W2", "W2u") else None
     iterations = timed_iterations(args, workload_name)
     base = Job(
         workload=workload_name,
@@ -568,7 +671,8 @@ def measure(args: argparse.Namespace, workload_name: str, order: str) -> list[di
         tasks=tasks,
         warmup=WARMUP[workload_name],
         iterations=iterations,
-        threads=args.threads,
+        threads=args.threads[0],
+        flops=args.flops,
         reference=str((args.out / f"reference-{workload_name}-{order}.pt").resolve()),
         tolerance=TOLERANCE[workload_name],
         timeout=args.timeout,
@@ -628,21 +732,94 @@ def column_title(implementation: str) -> str:
     return IMPLEMENTATIONS[implementation] + (f" {version}" if version else "")
 
 
+def settings(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """Every (workload, order, threads) of the run: one line of each table."""
+    return [(w, order, threads) for w in args.workloads for order in args.orders for threads in args.threads]
+
+
+def rows_of(rows: list[dict[str, Any]], setting: tuple[str, str, int]) -> list[dict[str, Any]]:
+    """The rows of one (workload, order, threads)."""
+    return [row for row in rows if (row["workload"], row["order"], row["threads"]) == setting]
+
+
 def timing_table(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
-    """Median ms per meta-iteration (min-max) and peak RSS: one row per workload and order."""
-    header = "| workload | order | " + " | ".join(column_title(i) for i in args.implementations) + " |"
-    lines = [header, "|---|---|" + "---:|" * len(args.implementations)]
-    for workload_name in args.workloads:
-        for order in args.orders:
-            here = [row for row in rows if row["workload"] == workload_name and row["order"] == order]
-            cells = []
-            for implementation in args.implementations:
-                if implementation == "torchmaml-best":
-                    cells.append(cell(best_row(here)))
-                else:
-                    cells.append(cell(next((row for row in here if row["implementation"] == implementation), None)))
-            lines.append(f"| {workload_name} | {order} | " + " | ".join(cells) + " |")
+    """Median ms per meta-iteration (min-max) and peak RSS: one row per workload, order and thread count."""
+    header = "| workload | order | threads | " + " | ".join(column_title(i) for i in args.implementations) + " |"
+    lines = [header, "|---|---|---:|" + "---:|" * len(args.implementations)]
+    for setting in settings(args):
+        here = rows_of(rows, setting)
+        cells = []
+        for implementation in args.implementations:
+            if implementation == "torchmaml-best":
+                cells.append(cell(best_row(here)))
+            else:
+                cells.append(cell(next((row for row in here if row["implementation"] == implementation), None)))
+        lines.append("| {} | {} | {} | ".format(*setting) + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def ratio_table(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
+    """Each timed torchmaml row against the fastest timed peer of its line: speed-up and peak-RSS ratio."""
+    lines = [
+        "| workload | order | threads | fastest peer | torchmaml row | speed-up | peak RSS / peer's |",
+        "|---|---|---:|---|---|---:|---:|",
+    ]
+    for setting in settings(args):
+        here = [row for row in rows_of(rows, setting) if "median_ms" in row]
+        peers = [row for row in here if row["implementation"] in PEER_DISTRIBUTIONS]
+        if not peers:
+            continue
+        peer = min(peers, key=lambda row: row["median_ms"])
+        for row in here:
+            if row["implementation"].startswith("torchmaml"):
+                speed_up, memory = peer["median_ms"] / row["median_ms"], row["peak_rss_mb"] / peer["peak_rss_mb"]
+                lines.append(
+                    "| {} | {} | {} | ".format(*setting)
+                    + f"{row_name(peer)} | {row_name(row)} | {speed_up:.2f}x | {memory:.2f} |"
+                )
+    return "\n".join(lines)
+
+
+def flop_table(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
+    """Each row's FLOPs per meta-iteration, its achieved rate, and the fraction of the best attainable rate
+    measured at its thread count (the kernels' rates in the last column)."""
+    lines = [
+        "| workload | order | threads | implementation | GFLOP per meta-iteration | achieved GFLOP/s | of attainable |",
+        "|---|---|---:|---|---:|---:|---:|",
+    ]
+    for setting in settings(args):
+        here = [row for row in rows_of(rows, setting) if "median_ms" in row and "flops" in row]
+        attainable = best_attainable(rows, setting[2])
+        if not here or attainable is None:
+            continue
+        for row in here:
+            achieved = row["flops"] / row["median_ms"] / 1e6
+            lines.append(
+                "| {} | {} | {} | ".format(*setting)
+                + f"{row_name(row)} | {row['flops'] / 1e9:.1f} | {achieved:.1f} | {achieved / attainable:.0%} |"
+            )
+    return "\n".join(lines)
+
+
+def kernel_rates(rows: list[dict[str, Any]], threads: int) -> dict[str, float]:
+    """Each kernel's best rate (GFLOP/s) over the children that ran on ``threads`` threads."""
+    measured = [row["attainable_gflops"] for row in rows if row["threads"] == threads and "attainable_gflops" in row]
+    return {name: max(rates[name] for rates in measured) for name in measured[0]} if measured else {}
+
+
+def best_attainable(rows: list[dict[str, Any]], threads: int) -> float | None:
+    """The best rate of any kernel on ``threads`` threads, ``None`` if none was measured."""
+    return max(kernel_rates(rows, threads).values(), default=None)
+
+
+def attainable_lines(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[str]:
+    """The best rate of each kernel over the children of each thread count."""
+    lines = []
+    for threads in args.threads:
+        if rates := kernel_rates(rows, threads):
+            text = ", ".join(f"{name} {rate:.1f}" for name, rate in rates.items())
+            lines.append(f"- attainable GFLOP/s on {threads} thread(s), best over the children: {text}")
+    return lines
 
 
 def row_name(row: dict[str, Any]) -> str:
@@ -654,8 +831,8 @@ def row_name(row: dict[str, Any]) -> str:
 def agreement_table(rows: list[dict[str, Any]]) -> str:
     """The relative error of every row's meta-gradient against the float64 reference."""
     lines = [
-        "| workload | order | implementation | relative error | tolerance | verdict |",
-        "|---|---|---|---:|---:|---|",
+        "| workload | order | threads | implementation | relative error | tolerance | verdict |",
+        "|---|---|---:|---|---:|---:|---|",
     ]
     for row in rows:
         name = row_name(row)
@@ -664,19 +841,21 @@ def agreement_table(rows: list[dict[str, Any]]) -> str:
             error = f"{row['relative_error']:.1e}"
         else:
             verdict, error = row["status"], ""
-        lines.append(f"| {row['workload']} | {row['order']} | {name} | {error} | {row['tolerance']:.0e} | {verdict} |")
+        lines.append(
+            f"| {row['workload']} | {row['order']} | {row['threads']} | {name} | {error} | {row['tolerance']:.0e} "
+            f"| {verdict} |"
+        )
     return "\n".join(lines)
 
 
 def notes(rows: list[dict[str, Any]]) -> list[str]:
     """Every ``torchmaml (best)`` candidate's median per workload and order, then the children's warnings."""
     lines = []
-    for key in dict.fromkeys((row["workload"], row["order"]) for row in rows):
-        candidates = [row for row in rows if (row["workload"], row["order"]) == key]
-        candidates = [row for row in candidates if row["implementation"] == "torchmaml-best"]
+    for key in dict.fromkeys((row["workload"], row["order"], row["threads"]) for row in rows):
+        candidates = [row for row in rows_of(rows, key) if row["implementation"] == "torchmaml-best"]
         if candidates:
             parts = [f"{row.get('label', row['variant'])}: {cell_time(row)}" for row in candidates]
-            lines.append(f"- torchmaml (best) candidates, {key[0]} {key[1]}: " + "; ".join(parts))
+            lines.append(f"- torchmaml (best) candidates, {key[0]} {key[1]} {key[2]} thread(s): " + "; ".join(parts))
     for row in rows:
         for warning in row["warnings"]:
             lines.append(f"- warning, {row['workload']} {row['order']} {row_name(row)}: {warning}")
@@ -694,7 +873,7 @@ def header_lines(args: argparse.Namespace, torch_version: str, load_average: tup
     lines = [
         f"command: `{command}`",
         f"torch {torch_version}, Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"OMP_NUM_THREADS={args.threads}, load average before the run {load_average[0]:.2f}",
+        f"OMP_NUM_THREADS={','.join(map(str, args.threads))}, load average before the run {load_average[0]:.2f}",
         "",
     ]
     for name in args.workloads:
@@ -732,10 +911,16 @@ def choice_list(choices: dict[str, Any] | tuple[str, ...]) -> Callable[[str], li
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="torchmaml against learn2learn, higher, TorchOpt and baselines.")
-    lists = {"--workloads": ("W1", "W2", "W3"), "--orders": tuple(ORDERS), "--implementations": tuple(IMPLEMENTATIONS)}
+    lists = {"--workloads": WORKLOADS, "--orders": tuple(ORDERS), "--implementations": tuple(IMPLEMENTATIONS)}
     for flag, choices in lists.items():
         parser.add_argument(flag, type=choice_list(choices), default=list(choices), help=",".join(choices))
-    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every child (default 1)")
+    parser.add_argument(
+        "--threads",
+        type=lambda text: [int(n) for n in names(text)],
+        default=[1],
+        help="OMP_NUM_THREADS of the children, a comma-separated list, each a row of its own (default 1)",
+    )
+    parser.add_argument("--flops", action="store_true", help="count FLOPs and measure the attainable rates")
     parser.add_argument("--w1-iterations", type=int, default=50, help="W1 timed iterations (default 50)")
     parser.add_argument("--w2-iterations", type=int, default=10, help="W2 timed iterations (default 10)")
     parser.add_argument("--w3-iterations", type=int, default=4, help="W3 timed iterations (default 4)")
@@ -752,7 +937,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("threads", "w1_iterations", "w2_iterations", "w3_iterations", "w2_tasks", "rounds"):
+    if not args.threads or min(args.threads) < 1:
+        parser.error("--threads must be a list of numbers >= 1")
+    for name in ("w1_iterations", "w2_iterations", "w3_iterations", "w2_tasks", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.w2_tasks > 32:
@@ -772,7 +959,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = [row for w in args.workloads for order in args.orders for row in measure(args, w, order)]
     note_lines = notes(rows)
     lines = header_lines(args, torch.__version__, load_average)
-    lines += [timing_table(args, rows), "", *note_lines, *([""] if note_lines else []), agreement_table(rows)]
+    lines += [timing_table(args, rows), "", ratio_table(args, rows), ""]
+    if args.flops:
+        lines += [flop_table(args, rows), "", *attainable_lines(args, rows), ""]
+    lines += [*note_lines, *([""] if note_lines else []), agreement_table(rows)]
     print("\n".join(lines))
     if args.json:
         meta = {"torch": torch.__version__, "threads": args.threads, "load_average": load_average}

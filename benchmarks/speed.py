@@ -17,6 +17,10 @@ fixed task batch, reused on every iteration, for every configuration):
 * ``W2`` Omniglot-shaped 5-way 1-shot: ``conv4(ways=5)`` on random normal [1, 28, 28] images, cross
   entropy, 32 tasks of 5 support + 75 query images, inner_lr 0.4, 1 inner step. Defaults: 1 warm-up,
   5 timed iterations.
+* ``W2u``: W2 with a user's plain model instead of ``conv4``: ``user_conv4(ways=5)``, an ``nn.Sequential`` of
+  four ``nn.Conv2d(3x3, padding 1) -> nn.BatchNorm2d -> nn.ReLU -> nn.MaxPool2d(2)`` blocks (64 filters) and a
+  ``nn.Linear`` head, in training mode (batch statistics); the same function and initial weights as W2's
+  ``conv4``, torch's layers instead of conv4's.
 * ``W3`` Omniglot-shaped 20-way 1-shot with 5 inner steps (MAML's 20-way protocol): ``conv4(ways=20)``,
   16 tasks of 20 support + 300 query images (15 per class), inner_lr 0.1. Defaults: 1 warm-up, 3 timed.
 
@@ -51,18 +55,20 @@ from typing import Any
 
 from _harness import max_rss_mb
 
-WORKLOADS = ("W1", "W2", "W3")
+WORKLOADS = ("W1", "W2", "W2u", "W3")
 ORDERS = {"second": "unrolled", "first": "first_order"}
 STRATEGIES = ("vmap", "chunked", "loop", "auto", "vmap+compile", "loop+compile")
-DEFAULT_ITERATIONS = {"W1": (10, 100), "W2": (1, 5), "W3": (1, 3)}  # (warm-up, timed)
+DEFAULT_ITERATIONS = {"W1": (10, 100), "W2": (1, 5), "W2u": (1, 5), "W3": (1, 3)}  # (warm-up, timed)
 DESCRIPTIONS = {
     "W1": "sinusoid: mlp 1-40-40-1, MSE, 25 tasks x (10 support + 10 query), inner_lr 0.01, 1 step",
     "W2": "Omniglot-shaped: conv4(ways=5), cross entropy, 32 tasks x 5-way 1-shot, 15 queries/class, "
     "inner_lr 0.4, 1 step",
+    "W2u": "W2 with a user's plain nn.Sequential (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d x 4, "
+    "nn.Linear) in place of conv4",
     "W3": "Omniglot-shaped: conv4(ways=20), cross entropy, 16 tasks x 20-way 1-shot, 15 queries/class, "
     "inner_lr 0.1, 5 steps",
 }
-INNER_STEPS = {"W1": 1, "W2": 1, "W3": 5}
+INNER_STEPS = {"W1": 1, "W2": 1, "W2u": 1, "W3": 5}
 MODEL_SEED = 0
 DATA_SEED = 1
 
@@ -96,15 +102,28 @@ def build_workload(name: str) -> tuple[Any, Any, float, Any]:
     torch.manual_seed(MODEL_SEED)
     if name == "W1":
         return mlp(), F.mse_loss, 0.01, SinusoidTasks(10, 10).sample(25, generator)
-    if name in ("W2", "W3"):
-        tasks, ways, queries_per_class, inner_lr = (32, 5, 15, 0.4) if name == "W2" else (16, 20, 15, 0.1)
-        model = conv4(ways=ways)
+    if name in ("W2", "W2u", "W3"):
+        tasks, ways, queries_per_class, inner_lr = (16, 20, 15, 0.1) if name == "W3" else (32, 5, 15, 0.4)
+        model = user_conv4(ways=ways) if name == "W2u" else conv4(ways=ways)
         support_x = torch.randn(tasks, ways, 1, 28, 28, generator=generator)
         support_y = torch.arange(ways).repeat(tasks, 1)
         query_x = torch.randn(tasks, ways * queries_per_class, 1, 28, 28, generator=generator)
         query_y = torch.arange(ways).repeat_interleave(queries_per_class).repeat(tasks, 1)
         return model, F.cross_entropy, inner_lr, TaskBatch(support_x, support_y, query_x, query_y)
     raise ValueError(f"unknown workload {name!r}")
+
+
+def user_conv4(ways: int, filters: int = 64) -> Any:
+    """conv4 as a user would write it with torch's layers (textbook order: batch norm, ReLU, max-pooling), for
+    28x28 one-channel images. Built under the same seed it has ``conv4(ways)``'s initial weights (the same
+    layers in the same order draw the same random numbers)."""
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    for index in range(4):
+        layers += [nn.Conv2d(1 if index == 0 else filters, filters, 3, padding=1), nn.BatchNorm2d(filters)]
+        layers += [nn.ReLU(), nn.MaxPool2d(2)]
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(filters, ways))
 
 
 def measure(config: Config) -> dict[str, Any]:

@@ -125,7 +125,7 @@ ZOO = {
         lambda: nn.Sequential(nn.Linear(D, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 1)), F.mse_loss, "regression"
     ),
     "frozen_mlp": Case(frozen_mlp, F.mse_loss, "regression"),
-    "cnn_batch_norm": Case(lambda: conv_net(nn.BatchNorm2d), F.cross_entropy, "image", vmap=False),
+    "cnn_batch_norm": Case(lambda: conv_net(nn.BatchNorm2d), F.cross_entropy, "image"),
     "cnn_group_norm": Case(lambda: conv_net(lambda c: nn.GroupNorm(1, c)), F.cross_entropy, "image"),
     "mlp_batch_norm_1d": Case(
         lambda: nn.Sequential(nn.Linear(D, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1)),
@@ -493,7 +493,7 @@ def test_bfloat16_autocast_stays_close_to_float32(name):
     ("name", "strategy", "match"),
     [
         ("gru", "vmap", "recurrent layer .* use strategy='loop'"),
-        ("cnn_batch_norm", "vmap", "fused nn.BatchNorm .* use strategy='loop'"),
+        ("mlp_batch_norm_1d", "vmap", "fused nn.BatchNorm .* use strategy='loop'"),
     ],
 )
 def test_strategies_that_cannot_be_exact_are_refused_in_one_line(name, strategy, match):

@@ -8,6 +8,8 @@ dictionary of parameters. What the meta-learner evaluates, for any module:
   passed as constants: neither adapted nor meta-learned.
 - **Buffers** are read from the module at each call and passed as fresh clones, so a forward pass that
   updates a buffer in place never leaks state from one task to another (the update is discarded).
+- **Speed**: ``nn.Conv2d``/``nn.BatchNorm2d`` (and ``nn.ReLU`` before ``nn.MaxPool2d``) run as
+  ``torchmaml.models.accelerate`` makes them: the same function on conv4's fast kernels.
 - **Batch norm** (every ``nn.BatchNorm*``/``nn.SyncBatchNorm``) normalises with the statistics of the batch
   it is given, in train and eval mode alike (the "transductive" policy of MAML): its running statistics are
   neither read nor updated while meta-learning. ``MetaLearner.adapt`` sets the adapted copy's running
@@ -44,14 +46,19 @@ class FunctionalModel:
     """``model(params, x)`` evaluates ``module`` at ``params`` without touching its own state."""
 
     def __init__(self, module: nn.Module) -> None:
+        from torchmaml.models.accelerate import accelerate, accelerates  # models.layers imports this module
+
         self.module = module
-        modules = list(module.modules())
+        evaluated = accelerate(module) if accelerates(module) else module
+        if any(isinstance(m, BATCH_NORM_TYPES) for m in evaluated.modules()):
+            evaluated = batch_statistics_view(evaluated)
+        modules = list(evaluated.modules())
         self.step_aware = any(getattr(m, "uses_inner_step", False) for m in modules)
         self.has_fused_batch_norm = any(isinstance(m, BATCH_NORM_TYPES) for m in modules)
         self.has_convolution = any(isinstance(m, CONV_TYPES) for m in modules)
         self.has_recurrent = any(isinstance(m, RECURRENT_TYPES) for m in modules)
-        self._evaluated = batch_statistics_view(module) if self.has_fused_batch_norm else module
-        self._buffer_names = frozenset(name for name, _ in self._evaluated.named_buffers())
+        self._evaluated = evaluated
+        self._buffer_names = frozenset(name for name, _ in evaluated.named_buffers())
 
     def __call__(self, params: Params, x: Any) -> Any:
         args, kwargs = model_arguments(x)
@@ -117,9 +124,10 @@ def batch_statistics_view(module: nn.Module) -> nn.Module:
 
 
 def _copy_modes(source: nn.Module, target: nn.Module) -> None:
-    """``target``'s modules take ``source``'s train/eval flags (the two trees have the same structure)."""
-    for theirs, mine in zip(source.modules(), target.modules(), strict=True):
-        mine.training = theirs.training
+    """``target``'s modules take the train/eval flags of ``source``'s modules of the same names."""
+    flags = {name: module.training for name, module in source.named_modules()}
+    for name, module in target.named_modules():
+        module.training = flags.get(name, module.training)
 
 
 # Per-thread evaluation state read by layers. A ``threading.local`` rather than a ``ContextVar``: torch.compile

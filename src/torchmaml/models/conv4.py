@@ -9,7 +9,8 @@ Batch norm is :class:`MetaBatchNorm2d`: transductive batch statistics, written w
 gradients, functorch#534) except where tasks run one at a time (``functional.unvectorised``, the ``"loop"``
 strategy), where the fused kernel computes the same function faster; where the exact estimator then
 differentiates with plain autograd (``functional.plain_autograd``), with the double backward of
-``torchmaml.models.batch_norm``. It keeps no running statistics, so nothing can leak between tasks.
+``torchmaml.models.batch_norm``. It keeps no running statistics, so nothing can leak between tasks. The layers'
+kernels per execution context are ``torchmaml.models.layers``'s, shared with ``models.accelerate``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchmaml.functional import current_inner_step, is_plain_autograd, is_unvectorised
-from torchmaml.models.batch_norm import batch_norm
-from torchmaml.models.convolution import conv2d
+from torchmaml.functional import current_inner_step
+from torchmaml.models.layers import ChannelsLastConv2d, transductive_batch_norm
 
 
 class MetaBatchNorm2d(nn.Module):
@@ -58,34 +58,7 @@ class MetaBatchNorm2d(nn.Module):
             weight, bias = weight[row], bias[row]
         if not self.training and self.running_mean is not None:
             return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, training=False, eps=self.eps)
-        if is_unvectorised():
-            # channels-last, where the CPU kernels of batch norm and max-pooling are fastest (2x and 17x on
-            # conv4's first block, benchmarks/README.md); a no-op after conv4's ChannelsLastConv2d
-            x = x.contiguous(memory_format=torch.channels_last)
-            if is_plain_autograd():  # torch's fused kernels with a lean double backward of our own
-                return batch_norm(x, weight, bias, self.eps)
-            return F.batch_norm(x, None, None, weight, bias, training=True, eps=self.eps)
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        var = (x - mean).square().mean(dim=(0, 2, 3), keepdim=True)
-        scale = weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
-        return (x - mean) * scale + bias.view(1, -1, 1, 1)
-
-
-class ChannelsLastConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that, where tasks run one at a time (``functional.unvectorised``), lays its input out
-    channels-last, so that this convolution, the batch norm and the pooling after it all run in the layout
-    their CPU kernels are fastest in. A no-op for inputs already channels-last (every block after the first);
-    for the one-channel images of the first block it is a clone, as a 1-channel tensor's layout is ambiguous
-    and the convolution would otherwise answer in NCHW. Under ``functional.plain_autograd`` it is
-    :func:`torchmaml.models.convolution.conv2d`, whose double backward is faster than torch's."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if is_unvectorised() and x.dim() == 4 and x.stride(1) != 1:
-            x = x.clone(memory_format=torch.channels_last)
-        if is_plain_autograd() and self.padding_mode == "zeros" and not isinstance(self.padding, str):
-            # torch's kernels with a double backward that avoids torch's slow weight term (models.convolution)
-            return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        return super().forward(x)
+        return transductive_batch_norm(x, weight, bias, self.eps)
 
 
 def conv_block(in_channels: int, out_channels: int, strided: bool, bn_steps: int | None = None) -> nn.Sequential:
