@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -42,13 +43,15 @@ def train(iterations: int) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
-def worker(rank: int, world: int, iterations: int, port: str, out: str | None) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE=str(world))
+def worker(rank: int, world: int, iterations: int, port: int, out: str | None) -> None:
+    store = dist.TCPStore("127.0.0.1", port, is_master=False)  # the launching process holds the store
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
     run(iterations, out)
 
 
 def run(iterations: int, out: str | None) -> None:
-    dist.init_process_group("gloo")
+    if not dist.is_initialized():  # started by torchrun, whose agent holds the store
+        dist.init_process_group("gloo")
     try:
         weights = torch.cat([w.reshape(-1) for w in train(iterations)])
         gathered = [torch.empty_like(weights) for _ in range(dist.get_world_size())]
@@ -60,17 +63,24 @@ def run(iterations: int, out: str | None) -> None:
                 torch.save(weights, out)
     finally:
         dist.destroy_process_group()
+    # With torch 2.13, a process that ran torch.func transforms and used a gloo process group can abort in the
+    # interpreter's teardown, after all work is done ("terminate called without an active exception": 4 of 10
+    # runs of a minimal script without torchmaml). Everything is written and flushed by now: leave at once.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--processes", type=int, default=2, help="without torchrun: processes to start")
-    parser.add_argument("--port", default="29512")
+    parser.add_argument("--port", type=int, default=29512)
     parser.add_argument("--out", default=None, help="save the final weights (flat) here")
     args = parser.parse_args()
     if "RANK" in os.environ:  # started by torchrun
         run(args.iterations, args.out)
     else:
+        # the store lives in this process, which outlives the workers: none loses it while tearing down
+        store = dist.TCPStore("127.0.0.1", args.port, is_master=True, wait_for_workers=False)
         settings = (args.processes, args.iterations, args.port, args.out)
         torch.multiprocessing.spawn(worker, args=settings, nprocs=args.processes)
