@@ -162,7 +162,7 @@ def _train(args: argparse.Namespace) -> int:
     print(f"  checkpoints: {', '.join(str(p.name) for p in sorted(run.root.glob('checkpoint-*.pt')))}")
     if run.learning_curve.exists():
         print(f"  learning curve: {run.learning_curve}")
-    if (run.root / "tensorboard").exists():
+    if any((run.root / "tensorboard").rglob("events.out.tfevents.*")):  # none without the extra
         print(f"  TensorBoard: tensorboard --logdir {run.root / 'tensorboard'}")
     return 0
 
