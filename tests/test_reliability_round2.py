@@ -524,6 +524,27 @@ def test_a_finished_rl_run_can_be_extended_and_other_keys_are_refused(capsys, tm
     assert_one_line_error(torchmaml(capsys, "train", "--resume", run, "--set", "inner_lr=0.5"), "can raise iterations")
 
 
+def test_rl_evaluate_on_a_read_only_run_folder_prints_the_table_then_one_line(capsys, tmp_path, monkeypatch):
+    import importlib
+
+    from torchmaml.run.files import WriteError
+
+    rl_evaluate = importlib.import_module("torchmaml.rl.evaluate")  # the package exports a function of that name
+    run = tmp_path / "run"
+    rl_tiny = ["iterations=1", "meta_batch_size=2", "trajectories=2", "horizon=10", "hidden=[8]", "eval_tasks=2"]
+    rl_tiny.append("pretrained_iterations=0")
+    tiny = [x for item in rl_tiny for x in ("--set", item)]
+    assert torchmaml(capsys, "train", "--config", "navigation2d", *tiny, "--no-progress", "--out", run)[0] == 0
+
+    def read_only(path, data, devices=False):
+        raise WriteError(f"cannot write {path}: Read-only file system; it was left as it was")
+
+    monkeypatch.setattr(rl_evaluate, "atomic_write_bytes", read_only)
+    code, out, err = torchmaml(capsys, "evaluate", run)
+    assert "steps" in out, out
+    assert_one_line_error((code, out, err), "Read-only file system", "the results above were not saved")
+
+
 def test_an_rl_run_that_fails_validation_writes_nothing(tmp_path):
     from torch import nn
 

@@ -177,6 +177,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         report = rl.evaluate(args.run_dir)
         print(report["table"])
+        if "not_written" in report:
+            raise TorchMAMLError(f"{report['not_written']}; the results above were not saved")
         print(f"wrote {Path(args.run_dir) / 'evaluation.json'}")
         return 0
     report = evaluate_run(args.run_dir, eval_tasks=args.tasks)

@@ -29,6 +29,7 @@ from torchmaml.rl.maml_trpo import sample_phases
 from torchmaml.rl.plots import plot_learning_curve, plot_navigation, plot_returns
 from torchmaml.rl.sampler import Sampler
 from torchmaml.rl.train import MAML, PRETRAINED, build_policy, load_run_config, make_sampler
+from torchmaml.run.files import WriteError
 from torchmaml.run.metrics_log import read_records
 
 VALIDATION_TASKS = 20
@@ -68,12 +69,16 @@ def evaluate(out_dir: str | Path, policy: nn.Module | None = None) -> dict:
         "results": results,
         "table": format_table(results),
     }
-    atomic_write_bytes(out / "evaluation.json", (json.dumps(report, indent=2) + "\n").encode())
-    plot_returns(results, out / "returns.png")
-    kinds = [MAML, PRETRAINED] if (out / f"metrics-{PRETRAINED}.jsonl").exists() else [MAML]
-    plot_learning_curve({kind: read_records(out / f"metrics-{kind}.jsonl") for kind in kinds}, out)
-    if config.env == "navigation2d":
-        plot_navigation([phase.episodes for phase in trajectories[MAML]], tasks[:2].numpy(), out / "adaptation.png")
+    try:  # a read-only run folder: the table is still worth printing
+        atomic_write_bytes(out / "evaluation.json", (json.dumps(report, indent=2) + "\n").encode())
+        plot_returns(results, out / "returns.png")
+        kinds = [MAML, PRETRAINED] if (out / f"metrics-{PRETRAINED}.jsonl").exists() else [MAML]
+        plot_learning_curve({kind: read_records(out / f"metrics-{kind}.jsonl") for kind in kinds}, out)
+        if config.env == "navigation2d":
+            episodes = [phase.episodes for phase in trajectories[MAML]]
+            plot_navigation(episodes, tasks[:2].numpy(), out / "adaptation.png")
+    except WriteError as error:
+        report["not_written"] = str(error)
     return report
 
 
