@@ -19,10 +19,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from torchmaml.errors import ConfigError
-from torchmaml.estimators import ESTIMATORS, get_estimator
+from torchmaml.estimators import DEFAULT_ESTIMATOR, estimator_class, estimators_with, get_estimator
 from torchmaml.execution import STRATEGIES
 from torchmaml.run.files import UnsafePathError, read_regular
-from torchmaml.theory.step_size import STEP_SIZE_CONSTANTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -56,8 +55,7 @@ class TrainConfig(BaseModel):
     )
     inner_steps: int = Field(1, ge=0, le=100, description="inner gradient steps per task in training")
     estimator: str = Field(
-        "unrolled",
-        description="meta-gradient estimator: unrolled, first_order, three_batch, hessian_free, implicit, reptile",
+        DEFAULT_ESTIMATOR, description="meta-gradient estimator (`torchmaml.estimators.ESTIMATORS`, docs/estimators.md)"
     )
     estimator_options: dict[str, float | int | bool | str] = Field(
         default_factory=dict,
@@ -184,8 +182,10 @@ class TrainConfig(BaseModel):
     @field_validator("estimator")
     @classmethod
     def _known_estimator(cls, value: str) -> str:
-        if value not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {value!r}; choose one of {', '.join(sorted(ESTIMATORS))}")
+        try:
+            estimator_class(value)
+        except ConfigError as error:
+            raise ValueError(str(error).removeprefix("estimator: ")) from None
         return value
 
     @field_validator("strategy")
@@ -265,10 +265,11 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _theory(self) -> TrainConfig:
-        if self.outer_optimizer == "theory" and self.theory_c is None and self.estimator not in STEP_SIZE_CONSTANTS:
+        published = estimator_class(self.estimator).theory_step_constant is not None
+        if self.outer_optimizer == "theory" and self.theory_c is None and not published:
             raise ValueError(
                 f"outer_optimizer 'theory' has no published constant c for estimator {self.estimator!r}: "
-                f"set theory_c (published: {', '.join(STEP_SIZE_CONSTANTS)})"
+                f"set theory_c (published: {', '.join(estimators_with('theory_step_constant'))})"
             )
         if self.stop_at_epsilon is not None and self.stationarity_every == 0:
             raise ValueError("stop_at_epsilon needs the stationarity monitor: set stationarity_every (e.g. 500)")
@@ -284,7 +285,7 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _multi_step_loss(self) -> TrainConfig:
-        if self.multi_step_loss_iterations and self.estimator in ("implicit", "reptile"):
+        if self.multi_step_loss_iterations and not estimator_class(self.estimator).supports_step_weights:
             raise ValueError(
                 f"multi_step_loss_iterations: the multi-step loss needs the inner trajectory's query losses, "
                 f"which estimator {self.estimator!r} does not differentiate; set it to 0"
@@ -293,20 +294,20 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _learned_rates(self) -> TrainConfig:
-        if self.inner_lr_mode != "fixed" and self.estimator in ("implicit", "reptile"):
+        if self.inner_lr_mode != "fixed" and not estimator_class(self.estimator).differentiates_inner_loop:
             raise ValueError(
                 f"inner_lr_mode {self.inner_lr_mode!r}: estimator {self.estimator!r} does not differentiate the inner "
-                "steps, so learned rates would get no gradient; use inner_lr_mode 'fixed' or estimator unrolled, "
-                "first_order, three_batch or hessian_free"
+                "steps, so learned rates would get no gradient; use inner_lr_mode 'fixed' or estimator "
+                f"{_one_of(estimators_with('differentiates_inner_loop'))}"
             )
         return self
 
     @model_validator(mode="after")
     def _per_step_batch_norm(self) -> TrainConfig:
-        if self.batch_norm == "per_step" and self.estimator not in ("unrolled", "first_order"):
+        if self.batch_norm == "per_step" and not estimator_class(self.estimator).supports_per_step_layers:
             raise ValueError(
-                f"batch_norm 'per_step' steps through the inner loop with estimator unrolled or first_order, "
-                f"not {self.estimator!r}"
+                f"batch_norm 'per_step' steps through the inner loop with estimator "
+                f"{_one_of(estimators_with('supports_per_step_layers'))}, not {self.estimator!r}"
             )
         return self
 
@@ -320,6 +321,11 @@ class TrainConfig(BaseModel):
         if self.strategy == "chunked" and self.chunk_size is None:
             raise ValueError("strategy 'chunked' needs chunk_size (e.g. --set chunk_size=8)")
         return self
+
+
+def _one_of(names: list[str]) -> str:
+    """``a, b or c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB
@@ -359,7 +365,7 @@ def _check_machine(device: str, threads: int | None) -> None:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if int(match.group(1) or 0) >= count:
             raise ValueError(
-                f"device: {device!r} is not available on this machine ({count} CUDA devices); set device = \"cpu\""
+                f'device: {device!r} is not available on this machine ({count} CUDA devices); set device = "cpu"'
             )
     cpus = os.cpu_count() or 1
     if threads is not None and threads > cpus:

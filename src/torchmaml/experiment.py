@@ -23,6 +23,8 @@ from torchmaml.learner import MetaLearner
 from torchmaml.models.conv4 import conv4
 from torchmaml.models.mlp import mlp
 from torchmaml.optim import HypergradientSGD
+from torchmaml.run import seeds
+from torchmaml.run.seeds import evaluation_stream, model_seed, theory_stream
 from torchmaml.tasks import TaskBatch, TaskSource
 from torchmaml.theory.step_size import STEP_SIZE_CONSTANTS, TheoryStepSize
 
@@ -117,13 +119,14 @@ def build_model(config: TrainConfig) -> nn.Module:
 
 
 def build_learner(config: TrainConfig, kind: str = MAML) -> MetaLearner:
-    """A freshly initialised learner (seeded from ``config.seed``).
+    """A freshly initialised learner (seeded from ``config.seed``; the global random generator is untouched).
 
     ``kind="pretrained"`` is the paper's baseline: the same network trained jointly on all tasks, which is
     MAML with zero inner steps.
     """
-    torch.manual_seed(config.seed)
-    model = build_model(config).to(dtype=dtype_of(config), device=config.device)
+    with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
+        torch.manual_seed(model_seed(config.seed))
+        model = build_model(config).to(dtype=dtype_of(config), device=config.device)
     return MetaLearner(
         model,
         loss=F.cross_entropy if is_classification(config) else F.mse_loss,
@@ -148,8 +151,7 @@ def evaluation_batches(
     "validation"`` draws a different, equally sized set. Classification: ``eval_tasks`` tasks of the split
     part ``test`` (``"validation"``: part ``val``, ``val_tasks`` tasks) with the run's ways and shots.
     """
-    offset = {"test": 0, "validation": 1}[split]
-    generator = torch.Generator().manual_seed(config.eval_seed * 2 + offset)
+    generator = seeds.generator(evaluation_stream(config.eval_seed, split))
     if config.benchmark == "sinusoid":
         count = tasks or config.eval_tasks
         source = SinusoidTasks(dtype=dtype_of(config))
@@ -200,7 +202,7 @@ def build_step_rule(config: TrainConfig, kind: str) -> TheoryStepSize | None:
         build_tasks(config),
         config.theory_batch_size,
         c,
-        seed=config.seed * 2 + 1_000_003,
+        seed=theory_stream(config.seed),
         smoothness=config.theory_smoothness,
         hessian_lipschitz=config.theory_hessian_lipschitz,
     )
@@ -208,5 +210,5 @@ def build_step_rule(config: TrainConfig, kind: str) -> TheoryStepSize | None:
 
 def stationarity_batch(config: TrainConfig) -> TaskBatch:
     """The large fixed batch of tasks on which ``||grad F(w)||`` is monitored."""
-    generator = torch.Generator().manual_seed(config.eval_seed * 2 + 7)
+    generator = seeds.generator(evaluation_stream(config.eval_seed, "stationarity"))
     return build_tasks(config).sample(config.stationarity_tasks, generator).to(device=config.device)

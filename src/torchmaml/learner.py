@@ -298,8 +298,16 @@ class MetaLearner(nn.Module):
         with torch.enable_grad():
             rates = self._problem(steps).rates(lrs)
             trajectory = adapt(
-                self._functional, params, support_x, support_y, self.loss, rates, steps, first_order,
-                self.adapted, autograd=True,
+                self._functional,
+                params,
+                support_x,
+                support_y,
+                self.loss,
+                rates,
+                steps,
+                first_order,
+                self.adapted,
+                autograd=True,
             )
         return AdaptedModel(self._functional, trajectory[-1])
 

@@ -61,10 +61,12 @@ from torchmaml.extras import SummaryWriter  # tensorboard is optional (an extra)
 from torchmaml.learner import MetaLearner
 from torchmaml.plots import plot_learning_curve
 from torchmaml.rng import capture_rng, restore_rng
+from torchmaml.run import seeds
 from torchmaml.run.files import WriteError, ensure_folder, write_atomic
 from torchmaml.run.folder import check_new_run_folder, replace_run
 from torchmaml.run.metrics_log import open_metrics, read_records, truncate_metrics
 from torchmaml.run.resume import newest_state, phase_finished, remove_stale_temporaries
+from torchmaml.run.seeds import model_seed, task_stream
 from torchmaml.run.signals import Interrupted, StopFlag, stop_requests
 from torchmaml.rundir import RunDir
 from torchmaml.runlock import exclusive_run
@@ -177,6 +179,7 @@ class PhaseTrainer:
 
     def __init__(self, config: TrainConfig, kind: str, iterations: int, run: RunDir, progress: bool) -> None:
         self.config, self.kind, self.iterations, self.run_dir, self.progress = config, kind, iterations, run, progress
+        torch.manual_seed(model_seed(config.seed))  # the process's global generator: a run owns its process
         self.learner: MetaLearner = build_learner(config, kind)
         self.optimizer = build_optimizer(config, self.learner)
         self.scheduler = build_scheduler(config, self.optimizer, iterations)
@@ -188,7 +191,7 @@ class PhaseTrainer:
         self.metric = metric_of(config)
         self.best_validation: float | None = None
         self.tasks = build_tasks(config)
-        self.generator = torch.Generator().manual_seed(config.seed * 2 + (kind == PRETRAINED))
+        self.generator = seeds.generator(task_stream(config.seed, kind))
         self.iteration = 0
         self.elapsed = 0.0
         self.skipped_total = 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -61,6 +61,26 @@ class InnerProblem:
         trajectory index of ``params``, for per-step layers; ``None`` is the final step)."""
         with self.model.at_step(step):
             return self.loss_fn(self.model(params, x), y)
+
+
+class Estimator:
+    """What an estimator can do, declared on its class and queried by the configuration and the learner
+    (so a new estimator states its abilities here instead of being named in validators).
+
+    Attributes:
+        differentiates_inner_loop: its gradient flows through the inner steps' rates, so learned inner rates
+            (Meta-SGD, MAML++ LSLR, AlphaMAML) receive a gradient.
+        supports_step_weights: it can weight the query losses of every inner step (MAML++ multi-step loss).
+        supports_per_step_layers: it evaluates the model at each inner step's index, as layers with per-step
+            weights need (MAML++ per-step batch norm).
+        theory_step_constant: the published constant ``c`` of the theory-guided outer step size
+            ``beta = c / (4 L + 2 rho alpha E||grad f||)`` for this estimator (Fallah et al. 2019), or ``None``.
+    """
+
+    differentiates_inner_loop: ClassVar[bool] = False
+    supports_step_weights: ClassVar[bool] = False
+    supports_per_step_layers: ClassVar[bool] = False
+    theory_step_constant: ClassVar[float | None] = None
 
 
 class TaskGradient(Protocol):

@@ -53,11 +53,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from torchmaml.errors import ConfigError
-from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, Task
+from torchmaml.estimators.base import Estimator, InnerProblem, MetaParams, Metrics, Task
 from torchmaml.estimators.hvp import ScalarFunction, finite_difference_hvp, norm
 from torchmaml.estimators.three_batch import reverse_mode_estimate
 from torchmaml.functional import Params
@@ -66,13 +67,17 @@ DEFAULT_DELTA = 1e-3
 
 
 @dataclass(frozen=True)
-class HessianFree:
+class HessianFree(Estimator):
     """The HF-MAML gradient of one task (see the module docstring).
 
     Args:
         delta: the fixed finite-difference step (``> 0``); ``1e-3`` when ``rho`` is not given either.
         rho: use the paper's step ``1 / (6 rho alpha ||v||)`` with this Hessian-Lipschitz estimate (``> 0``).
     """
+
+    differentiates_inner_loop: ClassVar[bool] = True
+    supports_step_weights: ClassVar[bool] = True
+    theory_step_constant: ClassVar[float | None] = 1 / 25
 
     delta: float | None = None
     rho: float | None = None

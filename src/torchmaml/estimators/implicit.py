@@ -43,14 +43,14 @@ import torch
 from torch.func import grad_and_value
 
 from torchmaml.errors import ConfigError
-from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, Task
+from torchmaml.estimators.base import Estimator, InnerProblem, MetaParams, Metrics, Task
 from torchmaml.estimators.hvp import dot, hessian_vector_product, partial_grad
 from torchmaml.functional import Params
 from torchmaml.inner import sgd_step, step_lr
 
 
 @dataclass(frozen=True)
-class Implicit:
+class Implicit(Estimator):
     """The iMAML gradient of one task (see the module docstring).
 
     Args:

@@ -39,11 +39,11 @@ import torch
 from torch.utils._pytree import tree_map
 
 from torchmaml.errors import ConfigError
-from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, Task
+from torchmaml.estimators.base import Estimator, InnerProblem, MetaParams, Metrics, Task
 
 
 @dataclass(frozen=True)
-class Reptile:
+class Reptile(Estimator):
     """The Reptile direction ``w - phi_k`` of one task (see the module docstring).
 
     Args:

@@ -41,11 +41,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch.func import grad, grad_and_value
 
-from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, Task
+from torchmaml.estimators.base import Estimator, InnerProblem, MetaParams, Metrics, Task
 from torchmaml.estimators.hvp import ScalarFunction, dot, hessian_vector_product, partial_grad, rate_times, scaled
 from torchmaml.functional import Params
 from torchmaml.inner import InnerLR, sgd_step, step_lr
@@ -57,8 +58,11 @@ does not adapt."""
 
 
 @dataclass(frozen=True)
-class ThreeBatch:
+class ThreeBatch(Estimator):
     """The three-batch MAML gradient of one task, with exact Hessian-vector products on ``D_h``."""
+
+    differentiates_inner_loop: ClassVar[bool] = True
+    supports_step_weights: ClassVar[bool] = True
 
     def __call__(self, problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[MetaParams, Metrics]:
         return reverse_mode_estimate(problem, meta, task, exact_curvature)

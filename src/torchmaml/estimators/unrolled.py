@@ -42,13 +42,18 @@ from typing import ClassVar
 import torch
 from torch.func import grad, vjp
 
-from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, Task
+from torchmaml.estimators.base import Estimator, InnerProblem, MetaParams, Metrics, Task
 from torchmaml.functional import is_unvectorised, plain_autograd
 
 
 @dataclass(frozen=True)
-class Unrolled:
+class Unrolled(Estimator):
     """Exact second-order MAML gradient of one task (see the module docstring)."""
+
+    differentiates_inner_loop: ClassVar[bool] = True
+    supports_step_weights: ClassVar[bool] = True
+    supports_per_step_layers: ClassVar[bool] = True
+    theory_step_constant: ClassVar[float | None] = 1 / 12
 
     first_order: ClassVar[bool] = False
     checkpoint: bool = False
@@ -83,6 +88,8 @@ class Unrolled:
 @dataclass(frozen=True)
 class FirstOrder(Unrolled):
     """First-order MAML gradient of one task: the query gradient at the adapted point."""
+
+    theory_step_constant: ClassVar[float | None] = 1 / 18
 
     first_order: ClassVar[bool] = True
 

@@ -29,8 +29,10 @@ from torchmaml.rl.maml_trpo import sample_phases
 from torchmaml.rl.plots import plot_learning_curve, plot_navigation, plot_returns
 from torchmaml.rl.sampler import Sampler
 from torchmaml.rl.train import MAML, PRETRAINED, build_policy, load_run_config, make_sampler
+from torchmaml.run import seeds
 from torchmaml.run.files import WriteError
 from torchmaml.run.metrics_log import read_records
+from torchmaml.run.seeds import rl_evaluation_stream
 
 VALIDATION_TASKS = 20
 
@@ -53,10 +55,14 @@ def evaluate(out_dir: str | Path, policy: nn.Module | None = None) -> dict:
             candidates = {PRETRAINED: load_checkpoint(out / f"checkpoint-{PRETRAINED}.pt")["policy"], **candidates}
         for name, params in candidates.items():
             models[name] = (params, [_tune_step_size(sampler, model, params, config)] * steps)
-        tasks = sampler.sample_tasks(config.eval_tasks, torch.Generator().manual_seed(config.eval_seed))
+        tasks = sampler.sample_tasks(
+            config.eval_tasks, seeds.generator(rl_evaluation_stream(config.eval_seed, "tasks"))
+        )
         results, trajectories = [], {}
         for name, (params, lrs) in models.items():
-            phases = _adaptation(sampler, model, params, tasks, config, lrs, config.eval_seed + 2)
+            phases = _adaptation(
+                sampler, model, params, tasks, config, lrs, rl_evaluation_stream(config.eval_seed, "adaptation")
+            )
             trajectories[name] = phases
             for k, returns in enumerate(phases_returns(phases)):
                 estimate = mean_ci95(returns)
@@ -100,7 +106,7 @@ def format_table(results: list[dict]) -> str:
 def _adaptation(
     sampler: Sampler, policy: FunctionalModel, params: Params, tasks: torch.Tensor, config: RLConfig, lrs, seed: int
 ):
-    return sample_phases(sampler, policy, params, tasks, torch.Generator().manual_seed(seed), config, lrs)
+    return sample_phases(sampler, policy, params, tasks, seeds.generator(seed), config, lrs)
 
 
 def _tune_step_size(sampler: Sampler, policy: FunctionalModel, params: Params, config: RLConfig) -> float:
@@ -108,9 +114,19 @@ def _tune_step_size(sampler: Sampler, policy: FunctionalModel, params: Params, c
     grid = config.baseline_lr_grid
     if len(grid) == 1 or config.eval_steps == 0:
         return grid[0]
-    tasks = sampler.sample_tasks(VALIDATION_TASKS, torch.Generator().manual_seed(config.eval_seed + 1))
+    tasks = sampler.sample_tasks(
+        VALIDATION_TASKS, seeds.generator(rl_evaluation_stream(config.eval_seed, "validation_tasks"))
+    )
     scores = []
     for lr in grid:
-        phases = _adaptation(sampler, policy, params, tasks, config, [lr] * config.eval_steps, config.eval_seed + 3)
+        phases = _adaptation(
+            sampler,
+            policy,
+            params,
+            tasks,
+            config,
+            [lr] * config.eval_steps,
+            rl_evaluation_stream(config.eval_seed, "validation_adaptation"),
+        )
         scores.append(float(torch.stack(phases_returns(phases)[1:]).mean()))
     return grid[max(range(len(grid)), key=scores.__getitem__)]

@@ -42,10 +42,12 @@ from torchmaml.rl.plots import plot_learning_curve
 from torchmaml.rl.policy import GaussianMLPPolicy, check_policy
 from torchmaml.rl.sampler import BatchedNavigationSampler, Sampler, VectorEnvSampler
 from torchmaml.rng import capture_rng, restore_rng
+from torchmaml.run import seeds
 from torchmaml.run.files import write_atomic
 from torchmaml.run.folder import check_new_run_folder, replace_run
 from torchmaml.run.metrics_log import open_metrics, read_records, truncate_metrics
 from torchmaml.run.resume import extended, newest_state, phase_finished, remove_stale_temporaries
+from torchmaml.run.seeds import model_seed, task_stream
 from torchmaml.run.signals import Interrupted, StopFlag, stop_requests
 from torchmaml.runlock import exclusive_run
 
@@ -75,7 +77,7 @@ def make_sampler(config: RLConfig) -> Sampler:
 def build_policy(config: RLConfig, observation_dim: int, action_dim: int) -> GaussianMLPPolicy:
     """The paper's Gaussian MLP policy, initialised from ``config.seed`` (the global RNG is left untouched)."""
     with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
+        torch.manual_seed(model_seed(config.seed))
         return GaussianMLPPolicy(observation_dim, action_dim, config.hidden, config.init_log_std)
 
 
@@ -168,7 +170,7 @@ def _train_phase(
     kind, iterations, lrs = phase
     digest = config_digest(config.model_dump())
     params: Params = policy.parameters()
-    generator = torch.Generator().manual_seed(2 * config.seed + (kind == PRETRAINED))
+    generator = seeds.generator(task_stream(config.seed, kind))
     store = CheckpointStore(out / "checkpoints", kind, config.keep_checkpoints)
     iteration, seconds, cpu_seconds, env_steps = 0, 0.0, 0.0, 0
     if resume and (found := newest_state(store, out / f"checkpoint-{kind}.pt", warn=_warn)) is not None:

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import torch
 
+from torchmaml.estimators import ESTIMATORS
 from torchmaml.learner import MetaLearner
 from torchmaml.tasks import TaskBatch, TaskSource
 from torchmaml.theory.constants import estimate_hessian_lipschitz, estimate_smoothness, task_gradient_norms
 
-STEP_SIZE_CONSTANTS = {"unrolled": 1 / 12, "first_order": 1 / 18, "hessian_free": 1 / 25}
+STEP_SIZE_CONSTANTS = {
+    name: cls.theory_step_constant for name, cls in ESTIMATORS.items() if cls.theory_step_constant is not None
+}
 
 
 def theory_step_size(
