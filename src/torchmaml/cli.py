@@ -1,4 +1,4 @@
-"""The ``torchmaml`` command line: ``train``, ``evaluate``, ``adapt``, ``export``, ``presets`` and ``theory``.
+"""The ``torchmaml`` command line: ``train``, ``evaluate``, ``adapt``, ``export`` and ``presets``.
 
 Every user error (bad config, missing run folder, corrupt checkpoint) is one line on stderr and exit code 2.
 """
@@ -15,7 +15,6 @@ from torchmaml.config import load_config
 from torchmaml.errors import TorchMAMLError
 from torchmaml.presets import all_names, preset_path, read_preset, rl_presets
 from torchmaml.run.signals import Interrupted
-from torchmaml.theory.lab.commands import add_theory_parser
 
 EXIT_USAGE = 2
 
@@ -61,7 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--out", type=Path, required=True, help="model.safetensors (needs safetensors) or model.pt (torch.load)"
     )
-    add_theory_parser(commands)
     return parser
 
 
@@ -82,12 +80,6 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"wrote {export_run(args.run_dir, args.out)}")
             return 0
-        if args.command == "theory":
-            from torchmaml.extras import require
-            from torchmaml.theory.lab.commands import run_theory
-
-            require("matplotlib", "plots")  # the lab writes figures
-            return run_theory(args)
         return _evaluate(args)
     except TorchMAMLError as error:
         print(f"torchmaml: error: {error}", file=sys.stderr)
