@@ -17,7 +17,8 @@ For ``y = conv(x, W) + b`` the backward pass maps the output gradient ``g`` to
 
 which are ``convolution_backward``'s input and weight gradients with ``B`` resp. ``a`` in place of ``W``
 resp. ``x``. All of them are differentiable torch operations, so third derivatives work too. Use it outside
-``torch.func`` transforms (``functional.plain_autograd``), where ``autograd.Function`` calls are cheap.
+``torch.func`` transforms (the exact estimator differentiating with plain autograd under ``"loop"``), where
+``autograd.Function`` calls are cheap.
 Checked against torch's own derivatives and by ``gradgradcheck`` in ``tests/test_convolution.py``.
 """
 
