@@ -383,8 +383,11 @@ def torchmaml_implementation(model: Any, loss: Callable, inner_lr: float, batch:
     import torch
 
     from torchmaml import MetaLearner
+    from torchmaml.allocator import keep_freed_memory
     from torchmaml.compilation import COMPILE_AFTER_CALLS
     from torchmaml.models.accelerate import accelerate
+
+    keep_freed_memory()  # opt-in glibc tuning, as the torchmaml command line does (torchmaml.allocator)
 
     strategy = job.variant.removesuffix("+compile")
     compiled = job.variant.endswith("+compile")

@@ -29,6 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import torchmaml
 from torchmaml import MetaLearner
+from torchmaml.allocator import keep_freed_memory
 
 GROUPS = (
     ("convolution", ("convolution", "conv2d", "mkldnn")),
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # opt-in glibc tuning, as the torchmaml command line does (torchmaml.allocator)
     model, loss, inner_lr, batch = build_workload("W2")
     learner = MetaLearner(model, loss=loss, inner_lr=inner_lr, inner_steps=1, estimator=args.estimator)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from torchmaml import MetaLearner
+from torchmaml.allocator import keep_freed_memory
 from torchmaml.data.fewshot import FewShotTasks
 from torchmaml.data.omniglot import load_omniglot
 from torchmaml.models import conv4
@@ -67,6 +68,7 @@ def omniglot_classes(root: Path | None, cache_dir: Path | None, rows: list[list[
 def meta_step_ms(batch) -> float:
     """Median wall time of a second-order conv4 meta-step on ``batch`` (1 warm-up, 3 timed)."""
     torch.manual_seed(0)
+    keep_freed_memory()  # opt-in glibc tuning, as the torchmaml command line does (torchmaml.allocator)
     learner = MetaLearner(conv4(ways=5), loss=F.cross_entropy, inner_lr=0.4, inner_steps=1, estimator="unrolled")
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
     learner.meta_step(batch, optimizer)

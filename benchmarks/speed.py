@@ -131,7 +131,9 @@ def measure(config: Config) -> dict[str, Any]:
     import torch
 
     from torchmaml import MetaLearner
+    from torchmaml.allocator import keep_freed_memory
 
+    keep_freed_memory()  # opt-in glibc tuning, as the torchmaml command line does (torchmaml.allocator)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     model, loss, inner_lr, batch = build_workload(config.workload)

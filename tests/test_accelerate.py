@@ -17,9 +17,9 @@ from torch import nn
 from torch.func import functional_call
 
 from torchmaml import MetaLearner, TaskBatch
-from torchmaml.functional import plain_autograd, unvectorised
+from torchmaml.context import ExecutionContext
 from torchmaml.models.accelerate import accelerate
-from torchmaml.models.layers import ChannelsLastConv2d, TransductiveBatchNorm2d
+from torchmaml.models.layers import ChannelsLastConv2d, TransductiveBatchNorm2d, in_context
 
 WAYS, INNER_LR = 3, 0.4
 
@@ -209,8 +209,7 @@ def test_the_copy_runs_the_lean_kernels_channels_last_and_vmap_is_allowed():
     net, channels = make_net("blocks")
     fast = accelerate(net)
     x = image_batch(channels).support_x[0]
-    with unvectorised(), plain_autograd():
-        features = fast[:2](x)
+    features = in_context(fast, ExecutionContext(vectorised=False, differentiation="autograd"))[:2](x)
     assert features.is_contiguous(memory_format=torch.channels_last)
     assert type(features.grad_fn).__name__.startswith("_BatchNorm")
     assert type(features.grad_fn.next_functions[0][0]).__name__.startswith("_Conv2d")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import small_mlp
 
-from torchmaml import MetaLearner, adapt
+from torchmaml import MetaLearner, inner_trajectory
 from torchmaml.functional import FunctionalModel
 
 
@@ -56,7 +56,7 @@ def test_functional_adapt_returns_the_trajectory():
     model = small_mlp()
     functional = FunctionalModel(model)
     x, y = torch.randn(10, 1, dtype=torch.float64), torch.randn(10, 1, dtype=torch.float64)
-    trajectory = adapt(functional, functional.parameters(), x, y, F.mse_loss, 0.1, steps=3)
+    trajectory = inner_trajectory(functional, functional.parameters(), x, y, F.mse_loss, 0.1, steps=3)
     assert len(trajectory) == 4
     losses = [F.mse_loss(functional(p, x), y).item() for p in trajectory]
     assert losses[-1] < losses[0]
@@ -66,7 +66,7 @@ def test_per_step_rates():
     model = small_mlp()
     functional = FunctionalModel(model)
     x, y = torch.randn(10, 1, dtype=torch.float64), torch.randn(10, 1, dtype=torch.float64)
-    zero_then_one = adapt(functional, functional.parameters(), x, y, F.mse_loss, [0.0, 0.1], steps=2)
-    one = adapt(functional, functional.parameters(), x, y, F.mse_loss, 0.1, steps=1)
+    zero_then_one = inner_trajectory(functional, functional.parameters(), x, y, F.mse_loss, [0.0, 0.1], steps=2)
+    one = inner_trajectory(functional, functional.parameters(), x, y, F.mse_loss, 0.1, steps=1)
     for name in one[-1]:
         assert torch.allclose(zero_then_one[-1][name], one[-1][name])

@@ -65,15 +65,14 @@ def test_first_second_and_third_derivatives_match_finite_differences(channels_la
 
 
 def test_the_layer_uses_it_exactly_where_tasks_run_one_at_a_time_under_plain_autograd():
-    from torchmaml.functional import plain_autograd, unvectorised
+    from torchmaml.context import ExecutionContext
     from torchmaml.models import MetaBatchNorm2d
+    from torchmaml.models.layers import in_context
 
     norm = MetaBatchNorm2d(3).double()
     x = inputs()[0]
-    with unvectorised():
-        fused = norm(x)
-        with plain_autograd():
-            lean = norm(x)
+    fused = in_context(norm, ExecutionContext(vectorised=False))(x)
+    lean = in_context(norm, ExecutionContext(vectorised=False, differentiation="autograd"))(x)
     assert "BatchNorm" in type(lean.grad_fn).__name__ and type(lean.grad_fn) is not type(fused.grad_fn)
     torch.testing.assert_close(lean, fused, rtol=1e-12, atol=1e-12)
 

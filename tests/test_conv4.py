@@ -1,5 +1,5 @@
 """conv4's fast path is the same function as the textbook block: fused channels-last batch norm when tasks
-run one at a time, the pooling before the ReLU; and the allocator tuning can be switched off."""
+run one at a time, the pooling before the ReLU; and the allocator tuning is opt-in and can be switched off."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from torch import nn
 
 from torchmaml import MetaLearner, TaskBatch
 from torchmaml.allocator import OPT_OUT, keep_freed_memory
-from torchmaml.functional import unvectorised
+from torchmaml.context import ONE_TASK_AT_A_TIME
 from torchmaml.models import MetaBatchNorm2d, conv4
+from torchmaml.models.layers import in_context
 
 
 def textbook_conv4(model: nn.Sequential) -> nn.Sequential:
@@ -47,12 +48,11 @@ def test_conv4_equals_the_textbook_block_order_and_strategies_agree():
     assert torch.allclose(fast_loop, textbook, rtol=1e-10, atol=1e-12)
 
 
-def test_batch_norm_runs_channels_last_only_when_unvectorised():
+def test_batch_norm_runs_channels_last_only_when_tasks_run_one_at_a_time():
     norm = MetaBatchNorm2d(4).double()
     x = torch.randn(5, 4, 6, 6, dtype=torch.float64)
     plain = norm(x)
-    with unvectorised():
-        fused = norm(x)
+    fused = in_context(norm, ONE_TASK_AT_A_TIME)(x)
     assert fused.is_contiguous(memory_format=torch.channels_last) and not plain.is_contiguous(
         memory_format=torch.channels_last
     )
@@ -68,3 +68,17 @@ def test_allocator_tuning_can_be_switched_off_and_yields_to_the_users_setting(mo
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     assert keep_freed_memory.__wrapped__() is (platform.libc_ver()[0] == "glibc")  # mallopt is glibc's
+
+
+def test_building_a_learner_leaves_the_allocator_alone(monkeypatch):
+    """The glibc tuning is process-wide, so it is an application's opt-in (the command line), never a side effect
+    of constructing a MetaLearner."""
+    import ctypes.util
+
+    from torchmaml import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: calls.append(name))
+    MetaLearner(conv4(ways=3, filters=4, image_size=16), F.cross_entropy)
+    assert calls == []

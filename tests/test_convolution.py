@@ -86,17 +86,17 @@ def test_a_gradient_in_another_layout_than_the_input_gives_the_same_products():
 
 
 def test_conv4s_convolution_uses_it_exactly_under_plain_autograd():
-    from torchmaml.functional import plain_autograd, unvectorised
+    from torchmaml.context import ExecutionContext
     from torchmaml.models.conv4 import ChannelsLastConv2d
+    from torchmaml.models.layers import in_context
 
     layer = ChannelsLastConv2d(3, 5, 3, padding=1).double()
     x = inputs(channels_last=True)[0]
-    with unvectorised():
-        native = layer(x)
-        with plain_autograd():
-            lean = layer(x)
-            layer.padding_mode = "reflect"  # only zero padding has the lean double backward
-            reflected = layer(x)
+    native = in_context(layer, ExecutionContext(vectorised=False))(x)
+    plain_autograd = in_context(layer, ExecutionContext(vectorised=False, differentiation="autograd"))
+    lean = plain_autograd(x)
+    plain_autograd.padding_mode = "reflect"  # only zero padding has the lean double backward
+    reflected = plain_autograd(x)
     assert type(lean.grad_fn).__name__.startswith("_Conv2d") and type(lean.grad_fn) is not type(native.grad_fn)
     assert type(reflected.grad_fn) is type(native.grad_fn)
     torch.testing.assert_close(lean, native, rtol=1e-12, atol=1e-12)

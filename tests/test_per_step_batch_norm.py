@@ -12,9 +12,10 @@ from torch.func import functional_call
 
 from torchmaml import MetaLearner
 from torchmaml.config import load_config
+from torchmaml.context import ExecutionContext
 from torchmaml.errors import ConfigError
-from torchmaml.functional import at_inner_step
 from torchmaml.models import MetaBatchNorm2d
+from torchmaml.models.layers import in_context
 
 
 def per_step_convnet(steps, ways=3):
@@ -26,18 +27,18 @@ def per_step_convnet(steps, ways=3):
 
 
 def naive_meta_loss(model, params, batch, lr, steps):
-    """Hand-written MAML where the forward at inner step s (and the query at w_s) runs at_inner_step(s)."""
+    """Hand-written MAML where the forward at inner step s (and the query at w_s) runs in a copy of the model
+    specialised for step s."""
     names = [n for n, _ in model.named_parameters()]
+    at_step = [in_context(model, ExecutionContext(step=s)) for s in range(steps + 1)]
     total = 0.0
     for i in range(batch.num_tasks):
         fast = list(params)
         for s in range(steps):
-            with at_inner_step(s):
-                out = functional_call(model, dict(zip(names, fast, strict=True)), (batch.support_x[i],))
+            out = functional_call(at_step[s], dict(zip(names, fast, strict=True)), (batch.support_x[i],))
             grads = torch.autograd.grad(F.cross_entropy(out, batch.support_y[i]), fast, create_graph=True)
             fast = [p - lr * g for p, g in zip(fast, grads, strict=True)]
-        with at_inner_step(steps):
-            out = functional_call(model, dict(zip(names, fast, strict=True)), (batch.query_x[i],))
+        out = functional_call(at_step[steps], dict(zip(names, fast, strict=True)), (batch.query_x[i],))
         total = total + F.cross_entropy(out, batch.query_y[i])
     return total / batch.num_tasks
 
@@ -77,8 +78,8 @@ def test_rows_follow_the_inner_step():
         norm.bias.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]))
     x = torch.randn(4, 2, 3, 3)
     for step, expected in ((0, 0.0), (1, 1.0), (2, 2.0), (5, 2.0), (None, 2.0)):
-        with at_inner_step(step):
-            assert norm(x).mean().item() == pytest.approx(expected, abs=1e-6)
+        assert in_context(norm, ExecutionContext(step=step))(x).mean().item() == pytest.approx(expected, abs=1e-6)
+    assert norm(x).mean().item() == pytest.approx(2.0, abs=1e-6)  # outside the inner loop: the last row
 
 
 def test_per_step_batch_norm_config():
@@ -86,3 +87,18 @@ def test_per_step_batch_norm_config():
     assert config.batch_norm == "per_step"
     with pytest.raises(ConfigError, match="batch_norm 'per_step'"):
         load_config("omniglot-5w1s", ["batch_norm=per_step", "estimator=implicit"])
+
+
+def test_the_functional_model_takes_the_inner_step_from_its_explicit_context():
+    from torchmaml.functional import FunctionalModel
+
+    model = nn.Sequential(MetaBatchNorm2d(2, steps=2))
+    with torch.no_grad():
+        model[0].bias.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]))
+    functional, x = FunctionalModel(model), torch.randn(4, 2, 3, 3)
+    params = functional.parameters()
+    for step, expected in ((0, 0.0), (1, 1.0), (2, 2.0), (7, 2.0), (None, 2.0)):
+        for vectorised in (True, False):
+            context = ExecutionContext(vectorised=vectorised, step=step)
+            assert functional(params, x, context).mean().item() == pytest.approx(expected, abs=1e-6)
+    assert functional(params, x).mean().item() == pytest.approx(2.0, abs=1e-6)

@@ -1,7 +1,7 @@
 """torchmaml: gradient-based meta-learning (MAML and its family) for any PyTorch ``nn.Module``."""
 
 from torchmaml.errors import ConfigError, ModelError, TaskBatchError, TorchMAMLError
-from torchmaml.inner import adapt
+from torchmaml.inner import inner_trajectory
 from torchmaml.learner import MetaLearner
 from torchmaml.tasks import TaskBatch, TaskSource
 
@@ -26,5 +26,5 @@ __all__ = [
     "TaskSource",
     "TorchMAMLError",
     "__version__",
-    "adapt",
+    "inner_trajectory",
 ]

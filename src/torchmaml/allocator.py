@@ -1,21 +1,22 @@
-"""Keep freed activation buffers in the process (glibc), a measured speed-up of CPU meta-training.
+"""Opt-in: keep freed activation buffers in the process (glibc), which speeds up CPU meta-training.
 
 glibc's ``malloc`` serves every block above its mmap threshold (dynamic, at most 32 MiB by default) with a
 fresh ``mmap`` and returns it with ``munmap`` when freed, and trims the heap top above 128 KiB. A meta-step
-allocates and frees the same large activation buffers (conv4 on 75 images: ~15 MB each) over and over, so
-each one is mapped again and touched page by page: hundreds of thousands of minor page faults per iteration.
-:func:`keep_freed_memory` sets ``M_MMAP_THRESHOLD = 32 MiB`` and ``M_TRIM_THRESHOLD = 4 GiB`` with ``mallopt``,
-so freed buffers stay in the heap and are reused (the same effect as
+allocates and frees the same large activation buffers over and over, so each one is mapped again and touched
+page by page: many minor page faults per iteration. :func:`keep_freed_memory` sets
+``M_MMAP_THRESHOLD = 32 MiB`` and ``M_TRIM_THRESHOLD = 4 GiB`` with ``mallopt``, so freed buffers stay in the
+heap and are reused (the same effect as
 ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296``).
 
-32 MiB is glibc's largest threshold, so blocks above it (W3's 300-image query activations: 60 MB) are still
-mapped afresh. ``M_MMAP_MAX = 0`` would serve them from the heap too: it halved torch's batch-norm forward on
-such a block (``benchmarks/kernels.py``) but made a W3 task only 2.5% (second order) to 11% (first order)
-faster and raised its peak memory 11% (float32) to 20% (float64) (heap fragmentation; ``benchmarks/README.md``),
-so it is left at glibc's default.
+32 MiB is glibc's largest threshold, so blocks above it (the largest query activations of 20-way tasks) are
+still mapped afresh. ``M_MMAP_MAX = 0`` would serve them from the heap too: it speeds up torch's batch-norm
+forward on such a block (``benchmarks/kernels.py``) but made a whole task only a little faster and raised its
+peak memory noticeably (heap fragmentation; measurements in ``benchmarks/README.md``), so it is left at glibc's
+default.
 
 The cost: memory freed after a peak is kept by the process (reused by the next meta-step, not returned to
-the system). It is process-wide; :class:`torchmaml.MetaLearner` calls it once, unless the environment sets
+the system). It is process-wide, so the library never calls it on its own: an application opts in by calling
+it once (the ``torchmaml`` command line does, and the benchmarks), unless the environment sets
 ``TORCHMAML_MALLOC_TUNING=0`` or tunes glibc's allocator itself (``MALLOC_MMAP_THRESHOLD_``,
 ``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_`` or ``glibc.malloc`` in ``GLIBC_TUNABLES``: the user's choice
 wins; the memory benchmarks use ``MALLOC_MMAP_THRESHOLD_=131072`` so that RSS follows live memory).

@@ -2,18 +2,17 @@
 
 ``compile=True`` compiles from the first call and ``False`` never does. ``"auto"`` (the default) follows the
 ski-rental rule with a count fixed in advance: run eagerly, and compile from call ``COMPILE_AFTER_CALLS`` on,
-about as many eager meta-gradients as take one compilation's time (30 s at W1's 4.7 ms eager; compiled
-1.6 ms, ``benchmarks/README.md``). A short job never pays for a compilation it cannot earn back; a long one
+about as many eager meta-gradients as take one compilation's time (measurements: ``benchmarks/README.md``).
+A short job never pays for a compilation it cannot earn back; a long one
 pays at most about twice the compilation time. The switch never depends on the clock or the machine's load
 (compiled and eager kernels round differently, so a time-based switch made identical runs differ): results
 are a function of the configuration and seed. The trainer saves :attr:`MetaGradientRunner.calls` in its
 checkpoints and restores it on resume, so a resumed run switches at the same call as an uninterrupted one.
 
 ``"auto"`` compiles the vectorised strategies only (``vmap``, ``chunked``: models without convolutions).
-Under ``loop`` (conv nets) a compiled conv4 meta-gradient (W2, one task's meta-gradient compiled, the same
-graph for every task) agreed with eager execution to 5e-5 but was only 5-18% faster at second order and
-10-20% slower at first order, after a compilation of 10-50 s with the cache warm, so ``"auto"`` leaves the
-loop eager; ``True`` compiles it.
+Under ``loop`` (conv nets) a compiled conv4 meta-gradient (one task's meta-gradient compiled, the same graph
+for every task) agreed with eager execution to round-off but was barely faster at second order and slower at
+first order, after a long compilation, so ``"auto"`` leaves the loop eager; ``True`` compiles it.
 
 Compilation needs a C++ compiler; where it fails (any ``torch._dynamo`` error: no compiler, or a model torch
 cannot trace yet, such as dropout under ``vmap``) the learner warns once and continues eagerly.
@@ -32,8 +31,8 @@ import torch
 from torchmaml.errors import ConfigError, first_line
 from torchmaml.execution import apply_task_gradient, mean_task_gradient
 
-# eager meta-gradients before "auto" compiles: about one cold compilation of the sinusoid MLP's meta-gradient
-# on this project's 2-core machine (36 s; 4-5 s with torch's compilation cache warm) at W1's 4.7 ms per call
+# eager meta-gradients before "auto" compiles: about the time of one cold compilation of the sinusoid MLP's
+# meta-gradient, in eager meta-gradients of that model (benchmarks/README.md)
 COMPILE_AFTER_CALLS = {"vmap": 6000, "chunked": 6000}
 COMPILING_NOTICE = "torchmaml: compiling the meta-gradient with torch.compile (first compiled iteration only)"
 CompileMode = bool | str

@@ -11,6 +11,9 @@ All strategies compute the same average ``G = (1/B) sum_i G_i`` (and averaged me
 - ``"auto"``: ``"loop"`` for models with convolutions, fused batch norm or recurrent layers, ``"vmap"``
   otherwise (chosen from the measurements in ``benchmarks/speed.py``).
 
+Each strategy creates the execution context its tasks run in (``torchmaml.context``): vectorised for ``vmap``
+and ``chunked``, one task at a time for ``loop``, and gives it to the estimator in the ``InnerProblem``.
+
 Under ``vmap`` random operations (dropout) draw independent randomness for every task
 (``randomness="different"``); under ``loop`` they draw from torch's generator one task after another. Either
 way every forward pass (each inner step, the query pass) draws fresh randomness.
@@ -25,9 +28,10 @@ import torch
 from torch.func import vmap
 from torch.utils._pytree import tree_map
 
+from torchmaml.context import ONE_TASK_AT_A_TIME, VECTORISED, ExecutionContext
 from torchmaml.errors import ConfigError, ModelError
 from torchmaml.estimators.base import InnerProblem, MetaParams, Metrics, Task, TaskGradient
-from torchmaml.functional import FunctionalModel, unvectorised
+from torchmaml.functional import FunctionalModel
 from torchmaml.tasks import TaskBatch
 
 Strategy = Literal["auto", "vmap", "chunked", "loop"]
@@ -76,6 +80,7 @@ def mean_task_gradient(
         return _loop(per_task, task_gradient, problem, meta, batch)
     if strategy == "chunked" and not chunk_size:
         raise ConfigError("chunk_size: strategy 'chunked' needs a positive chunk_size")
+    problem = problem.in_context(VECTORISED)
     batched = vmap(
         lambda m, task: task_gradient(problem, m, task),
         in_dims=(None, 0),
@@ -94,22 +99,33 @@ def _loop(
     batch: TaskBatch,
 ) -> tuple[MetaParams, Metrics]:
     total: tuple[MetaParams, Metrics] | None = None
-    with unvectorised():
-        for i in range(batch.num_tasks):
-            result = per_task(task_gradient, problem, meta, task_at(batch, i))
-            total = result if total is None else tree_map(torch.add, total, result)
+    problem = problem.in_context(ONE_TASK_AT_A_TIME)
+    for i in range(batch.num_tasks):
+        result = per_task(task_gradient, problem, meta, task_at(batch, i))
+        total = result if total is None else tree_map(torch.add, total, result)
     return tree_map(lambda t: t / batch.num_tasks, total)
 
 
 def map_tasks(
     fn: Callable[[Task], torch.Tensor], batch: TaskBatch, strategy: str, chunk_size: int | None = None
 ) -> torch.Tensor:
-    """``torch.stack([fn(task_i) for each task])``, run with ``strategy``; ``fn`` returns a tensor."""
+    """``torch.stack([fn(task_i) for each task])``, run with ``strategy``; ``fn`` returns a tensor and evaluates
+    models in the default context (correct under every strategy)."""
+    return map_tasks_in_context(lambda task, _context: fn(task), batch, strategy, chunk_size)
+
+
+def map_tasks_in_context(
+    fn: Callable[[Task, ExecutionContext], torch.Tensor],
+    batch: TaskBatch,
+    strategy: str,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """``torch.stack([fn(task_i, context) for each task])``, run with ``strategy``, which gives ``fn`` the
+    execution context to evaluate models in; ``fn`` returns a tensor."""
     if strategy == "loop":
-        with unvectorised():
-            return torch.stack([fn(task_at(batch, i)) for i in range(batch.num_tasks)])
+        return torch.stack([fn(task_at(batch, i), ONE_TASK_AT_A_TIME) for i in range(batch.num_tasks)])
     chunks = chunk_size if strategy == "chunked" else None
-    return vmap(fn, chunk_size=chunks, randomness="different")(batch.tensors())
+    return vmap(lambda task: fn(task, VECTORISED), chunk_size=chunks, randomness="different")(batch.tensors())
 
 
 def task_at(batch: TaskBatch, index: int) -> Task:

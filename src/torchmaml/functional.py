@@ -10,6 +10,12 @@ dictionary of parameters. What the meta-learner evaluates, for any module:
   updates a buffer in place never leaks state from one task to another (the update is discarded).
 - **Speed**: ``nn.Conv2d``/``nn.BatchNorm2d`` (and ``nn.ReLU`` before ``nn.MaxPool2d``) run as
   ``torchmaml.models.accelerate`` makes them: the same function on conv4's fast kernels.
+- **Execution context**: ``model(params, x, context)`` evaluates the module in an explicit
+  ``torchmaml.context.ExecutionContext`` (tasks vectorised or one at a time, how gradients are taken, the
+  inner step). The module is evaluated through one view per context, built once when the ``FunctionalModel``
+  is made: a copy that shares the module's tensors, in which every context-dependent layer
+  (``torchmaml.models.layers.ContextDependent``) was built with that context's kernels and inner step. No
+  layer reads global state; models without such layers have a single view.
 - **Batch norm** (every ``nn.BatchNorm*``/``nn.SyncBatchNorm``) normalises with the statistics of the batch
   it is given, in train and eval mode alike (the "transductive" policy of MAML): its running statistics are
   neither read nor updated while meta-learning. ``MetaLearner.adapt`` sets the adapted copy's running
@@ -24,15 +30,17 @@ from __future__ import annotations
 
 import copy
 import itertools
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from torchmaml.context import DIFFERENTIATIONS, VECTORISED, ExecutionContext
+from torchmaml.models.accelerate import accelerate, accelerates
+from torchmaml.models.layers import ContextDependent, in_context
 
 Params = dict[str, torch.Tensor]
 
@@ -43,55 +51,75 @@ RECURRENT_TYPES = (nn.RNNBase,)
 
 
 class FunctionalModel:
-    """``model(params, x)`` evaluates ``module`` at ``params`` without touching its own state."""
+    """``model(params, x, context)`` evaluates ``module`` at ``params`` in an execution context without touching
+    its own state."""
 
     def __init__(self, module: nn.Module) -> None:
-        from torchmaml.models.accelerate import accelerate, accelerates  # models.layers imports this module
-
         self.module = module
         evaluated = accelerate(module) if accelerates(module) else module
         if any(isinstance(m, BATCH_NORM_TYPES) for m in evaluated.modules()):
             evaluated = batch_statistics_view(evaluated)
         modules = list(evaluated.modules())
-        self.step_aware = any(getattr(m, "uses_inner_step", False) for m in modules)
         self.has_fused_batch_norm = any(isinstance(m, BATCH_NORM_TYPES) for m in modules)
         self.has_convolution = any(isinstance(m, CONV_TYPES) for m in modules)
         self.has_recurrent = any(isinstance(m, RECURRENT_TYPES) for m in modules)
-        self._evaluated = evaluated
         self._buffer_names = frozenset(name for name, _ in evaluated.named_buffers())
+        per_step = [m.inner_steps for m in modules if isinstance(m, ContextDependent) and m.inner_steps is not None]
+        self._last_step = max(per_step, default=None)  # steps past it use the weights of step _last_step
+        self._evaluated = evaluated
+        self._views: dict[tuple, nn.Module] | None = None
+        if any(isinstance(m, ContextDependent) for m in modules):  # built now, never while torch.compile traces
+            steps = [None] if self._last_step is None else [None, *range(self._last_step + 1)]
+            contexts = [
+                ExecutionContext(vectorised, differentiation, step)
+                for vectorised in (True, False)
+                for differentiation in DIFFERENTIATIONS
+                for step in steps
+            ]
+            self._views = {  # keyed by plain values, which torch.compile looks up without a graph break
+                (context.vectorised, context.differentiation, context.step): in_context(evaluated, context)
+                for context in contexts
+            }
 
-    def __call__(self, params: Params, x: Any) -> Any:
+    def __call__(self, params: Params, x: Any, context: ExecutionContext = VECTORISED) -> Any:
         args, kwargs = model_arguments(x)
-        return self._call(params, args, kwargs, self._buffer_clones())
+        return self._call(params, args, kwargs, self._buffer_clones(), context)
 
     def apply(self, params: Params, *args: Any, **kwargs: Any) -> Any:
-        """``module(*args, **kwargs)`` at ``params``: the module's own call signature."""
-        return self._call(params, args, kwargs, self._buffer_clones())
+        """``module(*args, **kwargs)`` at ``params`` (default context): the module's own call signature."""
+        return self._call(params, args, kwargs, self._buffer_clones(), VECTORISED)
 
     def updated_buffers(self, params: Params, x: Any) -> list[str]:
         """The names of the buffers that a forward pass at ``params`` on ``x`` changes in place: updates that the
         meta-learner discards (each call gets fresh clones)."""
         buffers = self._buffer_clones()
         args, kwargs = model_arguments(x)
-        self._call(params, args, kwargs, buffers)
+        self._call(params, args, kwargs, buffers, VECTORISED)
         current = dict(self.module.named_buffers())
         return [name for name, value in buffers.items() if not torch.equal(value, current[name])]
 
     def _buffer_clones(self) -> Params:
         return {name: b.clone() for name, b in self.module.named_buffers() if name in self._buffer_names}
 
-    def _call(self, params: Params, args: tuple, kwargs: dict[str, Any], buffers: Params) -> Any:
-        if self._evaluated is not self.module and not torch.compiler.is_compiling():
-            _copy_modes(self.module, self._evaluated)
+    def view(self, context: ExecutionContext) -> nn.Module:
+        """The module as evaluated in ``context`` (a view sharing the module's tensors)."""
+        if self._views is None:
+            return self._evaluated
+        step = context.step
+        if step is not None:
+            step = None if self._last_step is None else min(step, self._last_step)
+        return self._views[context.vectorised, context.differentiation, step]
+
+    def _call(
+        self, params: Params, args: tuple, kwargs: dict[str, Any], buffers: Params, context: ExecutionContext
+    ) -> Any:
+        evaluated = self.view(context)
+        if evaluated is not self.module and not torch.compiler.is_compiling():
+            _copy_modes(self.module, evaluated)
         tensors = {name: p.detach() for name, p in self.module.named_parameters() if not p.requires_grad}
         tensors.update(params)
         with sdpa_kernel(SDPBackend.MATH):
-            return functional_call(self._evaluated, (tensors, buffers), args, kwargs)
-
-    def at_step(self, step: int | None) -> AbstractContextManager:
-        """``at_inner_step(step)`` for models with per-step layers; a no-op otherwise (so that
-        ``torch.compile`` never sees the context variable on the common path)."""
-        return at_inner_step(step) if self.step_aware else nullcontext()
+            return functional_call(evaluated, (tensors, buffers), args, kwargs)
 
     def parameters(self) -> Params:
         """The module's trainable parameters, detached: the point ``w`` at which meta-gradients are taken."""
@@ -128,53 +156,3 @@ def _copy_modes(source: nn.Module, target: nn.Module) -> None:
     flags = {name: module.training for name, module in source.named_modules()}
     for name, module in target.named_modules():
         module.training = flags.get(name, module.training)
-
-
-# Per-thread evaluation state read by layers. A ``threading.local`` rather than a ``ContextVar``: torch.compile
-# traces (and guards on) its attributes, while ``ContextVar.get`` breaks the graph.
-_STATE = threading.local()
-
-
-@contextmanager
-def _setting(name: str, value: object) -> Iterator[None]:
-    previous = getattr(_STATE, name, None)
-    setattr(_STATE, name, value)
-    try:
-        yield
-    finally:
-        setattr(_STATE, name, previous)
-
-
-def at_inner_step(step: int | None) -> AbstractContextManager:
-    """Within the block, models are evaluated at inner step ``step`` (layers with per-step parameters, like
-    MAML++'s per-step batch norm, read it with :func:`current_inner_step`); ``None`` leaves it unset."""
-    return _setting("inner_step", step)
-
-
-def current_inner_step() -> int | None:
-    """The inner step set by :func:`at_inner_step`, or ``None`` outside any (a deployed, adapted model)."""
-    return getattr(_STATE, "inner_step", None)
-
-
-def unvectorised() -> AbstractContextManager:
-    """Within the block no task axis is vectorised (the ``"loop"`` strategy: no ``torch.func.vmap`` over
-    tasks), so layers may call fused kernels whose vmap batching rules are wrong for higher-order gradients
-    (batch norm, functorch#534); :class:`torchmaml.models.MetaBatchNorm2d` then uses ``F.batch_norm``."""
-    return _setting("unvectorised", True)
-
-
-def is_unvectorised() -> bool:
-    """Whether the caller is inside :func:`unvectorised` (fused kernels are safe)."""
-    return bool(getattr(_STATE, "unvectorised", False))
-
-
-def plain_autograd() -> AbstractContextManager:
-    """Within the block one task's meta-gradient is taken with ``torch.autograd`` outside any ``torch.func``
-    transform (the exact estimator under the ``"loop"`` strategy), where custom ``autograd.Function`` layers
-    are cheap: :class:`torchmaml.models.MetaBatchNorm2d` then uses its own double backward."""
-    return _setting("plain_autograd", True)
-
-
-def is_plain_autograd() -> bool:
-    """Whether the caller is inside :func:`plain_autograd`."""
-    return bool(getattr(_STATE, "plain_autograd", False))

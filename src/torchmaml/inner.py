@@ -4,10 +4,14 @@ One inner step on a task with support set ``D_in = (x, y)`` is
 
     w_{s+1} = w_s - alpha_s * grad_w f(w_s; D_in),      f(w; D) = loss(model(w, x), y),
 
-and ``adapt`` returns the whole trajectory ``[w_0 = w, w_1, ..., w_K]`` (the multi-step loss needs every
+and ``inner_trajectory`` returns the whole trajectory ``[w_0 = w, w_1, ..., w_K]`` (the multi-step loss needs every
 step). The steps are differentiable: composed with an outer ``torch.func.grad`` they give the exact
 second-order MAML gradient. With ``first_order=True`` each inner gradient is detached, so
 ``d w_K / d w = I`` and the outer gradient is first-order MAML.
+
+The model is evaluated in an explicit ``torchmaml.context.ExecutionContext``, at inner step ``s`` for step
+``s``; the context's ``differentiation`` also says how the inner gradients are taken (``torch.func.grad``, or
+``torch.autograd.grad`` for an outer ``torch.autograd.grad`` outside any ``torch.func`` transform).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 import torch
 from torch.func import grad
 
+from torchmaml.context import VECTORISED, ExecutionContext
 from torchmaml.functional import FunctionalModel, Params
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -40,7 +45,7 @@ def sgd_step(params: Params, grads: Params, lr: StepLR) -> Params:
     return {name: p - lr * grads[name] for name, p in params.items()}
 
 
-def adapt(
+def inner_trajectory(
     model: FunctionalModel,
     params: Params,
     x: torch.Tensor,
@@ -48,23 +53,35 @@ def adapt(
     loss_fn: LossFn,
     lr: InnerLR,
     steps: int,
+    *,
     first_order: bool = False,
     adapted: Collection[str] | None = None,
-    autograd: bool = False,
+    context: ExecutionContext = VECTORISED,
 ) -> list[Params]:
     """Run ``steps`` inner gradient steps from ``params`` on one task's ``(x, y)``.
 
-    Returns ``[w_0, ..., w_steps]``. Step ``s`` evaluates the model ``at_inner_step(s)`` (per-step layers).
-    Only the parameters named in ``adapted`` take inner steps (all when
-    ``None``; ANIL adapts only the head); the others are passed through as the very same tensors. Works
-    inside ``torch.func.vmap`` (one task per call) and under an outer ``torch.func.grad``; with
-    ``autograd=True`` the inner gradients are ``torch.autograd.grad`` calls instead, for an outer
+    Returns ``[w_0, ..., w_steps]``; step ``s`` evaluates the model in ``context`` at inner step ``s``
+    (per-step layers). Only the parameters named in ``adapted`` take inner steps (all when ``None``; ANIL
+    adapts only the head); the others are passed through as the very same tensors. Works inside
+    ``torch.func.vmap`` (one task per call) and under an outer ``torch.func.grad``; in a context differentiated
+    by ``"autograd"`` the inner gradients are ``torch.autograd.grad`` calls instead, for an outer
     ``torch.autograd.grad`` outside any ``torch.func`` transform.
     """
     trajectory = [params]
     for step in range(steps):
         trajectory.append(
-            inner_step(model, trajectory[-1], x, y, loss_fn, step_lr(lr, step), step, first_order, adapted, autograd)
+            inner_step(
+                model,
+                trajectory[-1],
+                x,
+                y,
+                loss_fn,
+                step_lr(lr, step),
+                step,
+                first_order=first_order,
+                adapted=adapted,
+                context=context,
+            )
         )
     return trajectory
 
@@ -77,32 +94,31 @@ def inner_step(
     loss_fn: LossFn,
     lr: StepLR,
     step: int,
+    *,
     first_order: bool = False,
     adapted: Collection[str] | None = None,
-    autograd: bool = False,
+    context: ExecutionContext = VECTORISED,
 ) -> Params:
-    """Inner step number ``step`` (0-based; the model runs ``at_step(step)``): ``w - lr * grad f(w; (x, y))``
-    on the parameters in ``adapted`` (all when ``None``), the others passed through unchanged. The gradient is
-    ``torch.func.grad``'s, or with ``autograd=True`` ``torch.autograd.grad``'s (with a graph unless
-    ``first_order``)."""
+    """Inner step number ``step`` (0-based; the model runs in ``context`` at that step):
+    ``w - lr * grad f(w; (x, y))`` on the parameters in ``adapted`` (all when ``None``), the others passed
+    through unchanged. The gradient is ``torch.func.grad``'s, or in a context differentiated by ``"autograd"``
+    ``torch.autograd.grad``'s (with a graph unless ``first_order``)."""
     names = [name for name in params if adapted is None or name in adapted]
     fast = {name: params[name] for name in names}
     fixed = {name: p for name, p in params.items() if name not in fast}
+    at_step = context.at_step(step)
 
     def support_loss(fast: Params, fixed: Params) -> torch.Tensor:
-        return loss_fn(model({**fixed, **fast}, x), y)
+        return loss_fn(model({**fixed, **fast}, x, at_step), y)
 
-    with model.at_step(step):
-        if autograd:
-            support = support_loss(fast, fixed)
-            values = torch.autograd.grad(
-                support, list(fast.values()), create_graph=not first_order, materialize_grads=True
-            )
-            grads = dict(zip(fast, values, strict=True))
-        elif first_order:  # the gradient at a detached point carries no graph back to w
-            grads = grad(support_loss)(_detached(fast), _detached(fixed))
-        else:
-            grads = grad(support_loss)(fast, fixed)
+    if context.differentiation == "autograd":
+        support = support_loss(fast, fixed)
+        values = torch.autograd.grad(support, list(fast.values()), create_graph=not first_order, materialize_grads=True)
+        grads = dict(zip(fast, values, strict=True))
+    elif first_order:  # the gradient at a detached point carries no graph back to w
+        grads = grad(support_loss)(_detached(fast), _detached(fixed))
+    else:
+        grads = grad(support_loss)(fast, fixed)
     return {**params, **sgd_step(fast, grads, lr)}
 
 

@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
-from torchmaml.allocator import keep_freed_memory
 from torchmaml.compilation import MetaGradientRunner
+from torchmaml.context import VECTORISED, ExecutionContext
 from torchmaml.errors import ConfigError, ModelError, first_line
 from torchmaml.estimators import InnerProblem, MetaParams, Metrics, Task, get_estimator
-from torchmaml.execution import map_tasks, resolve_strategy
+from torchmaml.execution import map_tasks_in_context, resolve_strategy
 from torchmaml.functional import BATCH_NORM_TYPES, FunctionalModel, Params, model_arguments
-from torchmaml.inner import InnerLR, LossFn, adapt
+from torchmaml.inner import InnerLR, LossFn, inner_trajectory
 from torchmaml.learning_rates import make_inner_lr
 from torchmaml.models.conv4 import MetaBatchNorm2d
 from torchmaml.tasks import TaskBatch
@@ -66,9 +66,9 @@ class MetaLearner(nn.Module):
             meta-learned.
         compile: run the meta-gradient through ``torch.compile``: ``True`` from the first call, ``False``
             never, ``"auto"`` (default) from a call count fixed in advance (about one compilation's worth of
-            eager calls), for the vectorised strategies only (see ``torchmaml.compilation``). Compiled, the
-            sinusoid MLP's meta-iteration is ~3x faster; needs a C++ compiler, and falls back to eager
-            execution with a warning when compilation fails.
+            eager calls), for the vectorised strategies only (see ``torchmaml.compilation``). Compilation makes
+            small models' meta-iterations several times faster; it needs a C++ compiler, and falls back to
+            eager execution with a warning when it fails.
 
     Attributes that may be changed between meta-steps (the MAML++ schedules do): ``estimator`` (a
     ``TaskGradient``, e.g. ``get_estimator("first_order")``) and ``step_weights`` (multi-step loss weights,
@@ -104,7 +104,6 @@ class MetaLearner(nn.Module):
             raise ModelError("model has no parameters to meta-learn")
         if not any(p.requires_grad for p in model.parameters()):
             raise ModelError("model has no trainable parameters: all have requires_grad=False; unfreeze some")
-        keep_freed_memory()  # glibc keeps activation buffers between meta-steps (torchmaml.allocator)
         self.model = model
         self.loss = loss
         self.inner_steps = inner_steps
@@ -177,8 +176,8 @@ class MetaLearner(nn.Module):
 
     def meta_gradient(self, batch: TaskBatch, loss_before: bool = False) -> tuple[MetaParams, Metrics]:
         """The estimator's meta-gradient averaged over ``batch``, and averaged metrics (tensors): ``loss_after``
-        and, with ``loss_before=True``, the query loss at ``w`` (an extra forward pass the gradient does not
-        need, 15-20% of a conv4 meta-step)."""
+        and, with ``loss_before=True``, the query loss at ``w`` (an extra forward pass over the query set,
+        which the gradient does not need)."""
         if not isinstance(batch, TaskBatch):
             raise TypeError(f"meta_gradient expects a TaskBatch, got {type(batch).__name__}")
         self._check_batch(batch)
@@ -297,18 +296,8 @@ class MetaLearner(nn.Module):
         lrs = dict(self.inner_rate.named_parameters())
         with torch.enable_grad():
             rates = self._problem(steps).rates(lrs)
-            trajectory = adapt(
-                self._functional,
-                params,
-                support_x,
-                support_y,
-                self.loss,
-                rates,
-                steps,
-                first_order,
-                self.adapted,
-                autograd=True,
-            )
+            autograd = ExecutionContext(differentiation="autograd")
+            trajectory = self._trajectory(params, support_x, support_y, rates, steps, first_order, autograd)
         return AdaptedModel(self._functional, trajectory[-1])
 
     def _check_steps(self, steps: int | None) -> int:
@@ -329,7 +318,31 @@ class MetaLearner(nn.Module):
             raise ConfigError(f"support_x has {examples_x} examples but support_y has {examples_y}")
         params = self._functional.parameters()
         rates = self._rates(steps, inner_lr)
-        return adapt(self._functional, params, support_x, support_y, self.loss, rates, steps, True, self.adapted)
+        return self._trajectory(params, support_x, support_y, rates, steps, first_order=True)
+
+    def _trajectory(
+        self,
+        params: Params,
+        x: Any,
+        y: Any,
+        rates: InnerLR,
+        steps: int,
+        first_order: bool,
+        context: ExecutionContext = VECTORISED,
+    ) -> list[Params]:
+        """The model's inner trajectory from ``params`` on one task's ``(x, y)`` (``inner.inner_trajectory``)."""
+        return inner_trajectory(
+            self._functional,
+            params,
+            x,
+            y,
+            self.loss,
+            rates,
+            steps,
+            first_order=first_order,
+            adapted=self.adapted,
+            context=context,
+        )
 
     def query_losses(self, batch: TaskBatch, steps: int, inner_lr: float | None = None) -> torch.Tensor:
         """Query loss of every task after ``0, 1, ..., steps`` inner steps: a ``[B, steps + 1]`` tensor.
@@ -352,16 +365,13 @@ class MetaLearner(nn.Module):
         params = self._functional.parameters()
         rates = self._rates(steps, inner_lr)
 
-        def task_scores(task: Task) -> torch.Tensor:
+        def task_scores(task: Task, context: ExecutionContext) -> torch.Tensor:
             sx, sy, qx, qy = task["support_x"], task["support_y"], task["query_x"], task["query_y"]
-            trajectory = adapt(self._functional, params, sx, sy, self.loss, rates, steps, True, self.adapted)
-            scores = []
-            for step, point in enumerate(trajectory):
-                with self._functional.at_step(step):
-                    scores.append(metric(self._functional(point, qx), qy))
+            trajectory = self._trajectory(params, sx, sy, rates, steps, first_order=True, context=context)
+            scores = [metric(self._functional(point, qx, context.at_step(s)), qy) for s, point in enumerate(trajectory)]
             return torch.stack(scores)
 
-        return map_tasks(task_scores, batch, self.strategy, self.chunk_size)
+        return map_tasks_in_context(task_scores, batch, self.strategy, self.chunk_size)
 
     # -- input checks -----------------------------------------------------------------------------
 

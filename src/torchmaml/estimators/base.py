@@ -5,19 +5,22 @@ and one task (a ``Task`` dictionary: ``support_x``, ``support_y``, ``query_x``, 
 batch has them, ``hessian_x``, ``hessian_y``; no task axis), it returns its estimate ``G_i`` of the
 gradient of that task's meta-loss ``L_i(adapt(w, support_i), query_i)`` with respect to every
 meta-parameter, and a few scalar metrics. ``torchmaml.execution`` runs it over a whole batch of tasks
-(vectorised or looped) and averages: ``G = (1/B) sum_i G_i``.
+(vectorised or looped) and averages: ``G = (1/B) sum_i G_i``; the strategy puts the execution context it
+runs the task in (``torchmaml.context``) into the task's ``InnerProblem``, which evaluates the model in it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import torch
 
+from torchmaml.context import VECTORISED, ExecutionContext
 from torchmaml.functional import FunctionalModel, Params
-from torchmaml.inner import InnerLR, LossFn, adapt, inner_step, step_lr
+from torchmaml.inner import InnerLR, LossFn, inner_step, inner_trajectory, step_lr
 
 MetaParams = dict[str, Params]
 Task = dict[str, torch.Tensor]
@@ -31,7 +34,8 @@ class InnerProblem:
     the parameters the inner loop adapts (``None``: all; ANIL: the head), and the multi-step loss weights
     ``v_1..v_K`` (``None``: only the last step's query loss counts). ``track_loss_before``: also report the
     query loss at ``w`` (metric ``loss_before``), one extra forward pass over the query set that the
-    meta-gradient does not need (15-20% of a conv4 meta-step)."""
+    meta-gradient does not need. ``context``: the execution context the model is evaluated in (set by the
+    execution strategy, :meth:`in_context`; the default is correct anywhere)."""
 
     model: FunctionalModel
     loss_fn: LossFn
@@ -40,27 +44,41 @@ class InnerProblem:
     adapted: frozenset[str] | None = None
     step_weights: tuple[float, ...] | None = None
     track_loss_before: bool = True
+    context: ExecutionContext = VECTORISED
 
-    def adapt(
-        self, meta: MetaParams, x: torch.Tensor, y: torch.Tensor, first_order: bool = False, autograd: bool = False
+    def in_context(self, context: ExecutionContext) -> InnerProblem:
+        """This problem with the model evaluated in ``context``."""
+        return self if context == self.context else dataclasses.replace(self, context=context)
+
+    def trajectory(
+        self, meta: MetaParams, x: torch.Tensor, y: torch.Tensor, *, first_order: bool = False
     ) -> list[Params]:
-        """The inner trajectory ``[w_0, ..., w_K]`` from ``meta["params"]`` on ``(x, y)`` (inner gradients by
-        ``torch.autograd`` with ``autograd=True``, else by ``torch.func``)."""
-        rates = self.rates(meta["lrs"])
-        return adapt(
-            self.model, meta["params"], x, y, self.loss_fn, rates, self.steps, first_order, self.adapted, autograd
+        """The inner trajectory ``[w_0, ..., w_K]`` from ``meta["params"]`` on ``(x, y)`` (inner gradients as the
+        context's ``differentiation`` says)."""
+        return inner_trajectory(
+            self.model,
+            meta["params"],
+            x,
+            y,
+            self.loss_fn,
+            self.rates(meta["lrs"]),
+            self.steps,
+            first_order=first_order,
+            adapted=self.adapted,
+            context=self.context,
         )
 
     def step(self, params: Params, lrs: Params, x: torch.Tensor, y: torch.Tensor, step: int) -> Params:
         """Inner step ``step`` (0-based) from ``params``, at the rate the learned-rate tensors ``lrs`` give."""
         rate = step_lr(self.rates(lrs), step)
-        return inner_step(self.model, params, x, y, self.loss_fn, rate, step, adapted=self.adapted)
+        return inner_step(
+            self.model, params, x, y, self.loss_fn, rate, step, adapted=self.adapted, context=self.context
+        )
 
     def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int | None = None) -> torch.Tensor:
         """``f(w; (x, y))``, the task loss of the model at ``params`` (evaluated at inner step ``step``: the
         trajectory index of ``params``, for per-step layers; ``None`` is the final step)."""
-        with self.model.at_step(step):
-            return self.loss_fn(self.model(params, x), y)
+        return self.loss_fn(self.model(params, x, self.context.at_step(step)), y)
 
 
 class Estimator:

@@ -22,6 +22,7 @@ from torch.func import grad, vjp
 
 from torchmaml.functional import Params
 from torchmaml.inner import StepLR
+from torchmaml.linalg import dot as dot  # re-exported: the vector algebra's inner product
 
 ScalarFunction = Callable[[Params], torch.Tensor]
 
@@ -54,11 +55,6 @@ def rate_times(lr: StepLR, vector: Params) -> Params:
 def scaled(factor: float | torch.Tensor, vector: Params) -> Params:
     """``c v``."""
     return {name: factor * v for name, v in vector.items()}
-
-
-def dot(a: Params, b: Params) -> torch.Tensor:
-    """``<a, b>`` summed over the entries of ``a``."""
-    return torch.stack([torch.sum(a_i * b[name]) for name, a_i in a.items()]).sum()
 
 
 def norm(a: Params) -> torch.Tensor:

@@ -14,7 +14,8 @@ with ``H_i = H_i(phi_i; D_in)``, so the meta-gradient is
 
     G_i = (I + H_i / lambda)^{-1} grad f_i(phi_i; D_o),
 
-which ``cg_iterations`` steps of conjugate gradient solve from ``x = 0`` with one Hessian-vector product
+which ``cg_iterations`` steps of conjugate gradient (``torchmaml.linalg``, no tolerance: a fixed number of
+steps, so it runs under ``vmap``) solve from ``x = 0`` with one Hessian-vector product
 each (``(1 + damping) I + H_i / lambda`` when ``damping > 0``; damping helps when ``H_i`` has negative
 eigenvalues below ``-lambda``). Only the current ``phi_s`` is kept: memory does not depend on ``K``.
 
@@ -36,7 +37,6 @@ or on the command line ``--set estimator=implicit --set 'estimator_options={lam=
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,9 +44,10 @@ from torch.func import grad_and_value
 
 from torchmaml.errors import ConfigError
 from torchmaml.estimators.base import Estimator, InnerProblem, MetaParams, Metrics, Task
-from torchmaml.estimators.hvp import dot, hessian_vector_product, partial_grad
+from torchmaml.estimators.hvp import hessian_vector_product, partial_grad
 from torchmaml.functional import Params
 from torchmaml.inner import sgd_step, step_lr
+from torchmaml.linalg import conjugate_gradient
 
 
 @dataclass(frozen=True)
@@ -111,33 +112,6 @@ class Implicit(Estimator):
                 metrics["loss_before"] = query_loss(start)
         lr_grads = {name: torch.zeros_like(t) for name, t in meta["lrs"].items()}
         return {"params": grads, "lrs": lr_grads}, metrics
-
-
-def conjugate_gradient(matvec: Callable[[Params], Params], rhs: Params, iterations: int) -> Params:
-    """``iterations`` steps of conjugate gradient on ``A x = rhs`` from ``x = 0``, ``A`` given by ``matvec``.
-
-    ``A`` should be symmetric positive definite. The number of iterations is fixed (no tolerance test, so it
-    runs under ``vmap``); once the residual is exactly zero further iterations leave ``x`` unchanged.
-    """
-    solution = {name: torch.zeros_like(b) for name, b in rhs.items()}
-    residual, direction = rhs, rhs
-    residual_sq = dot(residual, residual)
-    for _ in range(iterations):
-        product = matvec(direction)
-        step = _ratio(residual_sq, dot(direction, product))
-        solution = {name: x + step * direction[name] for name, x in solution.items()}
-        residual = {name: r - step * product[name] for name, r in residual.items()}
-        new_residual_sq = dot(residual, residual)
-        momentum = _ratio(new_residual_sq, residual_sq)
-        direction = {name: r + momentum * direction[name] for name, r in residual.items()}
-        residual_sq = new_residual_sq
-    return solution
-
-
-def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """``numerator / denominator``, or ``0`` where the denominator is ``0``."""
-    nonzero = denominator != 0
-    return torch.where(nonzero, numerator / torch.where(nonzero, denominator, 1.0), 0.0)
 
 
 def _finite_number(value: object) -> bool:

@@ -64,7 +64,7 @@ class Reptile(Estimator):
         if self.use_query:
             x, y = (tree_map(_concatenated, ours, task[f"query_{side}"]) for side, ours in (("x", x), ("y", y)))
         start = {name: p.detach() for name, p in meta["params"].items()}
-        adapted = problem.adapt({"params": start, "lrs": meta["lrs"]}, x, y, first_order=True)[-1]
+        adapted = problem.trajectory({"params": start, "lrs": meta["lrs"]}, x, y, first_order=True)[-1]
         with torch.no_grad():
             metrics = {"loss_after": problem.loss(adapted, task["query_x"], task["query_y"])}
             if problem.track_loss_before:

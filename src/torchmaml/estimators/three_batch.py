@@ -47,9 +47,10 @@ import torch
 from torch.func import grad, grad_and_value
 
 from torchmaml.estimators.base import Estimator, InnerProblem, MetaParams, Metrics, Task
-from torchmaml.estimators.hvp import ScalarFunction, dot, hessian_vector_product, partial_grad, rate_times, scaled
+from torchmaml.estimators.hvp import ScalarFunction, hessian_vector_product, partial_grad, rate_times, scaled
 from torchmaml.functional import Params
 from torchmaml.inner import InnerLR, sgd_step, step_lr
+from torchmaml.linalg import dot
 
 Curvature = Callable[[ScalarFunction, Params, Params, Params], Params]
 """``(f_h, w_s, v, u) -> H_h(w_s) u`` (exactly or approximately): ``v`` is the adjoint at ``w_{s+1}`` on the

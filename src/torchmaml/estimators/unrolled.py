@@ -26,11 +26,12 @@ With MAML++'s multi-step loss (``problem.step_weights``) the differentiated obje
 First-order MAML drops the Hessian terms, ``G_i = grad f_i(w_K; D_o)``: the inner gradients are
 computed at detached points, so no graph is kept through the inner loop.
 
-Where tasks run one at a time (the ``"loop"`` strategy, ``functional.is_unvectorised``) and nothing is being
-compiled, the same gradient is taken with plain ``torch.autograd`` instead of ``torch.func`` transforms
-(``functional.plain_autograd``): there, custom ``autograd.Function`` layers cost microseconds rather than the
-~1 ms per call of their ``torch.func`` wrapping, so conv4's batch norm can use its own double backward
-(``torchmaml.models.batch_norm``; W3, 20-way 1-shot with 5 inner steps: 1.4x faster per task).
+Where tasks run one at a time (the ``"loop"`` strategy: the problem's context is not ``vectorised``) and
+nothing is being compiled, the same gradient is taken with plain ``torch.autograd`` instead of ``torch.func``
+transforms (the model is evaluated in the context differentiated by ``"autograd"``): there, custom
+``autograd.Function`` layers are cheap, whereas each call under a ``torch.func`` transform pays for its
+wrapping, so conv4's batch norm and convolution can use their own double backwards
+(``torchmaml.models.batch_norm``, ``torchmaml.models.convolution``), which makes a conv4 task faster.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ import torch
 from torch.func import grad, vjp
 
 from torchmaml.estimators.base import Estimator, InnerProblem, MetaParams, Metrics, Task
-from torchmaml.functional import is_unvectorised, plain_autograd
 
 
 @dataclass(frozen=True)
@@ -61,15 +61,18 @@ class Unrolled(Estimator):
     def __call__(self, problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[MetaParams, Metrics]:
         if self.checkpoint and not self.first_order:
             return _checkpointed(problem, meta, task)
-        autograd = is_unvectorised() and not torch.compiler.is_compiling()
+        autograd = not problem.context.vectorised and not torch.compiler.is_compiling()
+        differentiated = problem.in_context(problem.context.differentiated_by("autograd")) if autograd else problem
 
         def meta_loss(meta: MetaParams) -> tuple[torch.Tensor, torch.Tensor]:
-            trajectory = problem.adapt(meta, task["support_x"], task["support_y"], self.first_order, autograd)
-            loss_after = problem.loss(trajectory[-1], task["query_x"], task["query_y"])
+            trajectory = differentiated.trajectory(
+                meta, task["support_x"], task["support_y"], first_order=self.first_order
+            )
+            loss_after = differentiated.loss(trajectory[-1], task["query_x"], task["query_y"])
             if problem.step_weights is None:
                 return loss_after, loss_after.detach()
             weighted = sum(
-                weight * problem.loss(params, task["query_x"], task["query_y"], step)
+                weight * differentiated.loss(params, task["query_x"], task["query_y"], step)
                 for step, (weight, params) in enumerate(zip(problem.step_weights, trajectory[1:], strict=True), 1)
             )
             return weighted, loss_after.detach()
@@ -101,7 +104,7 @@ def _autograd_grad(
     enclosing ``torch.func`` transform): leaves that require grad, then one ``torch.autograd.grad``."""
     leaves = {key: {name: t.detach().requires_grad_() for name, t in tree.items()} for key, tree in meta.items()}
     flat = [t for tree in leaves.values() for t in tree.values()]
-    with torch.enable_grad(), plain_autograd():
+    with torch.enable_grad():
         objective, aux = meta_loss(leaves)
         values = iter(torch.autograd.grad(objective, flat, materialize_grads=True))
     return {key: {name: next(values) for name in tree} for key, tree in leaves.items()}, aux
@@ -113,7 +116,7 @@ def _checkpointed(problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[
     meta = {key: {name: t.detach() for name, t in tree.items()} for key, tree in meta.items()}
     metrics = {}
     with torch.no_grad():
-        trajectory = problem.adapt(meta, x, y)
+        trajectory = problem.trajectory(meta, x, y)
         if problem.track_loss_before:
             metrics["loss_before"] = problem.loss(meta["params"], query_x, query_y, step=0)
 

@@ -2,11 +2,11 @@
 
 Second-order MAML differentiates the support set's backward pass: every batch norm's backward is
 differentiated once more (the Hessian-vector product). torch's fused kernels are fast for the forward and
-backward passes, but its batch-norm double backward is assembled from ~90 small tensor operations per call:
-about half the time of conv4's Hessian-vector products (``benchmarks/README.md``). Here the forward and
-backward passes are torch's fused kernels and the double backward is the closed form below, evaluated in
-about 9 passes over memory (``_double_backward``). Use it outside ``torch.func`` transforms: under them every
-``autograd.Function`` call costs ~1 ms of wrapping, more than it saves (``estimators.unrolled`` calls it under
+backward passes, but its batch-norm double backward is assembled from ~90 small tensor operations per call,
+a large share of conv4's Hessian-vector products (``benchmarks/README.md``). Here the forward and backward
+passes are torch's fused kernels and the double backward is the closed form below, evaluated in about 9 passes
+over memory (``_double_backward``). Use it outside ``torch.func`` transforms: under them every
+``autograd.Function`` call pays for its wrapping, more than it saves (``estimators.unrolled`` calls it under
 plain autograd).
 
 Notation, per channel over its ``M`` values (batch and spatial axes): ``mu = mean(x)``,

@@ -6,11 +6,11 @@ features to the ``ways`` logits.
 
 Batch norm is :class:`MetaBatchNorm2d`: transductive batch statistics, written with primitive tensor ops
 (correct under ``torch.func.vmap``; the fused ``batch_norm`` kernel's vmap rule gives wrong second-order
-gradients, functorch#534) except where tasks run one at a time (``functional.unvectorised``, the ``"loop"``
-strategy), where the fused kernel computes the same function faster; where the exact estimator then
-differentiates with plain autograd (``functional.plain_autograd``), with the double backward of
-``torchmaml.models.batch_norm``. It keeps no running statistics, so nothing can leak between tasks. The layers'
-kernels per execution context are ``torchmaml.models.layers``'s, shared with ``models.accelerate``.
+gradients, functorch#534) except in the copies the meta-learner builds for running tasks one at a time (the
+``"loop"`` strategy), where the fused kernel computes the same function faster, and, where the exact estimator
+then differentiates with plain autograd, with the double backward of ``torchmaml.models.batch_norm``. It keeps
+no running statistics, so nothing can leak between tasks. The layers' kernels per execution context are
+``torchmaml.models.layers``'s, shared with ``models.accelerate``.
 """
 
 from __future__ import annotations
@@ -19,20 +19,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchmaml.functional import current_inner_step
-from torchmaml.models.layers import ChannelsLastConv2d, transductive_batch_norm
+from torchmaml.context import ExecutionContext
+from torchmaml.models.layers import ChannelsLastConv2d, ContextDependent, Kernels, transductive_batch_norm
 
 
-class MetaBatchNorm2d(nn.Module):
+class MetaBatchNorm2d(ContextDependent, nn.Module):
     """``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the statistics of the current batch.
 
     ``mean`` and the biased ``var`` are taken over the batch and spatial axes, per channel; this is the
     "transductive" policy of the original MAML: the same at meta-train and meta-test time.
 
     With ``steps = K`` it has MAML++'s per-step weights and biases (BNWB, Antoniou et al. 2018): rows
-    ``0..K`` of ``weight``/``bias`` ``[K + 1, C]``, row ``s`` used at inner step ``s`` (set by the inner loop
-    with ``at_inner_step``; outside it, e.g. in a deployed adapted model, row ``K``). MAML++'s per-step
-    running statistics (BNRS) have no counterpart here: transductive statistics are never stored.
+    ``0..K`` of ``weight``/``bias`` ``[K + 1, C]``, row ``s`` used at inner step ``s`` (the copy the
+    meta-learner evaluates at step ``s`` is specialised for it, :meth:`specialise`; outside the inner loop,
+    e.g. in a deployed adapted model, row ``K``). MAML++'s per-step running statistics (BNRS) have no
+    counterpart here: transductive statistics are never stored.
 
     ``running_mean``/``running_var`` are ``None`` except in the copies ``MetaLearner.adapt`` returns, which hold
     the support set's statistics (not saved in ``state_dict``): in ``eval()`` mode such a copy normalises with
@@ -43,7 +44,8 @@ class MetaBatchNorm2d(nn.Module):
         super().__init__()
         self.eps = eps
         self.steps = steps
-        self.uses_inner_step = steps is not None  # read by FunctionalModel: set the step while adapting
+        self.inner_steps = steps  # FunctionalModel evaluates it in one copy per inner step
+        self.row = steps  # the row of the per-step weights this layer uses (``None`` without them)
         shape = (channels,) if steps is None else (steps + 1, channels)
         self.weight = nn.Parameter(torch.ones(shape))
         self.bias = nn.Parameter(torch.zeros(shape))
@@ -52,13 +54,17 @@ class MetaBatchNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
-        if self.steps is not None:
-            step = current_inner_step()
-            row = self.steps if step is None else min(step, self.steps)
-            weight, bias = weight[row], bias[row]
+        if self.row is not None:
+            weight, bias = weight[self.row], bias[self.row]
         if not self.training and self.running_mean is not None:
             return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, training=False, eps=self.eps)
-        return transductive_batch_norm(x, weight, bias, self.eps)
+        return transductive_batch_norm(x, weight, bias, self.eps, self.kernels)
+
+    def specialise(self, context: ExecutionContext) -> None:
+        """Fix the kernels for ``context`` and, with per-step weights, the row of its inner step."""
+        self.kernels = Kernels.for_context(context)
+        if self.steps is not None:
+            self.row = self.steps if context.step is None else min(context.step, self.steps)
 
 
 def conv_block(in_channels: int, out_channels: int, strided: bool, bn_steps: int | None = None) -> nn.Sequential:

@@ -2,10 +2,10 @@
 
 Second-order MAML differentiates each convolution's backward pass once more (the Hessian-vector product).
 torch's convolution double backward computes the weight-gradient term as a convolution of the batch-transposed
-input (``[C, N, H, W]`` with an ``H x W`` kernel) in a layout oneDNN handles slowly on CPU: ~11 ms per call for
-conv4's second block on 20 images, against ~3 ms for that block's forward convolution. Here the forward and
-backward passes are torch's kernels and the double backward is written with ``convolution`` and
-``convolution_backward`` calls only.
+input (``[C, N, H, W]`` with an ``H x W`` kernel) in a layout oneDNN handles slowly on CPU: several times the
+cost of the block's forward convolution (``benchmarks/README.md``). Here the forward and backward passes are
+torch's kernels and the double backward is written with ``convolution`` and ``convolution_backward`` calls
+only.
 
 For ``y = conv(x, W) + b`` the backward pass maps the output gradient ``g`` to
 ``g_x = conv_transpose(g, W)``, ``g_W = corr(x, g)``, ``g_b = sum(g)``, each linear in ``g``. With cotangents
@@ -17,7 +17,8 @@ For ``y = conv(x, W) + b`` the backward pass maps the output gradient ``g`` to
 
 which are ``convolution_backward``'s input and weight gradients with ``B`` resp. ``a`` in place of ``W``
 resp. ``x``. All of them are differentiable torch operations, so third derivatives work too. Use it outside
-``torch.func`` transforms (``functional.plain_autograd``), where ``autograd.Function`` calls are cheap.
+``torch.func`` transforms (the exact estimator differentiating with plain autograd under ``"loop"``), where
+``autograd.Function`` calls are cheap.
 Checked against torch's own derivatives and by ``gradgradcheck`` in ``tests/test_convolution.py``.
 """
 

@@ -1,44 +1,96 @@
-"""The fast path's layers, shared by ``conv4`` and ``accelerate``: each picks its kernels from the execution
-context the meta-learner sets (``torchmaml.functional``).
+"""The fast path's layers, shared by ``conv4`` and ``accelerate``: each is built with the kernels of one
+execution context (``torchmaml.context``) and never reads global state.
 
-- Where tasks run one at a time (``functional.unvectorised``, the ``"loop"`` strategy), activations are laid
-  out channels-last, where torch's CPU kernels of batch norm and max-pooling are fastest, and batch norm
-  runs as torch's fused kernel.
-- Where, in addition, the exact estimator differentiates with plain autograd (``functional.plain_autograd``),
-  batch norm and convolution carry double backwards of their own (``models.batch_norm``,
-  ``models.convolution``), faster than torch's for the Hessian-vector products of second-order MAML.
-- Under ``torch.func.vmap`` over tasks, batch norm is written with primitive tensor ops: the fused kernel's
-  batching rule gives wrong second-order gradients (functorch#534).
+``FunctionalModel`` evaluates a module through one view per execution context (:func:`in_context`: a copy that
+shares the module's parameter and buffer tensors), in which every :class:`ContextDependent` layer has been
+specialised for that context. The kernels (:class:`Kernels`):
 
-Every context computes the same function; only the kernels and memory layouts differ.
+- ``VMAP_SAFE`` (tasks may be vectorised, and any layer outside a view): batch norm is written with primitive
+  tensor ops, as the fused kernel's batching rule gives wrong second-order gradients (functorch#534).
+- ``FUSED`` (tasks one at a time, the ``"loop"`` strategy): activations are laid out channels-last, where
+  torch's CPU kernels of batch norm and max-pooling are fastest, and batch norm runs as torch's fused kernel.
+- ``OWN_DOUBLE_BACKWARD`` (in addition, the exact estimator differentiates with plain autograd): batch norm and
+  convolution carry double backwards of their own (``models.batch_norm``, ``models.convolution``), faster
+  than torch's for the Hessian-vector products of second-order MAML.
+
+Every choice computes the same function; only the kernels and memory layouts differ.
 """
 
 from __future__ import annotations
+
+import copy
+import enum
+import itertools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchmaml.functional import is_plain_autograd, is_unvectorised
+from torchmaml.context import ExecutionContext
 from torchmaml.models.batch_norm import batch_norm
 from torchmaml.models.convolution import conv2d
 
 _REDUCE = (0, 2, 3)
 
 
+class Kernels(enum.Enum):
+    """The kernels a fast-path layer computes its function with (module docstring)."""
+
+    VMAP_SAFE = "vmap-safe"
+    FUSED = "fused"
+    OWN_DOUBLE_BACKWARD = "own double backward"
+
+    @classmethod
+    def for_context(cls, context: ExecutionContext) -> Kernels:
+        """The fastest kernels that are correct in ``context``."""
+        if context.vectorised:
+            return cls.VMAP_SAFE
+        return cls.OWN_DOUBLE_BACKWARD if context.differentiation == "autograd" else cls.FUSED
+
+    @property
+    def fused(self) -> bool:
+        """Tasks run one at a time: channels-last activations and torch's fused batch norm."""
+        return self is not Kernels.VMAP_SAFE
+
+
+class ContextDependent:
+    """A layer whose kernels (or, with ``inner_steps``, weights) depend on the execution context: its
+    :meth:`specialise` fixes them for one context, in the copy that :func:`in_context` makes. Unspecialised,
+    it uses ``VMAP_SAFE`` kernels and the weights of outside the inner loop."""
+
+    kernels: Kernels = Kernels.VMAP_SAFE
+    # inner steps with weights of their own (``None``: none); FunctionalModel builds views for steps 0..inner_steps
+    inner_steps: int | None = None
+
+    def specialise(self, context: ExecutionContext) -> None:
+        """Fix this layer's kernels for ``context`` (called once, on a fresh copy)."""
+        self.kernels = Kernels.for_context(context)
+
+
+def in_context(module: nn.Module, context: ExecutionContext) -> nn.Module:
+    """A copy of ``module`` whose :class:`ContextDependent` layers are specialised for ``context``; it shares
+    ``module``'s parameter and buffer tensors (nothing is duplicated) and has the same parameter names."""
+    shared = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}  # deepcopy's memo
+    view = copy.deepcopy(module, memo=shared)
+    for layer in view.modules():
+        if isinstance(layer, ContextDependent):
+            layer.specialise(context)
+    return view
+
+
 def transductive_batch_norm(
-    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, kernels: Kernels
 ) -> torch.Tensor:
     """``y = (x - mean) / sqrt(var + eps) * weight + bias`` for ``x`` ``[N, C, H, W]``, with the per-channel
     ``mean`` and biased ``var`` of the current batch (axes 0, 2, 3): ``F.batch_norm(x, None, None, weight,
     bias, training=True, eps=eps)``, nothing stored. ``weight``/``bias`` ``[C]`` or ``None`` (1 and 0).
 
     MAML's "transductive" policy: the same at meta-train and meta-test time, and no statistics can carry
-    from one task to another. Kernels by execution context (module docstring); under ``loop`` the result is
+    from one task to another. Computed with ``kernels`` (module docstring); with fused kernels the result is
     channels-last."""
-    if is_unvectorised():
+    if kernels.fused:
         x = x.contiguous(memory_format=torch.channels_last)  # a no-op after ChannelsLastConv2d
-        if is_plain_autograd():  # torch's fused kernels with a lean double backward of our own
+        if kernels is Kernels.OWN_DOUBLE_BACKWARD:  # torch's fused kernels with a lean double backward of our own
             channels = x.shape[1]
             weight = x.new_ones(channels) if weight is None else weight
             bias = x.new_zeros(channels) if bias is None else bias
@@ -53,7 +105,7 @@ def transductive_batch_norm(
     return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
-class TransductiveBatchNorm2d(nn.Module):
+class TransductiveBatchNorm2d(ContextDependent, nn.Module):
     """:func:`transductive_batch_norm` as a layer: batch statistics in training and evaluation mode alike.
 
     ``affine=False`` has no ``weight``/``bias``. :meth:`from_batch_norm` makes one from a ``nn.BatchNorm2d``.
@@ -83,24 +135,27 @@ class TransductiveBatchNorm2d(nn.Module):
         return layer.train(norm.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return transductive_batch_norm(x, self.weight, self.bias, self.eps)
+        return transductive_batch_norm(x, self.weight, self.bias, self.eps, self.kernels)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, affine={self.affine}"
 
 
-class ChannelsLastConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that, where tasks run one at a time (``functional.unvectorised``), lays its input out
-    channels-last, so that this convolution, the batch norm and the pooling after it all run in the layout
-    their CPU kernels are fastest in. A no-op for inputs already channels-last (every block after the first);
-    for the one-channel images of the first block it is a clone, as a 1-channel tensor's layout is ambiguous
-    and the convolution would otherwise answer in NCHW. Under ``functional.plain_autograd`` it is
+class ChannelsLastConv2d(ContextDependent, nn.Conv2d):
+    """``nn.Conv2d`` that, with fused kernels (tasks one at a time), lays its input out channels-last, so that
+    this convolution, the batch norm and the pooling after it all run in the layout their CPU kernels are
+    fastest in. A no-op for inputs already channels-last (every block after the first); for the one-channel
+    images of the first block it is a clone, as a 1-channel tensor's layout is ambiguous and the convolution
+    would otherwise answer in NCHW. With ``OWN_DOUBLE_BACKWARD`` kernels it is
     :func:`torchmaml.models.convolution.conv2d`, whose double backward is faster than torch's."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if is_unvectorised() and x.dim() == 4 and x.stride(1) != 1:
+        if self.kernels.fused and x.dim() == 4 and x.stride(1) != 1:
             x = x.clone(memory_format=torch.channels_last)
-        if is_plain_autograd() and self.padding_mode == "zeros" and not isinstance(self.padding, str):
-            # torch's kernels with a double backward that avoids torch's slow weight term (models.convolution)
+        if (
+            self.kernels is Kernels.OWN_DOUBLE_BACKWARD
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+        ):  # torch's kernels with a double backward that avoids torch's slow weight term (models.convolution)
             return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         return super().forward(x)

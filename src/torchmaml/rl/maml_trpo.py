@@ -33,6 +33,7 @@ import torch
 from torch.func import grad, jvp, vjp, vmap
 
 from torchmaml.functional import FunctionalModel, Params
+from torchmaml.pytree import flatten, unflatten
 from torchmaml.rl.advantages import advantages
 from torchmaml.rl.config import RLConfig
 from torchmaml.rl.episodes import Episodes
@@ -197,14 +198,3 @@ def _sampling_term_value(outer: PhaseBatch) -> torch.Tensor:
     if value.shape[0] == 1:
         return value
     return value - (value.sum() - value) / (value.shape[0] - 1)
-
-
-def flatten(params: Params) -> torch.Tensor:
-    """All parameters as one vector."""
-    return torch.cat([p.reshape(-1) for p in params.values()])
-
-
-def unflatten(vector: torch.Tensor, like: Params) -> Params:
-    """The inverse of ``flatten`` for parameters shaped like ``like``."""
-    sizes = [p.numel() for p in like.values()]
-    return {name: part.view_as(p) for (name, p), part in zip(like.items(), vector.split(sizes), strict=True)}

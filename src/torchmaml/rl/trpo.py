@@ -2,11 +2,11 @@
 
 Maximise a surrogate ``L(w)`` subject to ``KL(w_old, w) <= delta``. With the gradient ``g = grad L`` and the
 Fisher matrix ``F`` (the Hessian of the mean KL at ``w_old``), the natural-gradient direction ``s = F^{-1} g``
-comes from ``cg_iterations`` of conjugate gradient on Fisher-vector products ``v -> F v + damping v``, the
-full step ``beta s`` with ``beta = sqrt(2 delta / s^T F s)`` reaches the KL limit under the quadratic model, and
-a backtracking line search shrinks it by ``backtrack_ratio`` until the surrogate improves and the measured
-KL is within ``delta`` (rllab's ``ConjugateGradientOptimizer``, used by the MAML paper). If no step passes,
-the parameters stay where they are.
+comes from ``cg_iterations`` of conjugate gradient (``torchmaml.linalg``) on Fisher-vector products
+``v -> F v + damping v``, the full step ``beta s`` with ``beta = sqrt(2 delta / s^T F s)`` reaches the KL limit
+under the quadratic model, and a backtracking line search shrinks it by ``backtrack_ratio`` until the surrogate improves
+and the measured KL is within ``delta`` (rllab's ``ConjugateGradientOptimizer``, used by the MAML paper). If no
+step passes, the parameters stay where they are.
 """
 
 from __future__ import annotations
@@ -16,26 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
+from torchmaml.linalg import conjugate_gradient
+
 Vector = torch.Tensor
-
-
-def conjugate_gradient(matvec: Callable[[Vector], Vector], b: Vector, iterations: int, tolerance: float = 1e-10):
-    """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` given as ``matvec``."""
-    x = torch.zeros_like(b)
-    residual = b.clone()
-    direction = b.clone()
-    residual_norm = residual @ residual
-    for _ in range(iterations):
-        product = matvec(direction)
-        step = residual_norm / (direction @ product)
-        x = x + step * direction
-        residual = residual - step * product
-        new_norm = residual @ residual
-        if new_norm < tolerance:
-            break
-        direction = residual + (new_norm / residual_norm) * direction
-        residual_norm = new_norm
-    return x
+CG_TOLERANCE = 1e-10  # conjugate gradient stops once the squared residual norm is below it
 
 
 @dataclass(frozen=True)
@@ -60,7 +44,7 @@ def trpo_step(
     max_backtracks: int = 15,
 ) -> TRPOResult:
     """One TRPO update. ``evaluate(step)`` returns ``(L(w_old + step) - L(w_old), KL(w_old, w_old + step))``."""
-    direction = conjugate_gradient(fisher_vector_product, gradient, cg_iterations)
+    direction = conjugate_gradient(fisher_vector_product, gradient, cg_iterations, tolerance=CG_TOLERANCE)
     curvature = direction @ fisher_vector_product(direction)
     if not bool(torch.isfinite(curvature)) or curvature <= 0:
         return TRPOResult(torch.zeros_like(gradient), 0.0, 0.0, 0, False)

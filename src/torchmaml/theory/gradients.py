@@ -18,21 +18,9 @@ from torchmaml.estimators.hvp import hessian_vector_product
 from torchmaml.execution import map_tasks
 from torchmaml.functional import Params
 from torchmaml.learner import MetaLearner
+from torchmaml.pytree import flatten
+from torchmaml.pytree import unflatten as unflatten  # re-exported for the theory lab
 from torchmaml.tasks import TaskBatch
-
-
-def flatten(params: Params) -> torch.Tensor:
-    """All entries of a parameter dictionary as one vector (in the dictionary's order)."""
-    return torch.cat([p.reshape(-1) for p in params.values()])
-
-
-def unflatten(vector: torch.Tensor, like: Params) -> Params:
-    """The inverse of ``flatten``: a dictionary shaped like ``like``."""
-    out, offset = {}, 0
-    for name, p in like.items():
-        out[name] = vector[offset : offset + p.numel()].view_as(p)
-        offset += p.numel()
-    return out
 
 
 def task_meta_gradients(

@@ -24,7 +24,7 @@ def meta_gradient_norm(learner: MetaLearner, batch: TaskBatch) -> tuple[float, f
 
     def flat_meta_gradient(task):
         def meta_loss(p):
-            trajectory = problem.adapt(
+            trajectory = problem.trajectory(
                 {"params": p, "lrs": learner.rate_tensors()}, task["support_x"], task["support_y"]
             )
             return problem.loss(trajectory[-1], task["query_x"], task["query_y"])
