@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchmaml.checkpoint import CheckpointStore
-from torchmaml.config import TrainConfig, build_config, check_machine, read_toml
+from torchmaml.config import TrainConfig, build_config, check_machine
 from torchmaml.errors import ConfigError
+from torchmaml.run.config_io import read_toml
 from torchmaml.species import RECORD_NAME
 
 EXTENSIBLE_KEYS = ("iterations", "baseline_iterations")

@@ -1,4 +1,8 @@
-"""The training loop: sample a task batch -> meta_step -> log -> checkpoint, resumable at any point.
+"""Supervised training: sample a task batch -> meta_step, stepped by the shared runtime (log, checkpoint, resume).
+
+This module supplies the supervised species' step and state (:class:`PhaseTrainer`: the learner, optimiser,
+schedules and task generator) and its hooks; the loop, checkpoints, resume, signals, the divergence guard,
+validation, TensorBoard and the run folder are ``torchmaml.run`` (``trainer``, ``hooks``, ``phases``).
 
 A run has one or two phases: ``maml`` (meta-training) and, if ``config.baseline``, ``pretrained`` (the
 joint-training baseline). Each phase checkpoints every ``checkpoint_every`` iterations (model, learned

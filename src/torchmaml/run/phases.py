@@ -68,8 +68,8 @@ def train_phases(
         if replacing:
             replace_run(run.root)
         with exclusive_run(run.root):
+            write_atomic(run.config, to_toml(config).encode())  # first: a folder with config.toml is a run
             write_atomic(run.record, registry.record(species))
-            write_atomic(run.config, to_toml(config).encode())
             first.run(stop, resume=False)
             for kind, iterations in rest:
                 build(kind, iterations).run(stop, resume=False)
