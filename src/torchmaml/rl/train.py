@@ -116,9 +116,8 @@ def train(
     ``EXTENSIBLE_KEYS`` only (:func:`extended_config`).
     """
     run = RunDir(Path(out_dir))
-    if resume:
-        saved = load_run_config(run.root)
-        config = saved if config is None else config
+    if resume and config is None:
+        config = load_run_config(run.root)
     phases = [(MAML, config.iterations)]
     if config.pretrained_iterations:
         phases.append((PRETRAINED, config.pretrained_iterations))
