@@ -42,7 +42,8 @@ bench: venv
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
 
-# The theory lab: regenerates docs/theory.md and the figures and numbers in docs/theory/ (about 10-15 min on 2 cores).
+# The theory lab (experiments/theory_lab, research code outside the package): regenerates docs/theory.md and the
+# figures and numbers in docs/theory/; the page states how long it took.
 .PHONY: theory
 theory: venv
-	OMP_NUM_THREADS=1 $(BIN)/torchmaml theory report --out docs
+	OMP_NUM_THREADS=1 $(BIN)/python -m experiments.theory_lab report --out docs

@@ -47,8 +47,9 @@ def test_every_public_module_imports(name):
 
 def test_the_module_list_is_complete():
     names = public_modules()
-    for expected in ("torchmaml.cli", "torchmaml.load", "torchmaml.rl.half_cheetah", "torchmaml.theory.lab.run"):
+    for expected in ("torchmaml.cli", "torchmaml.load", "torchmaml.rl.half_cheetah", "torchmaml.theory.reference"):
         assert expected in names
+    assert not [name for name in names if ".lab" in name], "the theory lab lives in experiments/, not the package"
 
 
 def test_importing_the_library_and_cli_loads_no_optional_part():
@@ -140,14 +141,6 @@ def test_extras_are_declared_and_core_has_no_optional_dependency():
     assert not any("pytest" in spec or "gymnasium" in spec for spec in extras["demo"])
 
 
-def test_the_theory_lab_without_matplotlib_names_the_extra(tmp_path):
-    done = _blocked(["theory", "constants", "--family", "linear", "--out", str(tmp_path)])
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        'torchmaml: error: Plots need matplotlib: pip install "torchmaml[plots]"'
-    ]
-
-
 def test_make_demo_installs_only_what_the_demo_needs(tmp_path):
     def dry_run(target: str) -> str:
         done = subprocess.run(
@@ -177,7 +170,6 @@ def test_without_extras_only_the_extras_own_modules_fail_to_import():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
     assert done.returncode == 0, done.stderr
-    extras_modules = ("torchmaml.rl.", "torchmaml.theory.lab.figures", "torchmaml.theory.lab.run")
-    core = [name for name in done.stdout.split() if not name.startswith(extras_modules)]
+    core = [name for name in done.stdout.split() if not name.startswith("torchmaml.rl.")]
     assert core == [], f"core modules that need an optional dependency at import: {core}"
     assert "torchmaml.rl.config" not in done.stdout.split()

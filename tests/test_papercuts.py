@@ -14,10 +14,11 @@ import pytest
 import torch
 
 import torchmaml
+from torchmaml.benchmark import BENCHMARKS
 from torchmaml.config import ConfigError, load_config, parse_override
 from torchmaml.data.images import DatasetError
 from torchmaml.data.omniglot import load_omniglot
-from torchmaml.experiment import build_tasks, folder_split
+from torchmaml.experiment import build_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -217,12 +218,12 @@ def test_the_folder_benchmark_splits_classes(folder_run):
     overrides = ["benchmark=folder", "baseline=false", f"data_dir={data}", f"cache_dir={base / 'cache'}", "ways=3"]
     config = load_config("sinusoid-demo", [*overrides, "queries=2"])
     names = sorted(path.name for path in data.iterdir())
-    parts = {part: set(indices) for part, indices in folder_split(config, names).items()}
+    parts = {part: set(indices) for part, indices in BENCHMARKS["folder"].split(config, names).items()}
     assert not parts["train"] & parts["test"] and not parts["train"] & parts["val"] and not parts["val"] & parts["test"]
     assert sum(len(indices) for indices in parts.values()) == 16 and len(parts["test"]) >= 3
     assert build_tasks(config, "test").num_classes == len(parts["test"])
     assert build_tasks(config, "train").num_classes == len(parts["train"]) < 16
-    other = folder_split(config.model_copy(update={"split_seed": 1}), names)["test"]
+    other = BENCHMARKS["folder"].split(config.model_copy(update={"split_seed": 1}), names)["test"]
     assert set(other) != parts["test"]  # the seed picks the classes
 
 

@@ -1,10 +1,18 @@
-"""The supervised learning-curve figure: a validation panel appears exactly when the run validated."""
+"""The supervised learning-curve figure: a validation panel appears exactly when the run validated; plotting
+leaves the caller's matplotlib backend alone."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import matplotlib.image
 
 from torchmaml.plots import plot_learning_curve
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rows(count: int, validate_every: int | None) -> list[dict]:
@@ -23,3 +31,35 @@ def test_learning_curve_adds_a_validation_panel_only_for_validated_runs(tmp_path
     plain_width = matplotlib.image.imread(plain).shape[1]
     validated_width = matplotlib.image.imread(validated).shape[1]
     assert validated_width == 2 * plain_width
+
+
+def test_plotting_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    """A notebook or GUI chose its backend; importing the plot modules and drawing every kind of figure keeps it
+    (no ``matplotlib.use("Agg")``) and never loads pyplot's global figure state."""
+    code = f"""
+import sys
+import matplotlib
+matplotlib.use("svg")  # the caller's choice: anything but Agg
+before = (matplotlib.get_backend(), matplotlib.rcParams["backend"])
+import torch.nn.functional as F
+from torchmaml import MetaLearner
+from torchmaml.models import mlp
+import torchmaml.plots as plots
+import torchmaml.rl.plots as rl_plots
+out = __import__("pathlib").Path({str(tmp_path)!r})
+rows = [{{"iteration": i, "loss_before": 1.5, "loss_after": 1.0 / i, "seconds": i, "val_loss": 0.5}}
+        for i in range(1, 30)]
+assert plots.plot_learning_curve({{"maml": rows}}, out / "curve.png") is not None
+assert plots.plot_sinusoid_fits({{"maml": (MetaLearner(mlp(), F.mse_loss, inner_lr=0.01), None)}}, out / "fits.png")
+returns = [{{"model": "maml", "steps": k, "mean": -10.0 + k, "ci95": 1.0}} for k in range(3)]
+rl_plots.plot_returns(returns, out / "returns.png")
+after = (matplotlib.get_backend(), matplotlib.rcParams["backend"])
+print(before, after, "matplotlib.pyplot" in sys.modules)
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    env.pop("MPLBACKEND", None)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["('svg',", "'svg')", "('svg',", "'svg')", "False"], done.stdout
+    for name in ("curve.png", "fits.png", "returns.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

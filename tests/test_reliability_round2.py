@@ -299,7 +299,7 @@ def test_control_characters_in_config_strings_are_refused(capsys, tmp_path, valu
 def test_config_toml_is_written_by_a_toml_writer_and_reads_back(tmp_path):
     config = load_config("sinusoid-demo", ['data_dir=C:\\data\\"quoted" é ∑', "estimator_options={}"])
     (tmp_path / "config.toml").write_text(to_toml(config))
-    assert read_toml(tmp_path / "config.toml")["data_dir"] == 'C:\\data\\"quoted" é ∑'
+    assert read_toml(tmp_path / "config.toml")["data"]["data_dir"] == 'C:\\data\\"quoted" é ∑'
 
 
 # -- item 9: zip bombs ----------------------------------------------------------------------------------------
@@ -483,7 +483,7 @@ def test_a_finished_run_can_be_extended(capsys, run_copy, tmp_path):
     straight = tmp_path / "straight"
     assert torchmaml(capsys, "train", *TINY, "--set", "iterations=10", "--out", straight)[0] == 0
     extended, reference = (load_checkpoint(r / "checkpoint-maml.pt") for r in (run_copy, straight))
-    assert extended["iteration"] == 10 and read_toml(run_copy / "config.toml")["iterations"] == 10
+    assert extended["iteration"] == 10 and read_toml(run_copy / "config.toml")["outer"]["iterations"] == 10
     for name, value in reference["learner"].items():
         assert torch.equal(extended["learner"][name], value), name
     lines = (run_copy / "metrics-maml.jsonl").read_text().splitlines()

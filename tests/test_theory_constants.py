@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,12 +19,18 @@ from torchmaml.errors import ConfigError
 from torchmaml.theory import estimate_constants, estimate_hessian_lipschitz
 from torchmaml.theory.assumptions import check_inner_rate
 from torchmaml.theory.bounds import batch_second_moment_bound, first_moment_bound, iteration_bound, second_moment_bound
-from torchmaml.theory.lab.constants import set_weights
-from torchmaml.theory.lab.setups import lab_setup
 from torchmaml.theory.linear_tasks import LinearRegressionTasks, lab_linear_family
 from torchmaml.theory.reference import reference_meta_gradient, reference_meta_objective, reference_task_gradients
 from torchmaml.theory.sinusoid_family import SinusoidFamily
 from torchmaml.theory.statistics import Estimate, jackknife, mean_estimate, power_law_fit
+
+# The theory lab is research code at the repository root (experiments/theory_lab), not part of the package.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments.theory_lab.constants import set_weights  # noqa: E402
+from experiments.theory_lab.setups import lab_setup  # noqa: E402
 
 ALPHA = 0.07
 

@@ -1,24 +1,39 @@
-"""The theory lab's experiments: the bias measurement recovers MAML's closed-form bias, the control variate has
-mean zero, the complexity criteria read traces as documented, and every experiment and the report write valid
-JSON, PNG and Markdown at smoke-test scale, from Python and from the command line."""
+"""The theory lab's experiments (``experiments/theory_lab``, outside the package): the bias measurement recovers
+MAML's closed-form bias, the control variate has mean zero, the complexity criteria read traces as documented,
+and every experiment and the report write valid JSON, PNG and Markdown at smoke-test scale, from Python and
+from the command line (``python -m experiments.theory_lab``)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from torchmaml import MetaLearner
-from torchmaml.cli import main
 from torchmaml.theory.gradients import flatten, task_meta_gradients
-from torchmaml.theory.lab.bias_variance import BiasVarianceSettings, measure_bias, population_query_batch
-from torchmaml.theory.lab.complexity import average_hit, first_hit, plateau, thin
-from torchmaml.theory.lab.control_variate import control_variates
-from torchmaml.theory.lab.estimators import lab_estimators
 from torchmaml.theory.linear_tasks import lab_linear_family
 from torchmaml.theory.reference import reference_task_gradients
+
+# The theory lab is research code at the repository root (experiments/theory_lab), not part of the package.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments.theory_lab.bias_variance import (  # noqa: E402
+    BiasVarianceSettings,
+    measure_bias,
+    population_query_batch,
+)
+from experiments.theory_lab.commands import main  # noqa: E402
+from experiments.theory_lab.complexity import average_hit, first_hit, plateau, thin  # noqa: E402
+from experiments.theory_lab.control_variate import control_variates  # noqa: E402
+from experiments.theory_lab.estimators import lab_estimators  # noqa: E402
 
 ALPHA = 0.07
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -68,7 +83,7 @@ def test_complexity_criteria_read_a_trace():
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("theory") / "docs"
-    assert main(["theory", "report", "--out", str(out), "--quick"]) == 0
+    assert main(["report", "--out", str(out), "--quick"]) == 0
     return out
 
 
@@ -79,8 +94,15 @@ def test_report_writes_every_figure_table_and_the_page(report):
             assert data["family"] == family
             assert (report / "theory" / f"{experiment}-{family}.png").read_bytes()[:8] == PNG
     page = (report / "theory.md").read_text()
-    assert "torchmaml theory report --out docs --quick" in page
+    assert "python -m experiments.theory_lab report --out docs --quick" in page
     assert page.count("](theory/") == 6 and "## Where measurement and theory agree" in page
+
+
+def test_the_page_states_the_machine_it_ran_on(report):
+    page = (report / "theory.md").read_text()
+    cpus = os.cpu_count()
+    assert f"with {cpus} logical CPU{'s' if cpus > 1 else ''} (" in page
+    assert "2-core" not in page and "shared with other jobs" not in page
 
 
 def test_report_numbers_are_the_measured_ones(report):
@@ -93,16 +115,67 @@ def test_report_numbers_are_the_measured_ones(report):
 
 
 def test_single_experiment_from_the_command_line(tmp_path, capsys):
-    assert main(["theory", "constants", "--family", "linear", "--out", str(tmp_path), "--quick"]) == 0
+    assert main(["constants", "--family", "linear", "--out", str(tmp_path), "--quick"]) == 0
     assert "constants-linear.json" in capsys.readouterr().out
     assert json.loads((tmp_path / "constants-linear.json").read_text())["kind"] == "closed_form"
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
-    assert main(["theory", "bias", "--family", "omniglot", "--out", str(tmp_path), "--quick"]) == 2
+    assert main(["bias", "--family", "omniglot", "--out", str(tmp_path), "--quick"]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("torchmaml: error: --family: unknown family 'omniglot'") and error.count("\n") == 1
+    assert error.startswith("python -m experiments.theory_lab: error: --family: unknown family 'omniglot'")
+    assert error.count("\n") == 1
     file = tmp_path / "file"
     file.write_text("")
-    assert main(["theory", "constants", "--out", str(file), "--quick"]) == 2
+    assert main(["constants", "--out", str(file), "--quick"]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def _lab(code: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    env.pop("MPLBACKEND", None)
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_the_lab_runs_as_a_module_from_the_repository_root(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "experiments.theory_lab", "constants", "--out", str(tmp_path), "--quick"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "constants-linear.json").read_text())["kind"] == "closed_form"
+    assert (tmp_path / "constants-linear.png").read_bytes()[:8] == PNG
+
+
+def test_the_lab_without_matplotlib_names_the_extra(tmp_path):
+    argv = ["experiments.theory_lab", "constants", "--family", "linear", "--out", str(tmp_path)]
+    done = _lab(
+        "import runpy, sys\n"
+        "sys.modules['matplotlib'] = None\n"
+        f"sys.argv = {argv!r}\n"
+        "runpy.run_module('experiments.theory_lab', run_name='__main__', alter_sys=True)"
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        'python -m experiments.theory_lab: error: Plots need matplotlib: pip install "torchmaml[plots]"'
+    ]
+
+
+def test_the_lab_figures_leave_the_callers_backend_alone(tmp_path):
+    done = _lab(
+        "import sys, matplotlib\n"
+        "matplotlib.use('svg')\n"
+        "from experiments.theory_lab.commands import main\n"
+        f"assert main(['constants', '--family', 'linear', '--out', {str(tmp_path)!r}, '--quick']) == 0\n"
+        "print(matplotlib.get_backend(), matplotlib.rcParams['backend'], 'matplotlib.pyplot' in sys.modules)"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-3:] == ["svg", "svg", "False"], done.stdout
+
+
+def test_make_theory_runs_the_lab(tmp_path):
+    done = subprocess.run(
+        ["make", "-n", "theory", f"VENV={tmp_path / 'venv'}"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{tmp_path / 'venv'}/bin/python -m experiments.theory_lab report --out docs" in done.stdout
+    assert "torchmaml theory" not in done.stdout

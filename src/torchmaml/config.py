@@ -25,19 +25,125 @@ from torchmaml.run.config_io import (
     load_values,
     parse_override,
     read_toml,
-    to_toml,
     tomllib,
 )
+from torchmaml.run.config_io import to_toml as config_toml
+
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "data": (
+        "benchmark",
+        "support_size",
+        "query_size",
+        "data_dir",
+        "download",
+        "cache_dir",
+        "split",
+        "color",
+        "class_fractions",
+        "split_seed",
+        "ways",
+        "shots",
+        "queries",
+        "image_size",
+    ),
+    "model": ("hidden", "filters", "strided", "batch_norm"),
+    "inner": ("inner_lr", "inner_steps", "inner_lr_mode", "adapt_only"),
+    "outer": (
+        "iterations",
+        "meta_batch_size",
+        "estimator",
+        "estimator_options",
+        "outer_optimizer",
+        "outer_lr",
+        "outer_lr_schedule",
+        "min_outer_lr",
+        "alpha_hyper_lr",
+        "beta_hyper_lr",
+    ),
+    "schedule": ("multi_step_loss_iterations", "first_order_iterations"),
+    "theory": (
+        "theory_smoothness",
+        "theory_hessian_lipschitz",
+        "theory_c",
+        "theory_batch_size",
+        "stationarity_every",
+        "stationarity_tasks",
+        "stop_at_epsilon",
+    ),
+    "eval": (
+        "eval_tasks",
+        "eval_support_sizes",
+        "eval_query_size",
+        "eval_steps",
+        "eval_seed",
+        "validate_every",
+        "val_tasks",
+        "baseline",
+        "baseline_iterations",
+        "baseline_lr_grid",
+    ),
+    "run": (
+        "seed",
+        "time_limit_minutes",
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "max_consecutive_skips",
+        "strategy",
+        "chunk_size",
+        "compile",
+        "dtype",
+        "device",
+        "threads",
+    ),
+}
+SECTION_OF = {key: section for section, keys in SECTIONS.items() for key in keys}
+
+
+def flat_values(values: dict[str, Any]) -> dict[str, Any]:
+    """A configuration's keys with its sections (``[inner] inner_lr = 0.4``) lifted to the top level, as the
+    ``TrainConfig`` fields are named. A flat file (every key at the top, as run folders and presets of earlier
+    releases are written) passes through unchanged; a key in the wrong section is a ``ConfigError``; a key given
+    both at the top and in its section takes the section's value."""
+    flat = {key: value for key, value in values.items() if key not in SECTIONS}
+    for section in SECTIONS:
+        table = values.get(section)
+        if table is None:
+            continue
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table of keys, e.g. [{section}] then key = value lines")
+        for key, value in table.items():
+            if SECTION_OF.get(key) != section:
+                home = f"it belongs in [{SECTION_OF[key]}]" if key in SECTION_OF else "unknown key"
+                raise ConfigError(f"{section}.{key}: {home}; [{section}] holds {', '.join(SECTIONS[section])}")
+            flat[key] = value
+    return flat
+
+
+def sectioned_values(flat: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`flat_values`: the keys of ``flat`` grouped in their sections, in section order;
+    ``None`` values are left out (TOML has no null) and keys of no section stay at the top."""
+    top = {key: value for key, value in flat.items() if key not in SECTION_OF and value is not None}
+    tables = {
+        section: {key: flat[key] for key in keys if flat.get(key) is not None} for section, keys in SECTIONS.items()
+    }
+    return {**top, **{section: table for section, table in tables.items() if table}}
 
 
 class TrainConfig(BaseModel):
-    """Everything a training run needs; the resolved copy is saved in the run folder as ``config.toml``."""
+    """Everything a training run needs; the resolved copy is saved in the run folder as ``config.toml``.
+
+    The fields are grouped in the sections of ``SECTIONS`` (data, model, inner, outer, schedule, theory, eval,
+    run), which is how config files write them (``[inner]`` then ``inner_lr = 0.4``); a key keeps one name
+    everywhere: in its section, in ``--set inner_lr=0.4`` and as the attribute ``config.inner_lr``. Flat files
+    (every key at the top) load too."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    benchmark: Literal["sinusoid", "omniglot", "folder"] = Field(
+    benchmark: str = Field(
         "sinusoid",
-        description="task family: sinusoid regression, Omniglot or a folder of your images (`root/<class>/<image>`)",
+        description="task family (`torchmaml.benchmark.BENCHMARKS`): sinusoid regression, omniglot, or folder "
+        "(your images, `root/<class>/<image>`)",
     )
     # outer loop
     iterations: int = Field(70_000, ge=1, description="meta-training iterations (outer steps)")
@@ -237,9 +343,15 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _baseline_follows_run(cls, values: Any) -> Any:
+    def _sections_and_baseline(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        try:
+            values = flat_values(values)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
         # an unset baseline_iterations is the run's iterations, so a short run is short in both phases
-        if isinstance(values, dict) and values.get("baseline_iterations") is None and "iterations" in values:
+        if values.get("baseline_iterations") is None and "iterations" in values:
             values = {**values, "baseline_iterations": values["iterations"]}
         return values
 
@@ -274,12 +386,22 @@ class TrainConfig(BaseModel):
             raise ValueError("stop_at_epsilon needs the stationarity monitor: set stationarity_every (e.g. 500)")
         return self
 
+    @field_validator("benchmark")
+    @classmethod
+    def _known_benchmark(cls, value: str) -> str:
+        from torchmaml.benchmark import benchmark_named  # the data and models load only when a config is checked
+
+        try:
+            benchmark_named(value)
+        except ConfigError as error:
+            raise ValueError(str(error).removeprefix("benchmark: ")) from None
+        return value
+
     @model_validator(mode="after")
-    def _baseline(self) -> TrainConfig:
-        if self.baseline and self.benchmark != "sinusoid":
-            raise ValueError(
-                "baseline: the joint-training baseline is defined for sinusoid regression only; set baseline = false"
-            )
+    def _benchmark_accepts(self) -> TrainConfig:
+        from torchmaml.benchmark import benchmark_named
+
+        benchmark_named(self.benchmark).check(self)
         return self
 
     @model_validator(mode="after")
@@ -364,6 +486,12 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     return config
 
 
+def to_toml(config: BaseModel) -> str:
+    """The resolved configuration as TOML text, a ``TrainConfig`` in its sections (``None`` values are left
+    out, as TOML has no null)."""
+    return config_toml(config, sectioned_values if isinstance(config, TrainConfig) else None)
+
+
 __all__ = [
     "ConfigError",
     "TrainConfig",
@@ -371,10 +499,12 @@ __all__ = [
     "check_machine",
     "check_values",
     "describe_validation_error",
+    "flat_values",
     "load_config",
     "parse_override",
     "preset_names",
     "read_toml",
+    "sectioned_values",
     "to_toml",
     "tomllib",
 ]

@@ -1,7 +1,7 @@
 """Meta-test: adapt to held-out tasks and report the query metric with 95% confidence intervals.
 
 For ``n`` tasks with per-task results ``x_1..x_n`` the report is ``mean +- 1.96 * std / sqrt(n)``
-(the normal approximation used by the MAML papers).
+(the normal approximation used by the MAML papers; ``torchmaml.statistics``).
 """
 
 from __future__ import annotations
@@ -13,29 +13,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from torchmaml.learner import MetaLearner
+from torchmaml.statistics import mean_estimate
 from torchmaml.tasks import TaskBatch
 
-Z_95 = 1.959963984540054
 MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A mean over tasks with the half-width of its 95% confidence interval."""
-
-    mean: float
-    ci95: float
-
-    def __str__(self) -> str:
-        return f"{self.mean:.3f} ± {self.ci95:.3f}"
-
-
-def mean_ci95(values: torch.Tensor) -> Estimate:
-    """Mean and 95% confidence half-width of a 1-D tensor of per-task values."""
-    values = values.detach().double().flatten()
-    n = values.numel()
-    spread = values.std(unbiased=True).item() if n > 1 else math.nan
-    return Estimate(values.mean().item(), Z_95 * spread / math.sqrt(n))
 
 
 @dataclass(frozen=True)
@@ -55,7 +36,7 @@ class AdaptationResult:
     def cell(self, scale: float) -> str:
         if self.mean is None or self.ci95 is None:
             return f"diverged ({self.diverged_tasks} tasks)"
-        return str(Estimate(self.mean * scale, self.ci95 * scale))
+        return f"{self.mean * scale:.3f} ± {self.ci95 * scale:.3f}"
 
 
 def adaptation_scores(
@@ -84,8 +65,8 @@ def evaluate_adaptation(
         if diverged:
             results.append(AdaptationResult(model_name, support_size, count, None, None, diverged))
             continue
-        estimate = mean_ci95(column)
-        results.append(AdaptationResult(model_name, support_size, count, estimate.mean, estimate.ci95))
+        estimate = mean_estimate(column)
+        results.append(AdaptationResult(model_name, support_size, count, estimate.value, estimate.ci95))
     return results
 
 

@@ -14,29 +14,35 @@ from torchmaml.learner import MetaLearner
 from torchmaml.run.files import save_figure
 
 
-def _pyplot():
-    """matplotlib's pyplot on the Agg backend, or ``None`` (with a one-line note) when the extra is missing."""
+def new_figure(**kwargs: Any) -> Any:
+    """A matplotlib ``Figure(**kwargs)`` drawn on its own Agg canvas: no pyplot state, no ``matplotlib.use``, so
+    the caller's backend (an interactive one in a notebook or GUI) is left as it was."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(**kwargs)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _has_matplotlib() -> bool:
+    """Whether matplotlib is installed; without it a one-line note names the extra."""
     if not available("matplotlib"):
         note_missing("plots")
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+        return False
+    return True
 
 
 def plot_learning_curve(records: dict[str, list[dict]], out: Path, window: int = 200) -> Path | None:
     """Query loss before and after adaptation against iteration (moving average over ``window``) and, when
     the run validated (``validate_every``), the validation metric against training wall-clock minutes.
     Returns the file written, or ``None`` without matplotlib (``pip install "torchmaml[plots]"``)."""
-    plt = _pyplot()
-    if plt is None:
+    if not _has_matplotlib():
         return None
     validated = {label: [r for r in rows if _validation_key(r)] for label, rows in records.items()}
     panels = 2 if any(validated.values()) else 1
-    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4), squeeze=False)
+    fig = new_figure(figsize=(7 * panels, 4))
+    axes = fig.subplots(1, panels, squeeze=False)
     ax = axes[0][0]
     for label, rows in records.items():
         if not rows:
@@ -63,7 +69,6 @@ def plot_learning_curve(records: dict[str, list[dict]], out: Path, window: int =
         _plot_validation(validated, axes[0][1])
     fig.tight_layout()
     save_figure(fig, out, dpi=120)
-    plt.close(fig)
     return out
 
 
@@ -99,8 +104,7 @@ def plot_sinusoid_fits(
     ``learners`` maps a label to ``(learner, fine-tuning rate or None for the learner's own)``. Returns the
     file written, or ``None`` without matplotlib.
     """
-    plt = _pyplot()
-    if plt is None:
+    if not _has_matplotlib():
         return None
     generator = torch.Generator().manual_seed(seed)
     first = next(iter(learners.values()))[0]
@@ -109,7 +113,8 @@ def plot_sinusoid_fits(
     amplitude, phase = tasks.sample_functions(2, generator)
     batch = tasks.batch_for(amplitude, phase, support_size, 1, generator)
     grid = torch.linspace(-5, 5, 200, dtype=dtype).view(1, -1, 1)
-    fig, axes = plt.subplots(2, len(learners), figsize=(5 * len(learners), 7), squeeze=False)
+    fig = new_figure(figsize=(5 * len(learners), 7))
+    axes = fig.subplots(2, len(learners), squeeze=False)
     for column, (label, (learner, lr)) in enumerate(learners.items()):
         for row in range(2):
             ax = axes[row][column]
@@ -130,5 +135,4 @@ def plot_sinusoid_fits(
                 ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     save_figure(fig, out, dpi=120)
-    plt.close(fig)
     return out

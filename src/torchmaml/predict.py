@@ -25,11 +25,12 @@ from pathlib import Path
 
 import torch
 
+from torchmaml.benchmark import FewShotImages, benchmark_of
 from torchmaml.checkpoint import atomic_write_bytes
 from torchmaml.data.folder import IMAGE_SUFFIXES, load_image_folder
 from torchmaml.data.images import DatasetError, decode_image
 from torchmaml.errors import ConfigError
-from torchmaml.experiment import MAML, dtype_of, is_classification
+from torchmaml.experiment import MAML
 from torchmaml.report import load_learner
 from torchmaml.rundir import RunDir
 
@@ -59,10 +60,11 @@ def adapt_and_predict(
     """
     run = RunDir(Path(root))
     config = run.config_for_this_machine()
-    if not is_classification(config):
+    benchmark = benchmark_of(config)
+    if not isinstance(benchmark, FewShotImages):
         raise ConfigError(f"{root} is a {config.benchmark} run; `torchmaml adapt` needs a classification run")
     learner, _ = load_learner(run, config, MAML)
-    mode = "L" if config.benchmark == "omniglot" else config.color
+    mode = benchmark.image_mode(config)
     with tempfile.TemporaryDirectory() as cache:  # a user's folders are read, never written to
         labelled = load_image_folder(support, mode=mode, image_size=config.image_size, cache_dir=cache)
     if len(labelled.class_names) != config.ways:
@@ -73,7 +75,10 @@ def adapt_and_predict(
     empty = [name for name, images in zip(labelled.class_names, labelled.images, strict=True) if len(images) == 0]
     if empty:
         raise DatasetError(f"support class folders without images: {', '.join(empty)}")
-    convert = _converter(config.benchmark == "omniglot", dtype_of(config), config.device)
+
+    def convert(images: torch.Tensor) -> torch.Tensor:
+        return benchmark.image_tensor(images, config)
+
     support_x = torch.cat([convert(images) for images in labelled.images])
     support_y = torch.cat([torch.full((len(images),), c) for c, images in enumerate(labelled.images)])
     files, truths = _query_files(Path(query))
@@ -99,14 +104,6 @@ def check_steps(steps: int) -> int:
     if not 0 <= steps <= MAX_STEPS:
         raise ConfigError(f"--steps: must be between 0 and {MAX_STEPS} inner steps, got {steps}")
     return steps
-
-
-def _converter(invert: bool, dtype: torch.dtype, device: str):
-    def convert(images: torch.Tensor) -> torch.Tensor:
-        images = 255 - images if invert else images
-        return (images.to(dtype) / 255).to(device)
-
-    return convert
 
 
 def _query_files(query: Path) -> tuple[list[Path], list[str | None]]:

@@ -16,7 +16,7 @@ import tomli_w
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from torchmaml.config import TrainConfig
+from torchmaml.config import SECTIONS, TrainConfig
 
 HEADER = """# Configuration reference
 
@@ -27,7 +27,9 @@ Edit the descriptions, not this file. -->
 A run is configured by a preset or a TOML file (`torchmaml train --config NAME|FILE`) and `--set key=value`
 overrides, the value read as TOML (`--set iterations=500 --set "eval_steps=[1, 5]" --set download=true`). A
 file may start from a preset with `base = "NAME"` and say what it is with `description = "..."`
-(`torchmaml presets` lists the presets). Every value is validated: an unknown key, a wrong type or an
+(`torchmaml presets` lists the presets). A file groups its keys in the sections below (`[inner]` then
+`inner_lr = 0.4`); a key has the same name in its section, in `--set` and in Python (`config.inner_lr`), and a
+flat file with every key at the top loads too. Every value is validated: an unknown key, a wrong type or an
 out-of-range value is one line naming the key, exit code 2. The resolved configuration is saved in the run
 folder as `config.toml`. The meta-RL presets (`navigation2d`, `half-cheetah-*`) have keys of their own:
 [meta-RL keys](#meta-rl-keys).
@@ -72,20 +74,26 @@ def _default(model: type[BaseModel], name: str) -> str:
     return "unset" if value is None else f"`{toml_value(value)}`"
 
 
-def table(model: type[BaseModel]) -> str:
-    """One Markdown row per key of ``model``, in the order of its fields."""
+def table(model: type[BaseModel], keys: tuple[str, ...] | None = None) -> str:
+    """One Markdown row per key of ``model`` (or of ``keys``), in that order."""
+    fields = model.model_fields
     rows = [
-        f"| `{name}` | {_type(field.annotation)} | {_default(model, name)} | {field.description} |"
-        for name, field in model.model_fields.items()
+        f"| `{name}` | {_type(fields[name].annotation)} | {_default(model, name)} | {fields[name].description} |"
+        for name in (keys if keys is not None else fields)
     ]
     return TABLE + "\n".join(rows) + "\n"
 
 
+def sectioned_tables(model: type[BaseModel], sections: dict[str, tuple[str, ...]]) -> str:
+    """One table per section of ``sections``, headed by the section's TOML table name."""
+    return "\n".join(f"### `[{section}]`\n\n" + table(model, keys) for section, keys in sections.items())
+
+
 def config_reference() -> str:
-    """The Markdown of docs/config.md: the supervised keys, then the meta-RL keys."""
+    """The Markdown of docs/config.md: the supervised keys by section, then the meta-RL keys."""
     from torchmaml.rl.config import RLConfig
 
-    return HEADER + table(TrainConfig) + RL_HEADER + table(RLConfig)
+    return HEADER + sectioned_tables(TrainConfig, SECTIONS) + RL_HEADER + table(RLConfig)
 
 
 if __name__ == "__main__":

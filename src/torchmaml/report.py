@@ -5,20 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from torchmaml.benchmark import benchmark_of
 from torchmaml.checkpoint import atomic_write_bytes, load_checkpoint, load_module_state
 from torchmaml.config import TrainConfig
 from torchmaml.evaluate import AdaptationResult, evaluate_adaptation, format_table, tune_fine_tuning_lr
-from torchmaml.experiment import (
-    MAML,
-    PRETRAINED,
-    build_learner,
-    evaluation_batches,
-    is_classification,
-    metric_of,
-    split_summary,
-)
+from torchmaml.experiment import MAML, PRETRAINED, build_learner, evaluation_batches
 from torchmaml.learner import MetaLearner
-from torchmaml.plots import plot_sinusoid_fits
 from torchmaml.run.files import WriteError
 from torchmaml.rundir import RunDir
 
@@ -43,7 +35,8 @@ def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
     config = run.config_for_this_machine()
     if eval_tasks is not None:
         config = config.model_copy(update={"eval_tasks": eval_tasks})
-    metric = metric_of(config)
+    benchmark = benchmark_of(config)
+    metric = benchmark.metric
     batches = evaluation_batches(config, "test")
     maml, source = load_learner(run, config, MAML)
     learners: dict[str, tuple[MetaLearner, float | None]] = {MAML: (maml, None)}
@@ -58,34 +51,24 @@ def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
     for name, (learner, rate) in learners.items():
         for chunks in batches.values():
             results += evaluate_adaptation(learner, chunks, config.eval_steps, name, metric.fn, inner_lr=rate)
-    scale, label = (100.0, "accuracy %") if is_classification(config) else (1.0, "MSE")
     report = {
         "schema_version": SCHEMA_VERSION,
         "benchmark": config.benchmark,
         "metric": metric.name,
         "eval_tasks": config.eval_tasks,
-        "eval_query_size": config.queries * config.ways if is_classification(config) else config.eval_query_size,
+        "eval_query_size": benchmark.query_size(config),
         "confidence": 0.95,
         "checkpoints": checkpoints,
         "inner_lr": {name: rate if rate is not None else config.inner_lr for name, (_, rate) in learners.items()},
         "results": [r.to_dict() for r in results],
-        "table": format_table(results, label, scale),
+        "table": format_table(results, metric.label, metric.scale),
+        **benchmark.held_out(config),
     }
-    if is_classification(config):
-        report.update({"ways": config.ways, "shots": config.shots, **split_summary(config)})
-        counts = report["classes"]
-        report["held_out"] = (
-            f"{config.eval_tasks} tasks drawn from the {counts['test']} test classes of split {report['split']!r} "
-            f"(train {counts['train']}, validation {counts['val']}, test {counts['test']} classes, disjoint)"
-        )
     report["written"] = []
     try:  # a read-only run folder: the table is still worth printing
         atomic_write_bytes(run.evaluation, (json.dumps(report, indent=2) + "\n").encode())
         report["written"].append(str(run.evaluation))
-        if not is_classification(config):
-            figure = plot_sinusoid_fits(learners, run.fits, support_size=min(config.eval_support_sizes))
-            if figure is not None:
-                report["written"].append(str(figure))
+        report["written"] += [str(path) for path in benchmark.figures(learners, run, config)]
     except WriteError as error:
         report["not_written"] = str(error)
     return report

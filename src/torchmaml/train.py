@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from torchmaml.checkpoint import CheckpointError, load_module_state
-from torchmaml.config import TrainConfig
+from torchmaml.config import TrainConfig, to_toml
 from torchmaml.errors import ConfigError, first_line
 from torchmaml.estimators import get_estimator
 from torchmaml.evaluate import adaptation_scores
@@ -98,6 +98,7 @@ def train_run(
         resume=resume,
         overwrite=overwrite,
         saved=run.load_config,
+        to_toml=to_toml,
         plot=lambda: _plot(run, phases),
     )
     return run

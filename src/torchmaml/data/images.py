@@ -1,7 +1,7 @@
 """Image decoding and the one-file array cache shared by the Omniglot and image-folder datasets.
 
-Decoding thousands of small images takes seconds to minutes, so each dataset is decoded and resized once
-and kept as a single ``.npz`` file of uint8 arrays; later runs read that file in a fraction of a second.
+Decoding thousands of small images is slow, so each dataset is decoded and resized once and kept as a
+single ``.npz`` file of uint8 arrays; later runs read only that file, which is much faster than decoding.
 The cache is written atomically (temporary file, then rename), so a crash never leaves a half-written
 cache, and it carries a JSON ``meta`` record: a cache whose record differs from what the caller expects
 (another image size, another file list, an older format) is treated as missing and rebuilt.

@@ -1,6 +1,6 @@
 """Omniglot (Lake et al. 2015): 1623 handwritten characters from 50 alphabets, 20 drawings each.
 
-    omniglot = load_omniglot("~/data/omniglot", download=True)      # seconds after the first run
+    omniglot = load_omniglot("~/data/omniglot", download=True)      # reads the cache after the first run
     train = omniglot.split_images("vinyals", "train")                 # [4112, 20, 1, 28, 28] uint8
     tasks = FewShotTasks(train, ways=5, shots=1, queries=15)
 
@@ -143,7 +143,7 @@ def load_omniglot(
     arrays = load_cache(cache, meta, required=("images", "characters", "background"))
     if arrays is None:
         sources = _locate(root, download, base_url, md5, timeout)
-        logger.info("decoding Omniglot (32,460 images, about 10 s) into %s", cache)
+        logger.info("decoding Omniglot (32,460 images; later loads read the cache) into %s", cache)
         arrays = _decode(sources, image_size)
         save_cache(cache, arrays, meta)
     return Omniglot(

@@ -3,7 +3,7 @@
 As in Finn et al. (2017, §5.3): ``eval_tasks`` (40) tasks drawn with ``eval_seed``, ``trajectories`` (20)
 rollouts per task and step; each step is a policy-gradient step on the rollouts just sampled (step sizes
 ``eval_lrs``: 0.1 then 0.05, the paper's). The per-task value is the mean return of its rollouts, and the
-report is ``mean +- 1.96 std / sqrt(n)`` over tasks (``torchmaml.evaluate.mean_ci95``). Compared models:
+report is ``mean +- 1.96 std / sqrt(n)`` over tasks (``torchmaml.statistics``). Compared models:
 
 - ``maml``: the meta-trained initialisation;
 - ``pretrained``: TRPO on all tasks without adaptation (if the run trained it), then fine-tuned;
@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from torchmaml.checkpoint import atomic_write_bytes, load_checkpoint
-from torchmaml.evaluate import mean_ci95
 from torchmaml.functional import FunctionalModel, Params
 from torchmaml.rl.config import RLConfig
 from torchmaml.rl.maml_trpo import sample_phases
@@ -34,6 +33,7 @@ from torchmaml.run.files import WriteError
 from torchmaml.run.metrics_log import read_records
 from torchmaml.run.seeds import rl_evaluation_stream
 from torchmaml.rundir import RunDir
+from torchmaml.statistics import mean_estimate
 
 VALIDATION_TASKS = 20
 
@@ -67,8 +67,8 @@ def evaluate(out_dir: str | Path, policy: nn.Module | None = None) -> dict:
             )
             trajectories[name] = phases
             for k, returns in enumerate(phases_returns(phases)):
-                estimate = mean_ci95(returns)
-                results.append({"model": name, "steps": k, "mean": estimate.mean, "ci95": estimate.ci95})
+                estimate = mean_estimate(returns)
+                results.append({"model": name, "steps": k, "mean": estimate.value, "ci95": estimate.ci95})
     report = {
         "env": config.env,
         "tasks": config.eval_tasks,

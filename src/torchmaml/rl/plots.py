@@ -1,16 +1,15 @@
 """Figures of a meta-RL run: the learning curve, returns against adaptation steps, and the paper's Figure 4
-(2D navigation trajectories before and after adaptation). Matplotlib with the Agg backend (no display)."""
+(2D navigation trajectories before and after adaptation). Each figure is drawn on its own Agg canvas (no
+pyplot, no ``matplotlib.use``: the caller's backend is left alone)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
+from torchmaml.plots import new_figure
 from torchmaml.rl.episodes import Episodes
 from torchmaml.rl.navigation import move_of
 from torchmaml.run.files import save_figure
@@ -20,7 +19,8 @@ def plot_learning_curve(records: dict[str, list[dict]], out_dir: Path, window: i
     """Mean return before and after adaptation (moving average over up to ``window`` iterations) against
     iteration and against training wall-clock minutes."""
     out = Path(out_dir) / "learning_curve.png"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig = new_figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2, sharey=True)
     for label, rows in records.items():
         if not rows:
             continue
@@ -43,13 +43,13 @@ def plot_learning_curve(records: dict[str, list[dict]], out_dir: Path, window: i
     fig.suptitle("Learning curve")
     fig.tight_layout()
     save_figure(fig, out, dpi=110)
-    plt.close(fig)
     return out
 
 
 def plot_returns(results: list[dict], out: Path) -> Path:
     """Mean return on held-out tasks against the number of adaptation steps, with 95% confidence intervals."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = new_figure(figsize=(6, 4))
+    ax = fig.subplots()
     for model in dict.fromkeys(r["model"] for r in results):
         rows = [r for r in results if r["model"] == model]
         ax.errorbar(
@@ -66,7 +66,6 @@ def plot_returns(results: list[dict], out: Path) -> Path:
     ax.legend()
     fig.tight_layout()
     save_figure(fig, out, dpi=110)
-    plt.close(fig)
     return out
 
 
@@ -76,8 +75,9 @@ def plot_navigation(
     """Figure 4 of Finn et al. (2017): point-mass trajectories on held-out goals before adaptation and after
     ``steps`` policy-gradient steps (``phases[k]`` sampled after ``k`` steps), one panel per goal."""
     steps = tuple(k for k in steps if k < len(phases))
-    fig, axes = plt.subplots(1, len(goals), figsize=(4.2 * len(goals), 4.2), squeeze=False)
-    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(steps)))
+    fig = new_figure(figsize=(4.2 * len(goals), 4.2))
+    axes = fig.subplots(1, len(goals), squeeze=False)
+    colours = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(steps)))
     for task, ax in enumerate(axes[0]):
         for colour, k in zip(colours, steps, strict=True):
             episodes = phases[k]
@@ -98,5 +98,4 @@ def plot_navigation(
     fig.suptitle("MAML on 2D navigation: trajectories before and after adaptation")
     fig.tight_layout()
     save_figure(fig, out, dpi=110)
-    plt.close(fig)
     return out

@@ -46,7 +46,7 @@ from torchmaml.rl.plots import plot_learning_curve
 from torchmaml.rl.policy import GaussianMLPPolicy, check_policy
 from torchmaml.rl.sampler import BatchedNavigationSampler, Sampler, VectorEnvSampler
 from torchmaml.run import seeds
-from torchmaml.run.config_io import read_toml
+from torchmaml.run.config_io import read_toml, to_toml
 from torchmaml.run.hooks import DivergenceGuard, Metrics, Progress, TensorBoard, TimeLimit
 from torchmaml.run.metrics_log import read_records
 from torchmaml.run.phases import train_phases
@@ -139,6 +139,7 @@ def train(
             resume=resume,
             overwrite=overwrite,
             saved=lambda: load_run_config(run.root),
+            to_toml=to_toml,
             plot=lambda: plot_learning_curve({kind: read_records(run.metrics(kind)) for kind, _ in phases}, run.root),
         )
     return run.root

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import sys
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -97,9 +98,13 @@ def build(schema: type[Schema], values: dict[str, Any]) -> Schema:
         raise ConfigError(describe_validation_error(error, schema)) from None
 
 
-def to_toml(config: BaseModel) -> str:
-    """The resolved configuration as TOML text (``None`` values are left out, as TOML has no null)."""
-    return tomli_w.dumps({key: value for key, value in config.model_dump().items() if value is not None})
+def to_toml(config: BaseModel, layout: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> str:
+    """The resolved configuration as TOML text: its values as ``layout`` arranges them (a species' sections,
+    leaving ``None`` out), else flat with ``None`` values left out (TOML has no null)."""
+    values = config.model_dump()
+    if layout is not None:
+        return tomli_w.dumps(layout(values))
+    return tomli_w.dumps({key: value for key, value in values.items() if value is not None})
 
 
 def describe_validation_error(error: ValidationError, schema: type[BaseModel]) -> str:

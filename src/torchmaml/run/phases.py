@@ -20,7 +20,6 @@ from pydantic import BaseModel
 from torchmaml import species as registry
 from torchmaml.checkpoint import config_digest
 from torchmaml.errors import ConfigError
-from torchmaml.run.config_io import to_toml
 from torchmaml.run.files import write_atomic
 from torchmaml.run.folder import check_new_run_folder, replace_run
 from torchmaml.run.resume import phase_finished, remove_stale_temporaries
@@ -46,17 +45,19 @@ def train_phases(
     resume: bool,
     overwrite: bool,
     saved: Callable[[], BaseModel],
+    to_toml: Callable[[BaseModel], str],
     plot: Callable[[], None],
 ) -> None:
     """Train ``phases`` (``(kind, iterations)`` in order, each built by ``build``) of ``config`` in ``run``.
 
-    ``saved()`` reads the run's own configuration (for a resume); ``plot()`` draws the learning curves.
+    ``saved()`` reads the run's own configuration (for a resume) and ``to_toml`` writes one (the species'
+    layout of ``config.toml``); ``plot()`` draws the learning curves.
     """
     digest = config_digest(config.model_dump())
     with stop_requests() as stop:
         if resume:
             with exclusive_run(run.root):
-                _prepare_resume(run, config, saved(), species)
+                _prepare_resume(run, config, saved(), species, to_toml)
                 for kind, iterations in phases:
                     if not phase_finished(run.checkpoint(kind), iterations, digest, warn=warn):
                         build(kind, iterations).run(stop, resume=True)
@@ -76,7 +77,9 @@ def train_phases(
             plot()
 
 
-def _prepare_resume(run: RunDir, config: BaseModel, saved: BaseModel, species: str) -> None:
+def _prepare_resume(
+    run: RunDir, config: BaseModel, saved: BaseModel, species: str, to_toml: Callable[[BaseModel], str]
+) -> None:
     """Remove temporaries of killed writes; save ``config`` if it extends the run; record the species."""
     remove_stale_temporaries(run.root, report=lambda message: print(message, flush=True))
     if not os.path.lexists(run.record):

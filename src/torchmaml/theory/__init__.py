@@ -11,7 +11,9 @@
 - ``stationarity``: ``||grad F(w)||`` on a large fixed batch of tasks, with its standard error.
 - ``families``, ``linear_tasks``, ``sinusoid_family``, ``reference``: task families whose ``grad F`` is known to
   high accuracy (linear regression in closed form, the sinusoid by quadrature).
-- ``lab``: the experiments behind ``torchmaml theory`` and ``docs/theory.md``.
+
+The experiments behind ``docs/theory.md`` (the theory lab) use these measurements; they live in the repository
+under ``experiments/theory_lab``, outside the package.
 """
 
 from torchmaml.theory.assumptions import AssumptionCheck, TheoryConstants, estimate_constants

@@ -1,6 +1,6 @@
 """Small statistics for Monte Carlo estimates: a value with its standard error, the jackknife, log-log fits.
 
-- ``mean_estimate(x)``: ``mean(x) ± std(x) / sqrt(n)``;
+- ``mean_estimate(x)``: ``mean(x) ± std(x) / sqrt(n)`` (with ``Estimate``, from ``torchmaml.statistics``);
 - ``jackknife(statistic, n)``: for a statistic of ``n`` independent units (tasks), the leave-one-out values
   ``t_(i)`` give ``se^2 = (n - 1)/n sum_i (t_(i) - mean t_(.))^2``;
 - ``bootstrap_max(x)``: the maximum and the bootstrap standard error of a maximum over tasks;
@@ -11,26 +11,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class Estimate:
-    """A measured quantity and its estimation error (a standard error unless documented otherwise)."""
-
-    value: float
-    error: float
-
-    def to_dict(self) -> dict[str, float]:
-        return {"value": self.value, "error": self.error}
-
-
-def mean_estimate(values: torch.Tensor) -> Estimate:
-    """The sample mean and its standard error."""
-    values = values.double().reshape(-1)
-    return Estimate(float(values.mean()), float(values.std() / math.sqrt(values.numel())))
+from torchmaml.statistics import Estimate, mean_estimate
 
 
 def jackknife(statistic: Callable[[torch.Tensor], torch.Tensor], n: int) -> Estimate:
@@ -64,3 +48,6 @@ def power_law_fit(x: list[float], y: list[float]) -> Estimate:
     residual = ly - ly.mean() - slope * centred
     error = math.sqrt(float(residual.square().sum()) / (len(pairs) - 2) / float(centred.square().sum()))
     return Estimate(slope, error)
+
+
+__all__ = ["Estimate", "bootstrap_max", "jackknife", "mean_estimate", "power_law_fit"]

@@ -14,15 +14,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from experiments.theory_lab import figures
+from experiments.theory_lab.bias_variance import bias_variance
+from experiments.theory_lab.complexity import Evaluator, iteration_complexity
+from experiments.theory_lab.constants import closed_form_comparison, constants_along_run
+from experiments.theory_lab.estimators import lab_estimators
+from experiments.theory_lab.setups import LabSetup
 from torchmaml.learner import MetaLearner
 from torchmaml.theory.assumptions import TheoryConstants
 from torchmaml.theory.gradients import flatten
-from torchmaml.theory.lab import figures
-from torchmaml.theory.lab.bias_variance import bias_variance
-from torchmaml.theory.lab.complexity import Evaluator, iteration_complexity
-from torchmaml.theory.lab.constants import closed_form_comparison, constants_along_run
-from torchmaml.theory.lab.estimators import lab_estimators
-from torchmaml.theory.lab.setups import LabSetup
 from torchmaml.theory.linear_tasks import LinearRegressionTasks
 from torchmaml.theory.reference import reference_meta_gradient, reference_meta_objective
 

@@ -1,4 +1,5 @@
-"""The theory lab: the experiments behind ``torchmaml theory`` and ``docs/theory.md``.
+"""The theory lab: the experiments behind ``docs/theory.md``, run as ``python -m experiments.theory_lab`` from the
+repository root. Not part of the ``torchmaml`` package; it uses the public ``torchmaml.theory`` measurements.
 
 - ``setups``: the two task families (linear regression, sinusoid) and every experiment's sizes;
 - ``constants``: estimated constants against closed forms, and along a meta-training run;

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from experiments.theory_lab.estimators import LabEstimator
 from torchmaml.learner import MetaLearner
 from torchmaml.tasks import TaskSource
 from torchmaml.theory.assumptions import TheoryConstants
 from torchmaml.theory.bounds import iteration_bound
-from torchmaml.theory.lab.estimators import LabEstimator
 from torchmaml.theory.statistics import power_law_fit
 from torchmaml.theory.step_size import STEP_SIZE_CONSTANTS, TheoryStepSize
 

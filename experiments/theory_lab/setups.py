@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
+from experiments.theory_lab.bias_variance import BiasVarianceSettings
+from experiments.theory_lab.complexity import ComplexitySettings
+from experiments.theory_lab.constants import EstimationSettings
 from torchmaml.errors import ConfigError
 from torchmaml.learner import MetaLearner
 from torchmaml.theory.families import ReferenceFamily
-from torchmaml.theory.lab.bias_variance import BiasVarianceSettings
-from torchmaml.theory.lab.complexity import ComplexitySettings
-from torchmaml.theory.lab.constants import EstimationSettings
 from torchmaml.theory.linear_tasks import lab_linear_family
 from torchmaml.theory.sinusoid_family import SinusoidFamily
 

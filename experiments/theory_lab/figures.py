@@ -1,14 +1,13 @@
-"""The lab's figures, drawn from the experiments' JSON-ready results (matplotlib, Agg backend)."""
+"""The lab's figures, drawn from the experiments' JSON-ready results (matplotlib figures on their own Agg
+canvas: no pyplot, no ``matplotlib.use``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from matplotlib.ticker import NullLocator
+
+from torchmaml.plots import new_figure
 
 SYMBOLS = {
     "smoothness": "L",
@@ -24,7 +23,6 @@ def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -44,7 +42,8 @@ def _positive(xs: list, ys: list) -> tuple[list, list]:
 def plot_constants(data: dict, path: Path) -> Path:
     """Estimates over closed forms (linear regression), or the constants along a run."""
     if data["kind"] == "closed_form":
-        fig, ax = plt.subplots(figsize=(7, 3.8))
+        fig = new_figure(figsize=(7, 3.8))
+        ax = fig.subplots()
         names = [n for n in SYMBOLS if n != "hessian_lipschitz"]
         for offset, (label, point) in zip((-0.1, 0.1), data["points"].items(), strict=False):
             rows = {r["constant"]: r for r in point["comparison"]}
@@ -60,7 +59,8 @@ def plot_constants(data: dict, path: Path) -> Path:
     points = data["points"]
     iterations = [p["iteration"] for p in points]
     alpha = data["inner_lr"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = new_figure(figsize=(11, 4))
+    left, right = fig.subplots(1, 2)
     for name in ("smoothness", "hessian_lipschitz"):
         values = [p["constants"][name]["value"] for p in points]
         errors = [p["constants"][name]["error"] for p in points]
@@ -95,7 +95,8 @@ def _moment_panel(ax, data: dict, axis: str, key: str, bound_key: str, xlabel: s
 
 def plot_bias_variance(data: dict, path: Path) -> Path:
     """Bias against ``D_in`` with the fitted slopes; moments against ``D_in``, ``D_o``, ``D_h``, ``B`` with bounds."""
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    fig = new_figure(figsize=(15, 8.5))
+    axes = fig.subplots(2, 3)
     ax = axes[0, 0]
     for name, rows in data["bias"].items():
         sizes = [r["support_size"] for r in rows]
@@ -144,7 +145,8 @@ def plot_bias_variance(data: dict, path: Path) -> Path:
 
 def plot_complexity(data: dict, path: Path) -> Path:
     """``||grad F(w_k)||`` along the runs, and iterations to ``epsilon`` against ``1/epsilon^2`` with the bound."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = new_figure(figsize=(12, 4.5))
+    left, right = fig.subplots(1, 2)
     floor = data.get("first_order_floor")
     for name, result in data["estimators"].items():
         for seed, trace in enumerate(result["traces"]):

@@ -7,6 +7,8 @@ disagreement is decided from them (``_verdict_*``), so a regenerated page stays 
 from __future__ import annotations
 
 import math
+import os
+import platform
 import time
 from pathlib import Path
 
@@ -20,6 +22,13 @@ CONSTANT_SYMBOLS = {
     "sample_gradient_variance": "σ̃²",
     "sample_hessian_variance": "σ_H²",
 }
+
+
+def _machine() -> str:
+    """The machine the page is generated on, as the platform reports it (system, architecture, CPU count)."""
+    machine = " ".join(["a", *(part for part in (platform.system(), platform.machine()) if part), "machine"])
+    cpus = os.cpu_count()
+    return f"{machine} with {cpus} logical CPU{'s' if cpus > 1 else ''}" if cpus else machine
 
 
 def _g(value: float | None, digits: int = 3) -> str:
@@ -351,7 +360,7 @@ def write_docs(path: Path, results: dict, command: str, seconds: float) -> Path:
         command,
         "```",
         "",
-        f"which took {seconds / 60:.1f} minutes on a 2-core CPU shared with other jobs ({time.strftime('%Y-%m-%d')},",
+        f"which took {seconds / 60:.1f} minutes on {_machine()} ({time.strftime('%Y-%m-%d')},",
         f"torch {torch.__version__}, one thread). `make theory` runs the same. The numbers behind each figure are in",
         "the JSON file next to it in `docs/theory/`.",
         "",
@@ -391,8 +400,8 @@ def write_docs(path: Path, results: dict, command: str, seconds: float) -> Path:
         "At w_0, for MAML (`unrolled`: Hessian on D_in), MAML with an independent Hessian batch (`three_batch`),",
         "HF-MAML and FO-MAML. The bias ‖E[G_i] − ∇F(w)‖ is the mean of G_i − c_i − ∇F_i(w) over many tasks:",
         "∇F_i is the task's exact meta-gradient (population data) and c_i a zero-mean first-order control variate",
-        "(`theory.lab.control_variate`); the query set is the population set (the estimators are linear in the",
-        "query gradient, so this leaves E[G_i] unchanged). Both only remove noise, which makes a bias of order",
+        "(`experiments.theory_lab.control_variate`); the query set is the population set (the estimators are linear",
+        "in the query gradient, so this leaves E[G_i] unchanged). Both only remove noise, which makes a bias of order",
         "1/D_in measurable with a fixed number of draws. A bias below twice its noise floor is reported as not",
         "resolved. The moments use sampled query sets; one of D_in, D_o, D_h varies while the others stay at",
         "the base size.",
@@ -463,9 +472,11 @@ def write_docs(path: Path, results: dict, command: str, seconds: float) -> Path:
         "",
         "Bias, moments and complexity need a high-accuracy ∇F: implement the `ReferenceFamily` protocol",
         "(`theory.families`: population data sets and a quadrature over tasks) for your task family, as",
-        "`LinearRegressionTasks` and `SinusoidFamily` do, and call `theory.lab.bias_variance.bias_variance` or",
-        "`theory.lab.complexity.iteration_complexity`. From the shell: `torchmaml theory constants|bias|complexity",
-        "--family linear|sinusoid --out DIR`.",
+        "`LinearRegressionTasks` and `SinusoidFamily` do, and call the lab's",
+        "`experiments.theory_lab.bias_variance.bias_variance` or",
+        "`experiments.theory_lab.complexity.iteration_complexity` (in the repository, not in the package). From the",
+        "repository root: `python -m experiments.theory_lab constants|bias|complexity --family linear|sinusoid",
+        "--out DIR`.",
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)

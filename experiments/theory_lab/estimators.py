@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from experiments.theory_lab.control_variate import HessianBatch
 from torchmaml.estimators import TaskGradient, get_estimator
-from torchmaml.theory.lab.control_variate import HessianBatch
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,14 @@ from dataclasses import dataclass
 
 import torch
 
+from experiments.theory_lab.control_variate import control_variates
+from experiments.theory_lab.estimators import LabEstimator
 from torchmaml.learner import MetaLearner
 from torchmaml.tasks import TaskBatch
 from torchmaml.theory.assumptions import TheoryConstants
 from torchmaml.theory.bounds import batch_second_moment_bound, first_moment_bound, second_moment_bound
 from torchmaml.theory.families import ReferenceFamily
 from torchmaml.theory.gradients import task_meta_gradients
-from torchmaml.theory.lab.control_variate import control_variates
-from torchmaml.theory.lab.estimators import LabEstimator
 from torchmaml.theory.reference import reference_meta_gradient, reference_task_gradients
 from torchmaml.theory.statistics import power_law_fit
 

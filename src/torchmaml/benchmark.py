@@ -1,0 +1,302 @@
+"""The supervised benchmarks: one class per task family, registered by name (``config.benchmark``).
+
+A ``Benchmark`` answers everything that differs between task families, so the runtime, ``evaluate`` and
+``adapt`` never branch on a benchmark's name:
+
+- the training, validation and test task sources (``tasks``) and the held-out evaluation batches;
+- the network (``model``), its loss and the metric adapted models are scored by;
+- how a report describes the held-out tasks (``held_out``) and which figures it draws (``figures``);
+- for classifiers, how a user's images are read (``image_mode``, ``image_tensor``).
+
+``BENCHMARKS`` maps names to instances: ``sinusoid`` (regression, MSE), ``omniglot`` and ``folder`` (N-way
+K-shot classification with conv4, accuracy). A new benchmark is one subclass, one line in ``BENCHMARKS``, and
+its tests.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchmaml.data.fewshot import FewShotTasks
+from torchmaml.data.folder import load_image_folder, split_classes
+from torchmaml.data.omniglot import load_omniglot
+from torchmaml.data.sinusoid import SinusoidTasks
+from torchmaml.errors import ConfigError
+from torchmaml.models.conv4 import conv4
+from torchmaml.models.mlp import mlp
+from torchmaml.run import seeds
+from torchmaml.run.seeds import evaluation_stream
+from torchmaml.tasks import TaskBatch, TaskSource
+
+if TYPE_CHECKING:
+    from torchmaml.config import TrainConfig
+    from torchmaml.learner import MetaLearner
+    from torchmaml.rundir import RunDir
+
+EVAL_CHUNK = 50  # tasks per evaluation batch: bounds the memory of 600 many-way tasks
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How adapted models are scored: ``fn(prediction, target) -> scalar`` per task; ``scale`` and ``label``
+    are how a results table shows it (accuracy in percent)."""
+
+    name: str
+    fn: LossFn
+    higher_is_better: bool
+    scale: float = 1.0
+    label: str = ""
+
+
+def accuracy(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The fraction of examples whose arg-max logit is the target class."""
+    return (prediction.argmax(-1) == target).to(prediction.dtype).mean()
+
+
+def dtype_of(config: TrainConfig) -> torch.dtype:
+    return getattr(torch, config.dtype)
+
+
+class Benchmark:
+    """A task family. Subclasses set the class attributes and implement ``tasks``, ``model`` and
+    ``evaluation_batches``; the rest has defaults that fit most families."""
+
+    name: ClassVar[str]
+    metric: ClassVar[Metric]
+    loss: ClassVar[LossFn]
+    classification: ClassVar[bool] = False
+    supports_pretrained_baseline: ClassVar[bool] = False  # the joint-training baseline (``baseline = true``)
+
+    def check(self, config: TrainConfig) -> None:
+        """Refuse a configuration this family cannot run (a ``ValueError`` naming the key)."""
+        if config.baseline and not self.supports_pretrained_baseline:
+            raise ValueError(
+                f"baseline: the joint-training baseline is defined for {_one_of(_with('supports_pretrained_baseline'))}"
+                " only; set baseline = false"
+            )
+
+    def tasks(self, config: TrainConfig, part: str = "train") -> TaskSource:
+        """The task source of a split part: ``train``, ``val`` or ``test``."""
+        raise NotImplementedError
+
+    def model(self, config: TrainConfig) -> nn.Module:
+        """The family's network, freshly initialised from the global generator."""
+        raise NotImplementedError
+
+    def evaluation_batches(self, config: TrainConfig, split: str, tasks: int | None) -> dict[int, list[TaskBatch]]:
+        """Held-out tasks by support size, in chunks of at most ``EVAL_CHUNK`` tasks."""
+        raise NotImplementedError
+
+    def query_size(self, config: TrainConfig) -> int:
+        """Query examples per held-out task."""
+        raise NotImplementedError
+
+    def held_out(self, config: TrainConfig) -> dict:
+        """What a report says about the held-out tasks beyond their number (classification: the split)."""
+        return {}
+
+    def figures(
+        self, learners: dict[str, tuple[MetaLearner, float | None]], run: RunDir, config: TrainConfig
+    ) -> list[Path]:
+        """The figures ``evaluate`` draws into the run folder; the paths written."""
+        return []
+
+
+class Sinusoid(Benchmark):
+    """Sinusoid regression (Finn et al. 2017): ``y = A sin(x - b)``, an MLP, the MSE."""
+
+    name = "sinusoid"
+    metric = Metric("mse", F.mse_loss, higher_is_better=False, label="MSE")
+    loss = staticmethod(F.mse_loss)
+    supports_pretrained_baseline = True
+
+    def tasks(self, config: TrainConfig, part: str = "train") -> TaskSource:
+        return SinusoidTasks(config.support_size, config.query_size, dtype=dtype_of(config))
+
+    def model(self, config: TrainConfig) -> nn.Module:
+        return mlp(1, config.hidden, 1)
+
+    def evaluation_batches(self, config: TrainConfig, split: str, tasks: int | None) -> dict[int, list[TaskBatch]]:
+        """The same ``eval_tasks`` functions for every size in ``eval_support_sizes``; ``split =
+        "validation"`` draws a different, equally sized set."""
+        generator = seeds.generator(evaluation_stream(config.eval_seed, split))
+        source = SinusoidTasks(dtype=dtype_of(config))
+        amplitude, phase = source.sample_functions(tasks or config.eval_tasks, generator)
+        return {
+            k: list(_chunks(source.batch_for(amplitude, phase, k, config.eval_query_size, generator), config))
+            for k in config.eval_support_sizes
+        }
+
+    def query_size(self, config: TrainConfig) -> int:
+        return config.eval_query_size
+
+    def figures(
+        self, learners: dict[str, tuple[MetaLearner, float | None]], run: RunDir, config: TrainConfig
+    ) -> list[Path]:
+        """The paper's Figure 2: fits before and after adaptation on two held-out functions."""
+        from torchmaml.plots import plot_sinusoid_fits
+
+        figure = plot_sinusoid_fits(learners, run.fits, support_size=min(config.eval_support_sizes))
+        return [figure] if figure is not None else []
+
+
+class FewShotImages(Benchmark):
+    """N-way K-shot image classification with conv4 and the cross-entropy; accuracy in percent."""
+
+    metric = Metric("accuracy", accuracy, higher_is_better=True, scale=100.0, label="accuracy %")
+    loss = staticmethod(F.cross_entropy)
+    classification = True
+
+    def image_mode(self, config: TrainConfig) -> str:
+        """``L`` (grayscale) or ``RGB``: how images are decoded."""
+        return config.color
+
+    def image_tensor(self, images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+        """Decoded ``uint8`` images as the network's input: ``[0, 1]`` floats of the run's dtype and device."""
+        return (images.to(dtype_of(config)) / 255).to(config.device)
+
+    def classes(self, config: TrainConfig, part: str) -> tuple[list[torch.Tensor], list[str]]:
+        """The images and class names of a split part."""
+        raise NotImplementedError
+
+    def tasks(self, config: TrainConfig, part: str = "train") -> TaskSource:
+        images, names = self.classes(config, part)
+        return FewShotTasks(
+            images, config.ways, config.shots, config.queries, class_names=names, dtype=dtype_of(config)
+        )
+
+    def model(self, config: TrainConfig) -> nn.Module:
+        channels = 1 if self.image_mode(config) == "L" else 3
+        bn_steps = config.inner_steps if config.batch_norm == "per_step" else None
+        return conv4(config.ways, channels, config.filters, config.image_size, config.strided, bn_steps)
+
+    def evaluation_batches(self, config: TrainConfig, split: str, tasks: int | None) -> dict[int, list[TaskBatch]]:
+        """``eval_tasks`` tasks of the part ``test`` (``"validation"``: part ``val``, ``val_tasks`` tasks) with
+        the run's ways and shots."""
+        generator = seeds.generator(evaluation_stream(config.eval_seed, split))
+        count = tasks or (config.val_tasks if split == "validation" else config.eval_tasks)
+        source = self.tasks(config, "val" if split == "validation" else "test")
+        sizes = [min(EVAL_CHUNK, count - start) for start in range(0, count, EVAL_CHUNK)]
+        return {config.shots: [source.sample(size, generator).to(device=config.device) for size in sizes]}
+
+    def query_size(self, config: TrainConfig) -> int:
+        return config.queries * config.ways
+
+    def held_out(self, config: TrainConfig) -> dict:
+        split = self.split_summary(config)
+        counts = split["classes"]
+        sentence = (
+            f"{config.eval_tasks} tasks drawn from the {counts['test']} test classes of split {split['split']!r} "
+            f"(train {counts['train']}, validation {counts['val']}, test {counts['test']} classes, disjoint)"
+        )
+        return {"ways": config.ways, "shots": config.shots, **split, "held_out": sentence}
+
+    def split_summary(self, config: TrainConfig) -> dict:
+        """The split's name and its class counts per part."""
+        raise NotImplementedError
+
+
+class Omniglot(FewShotImages):
+    """Omniglot (Lake et al.): 1,623 handwritten characters, the MAML or Vinyals class split; inputs are
+    inverted (strokes bright on dark) as in the MAML code."""
+
+    name = "omniglot"
+
+    def image_mode(self, config: TrainConfig) -> str:
+        return "L"
+
+    def image_tensor(self, images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+        return super().image_tensor(255 - images, config)
+
+    def classes(self, config: TrainConfig, part: str) -> tuple[list[torch.Tensor], list[str]]:
+        data = _omniglot(config.data_dir, config.download, config.image_size, config.cache_dir)
+        return data.split_images(config.split, part), data.split_classes(config.split, part)
+
+    def split_summary(self, config: TrainConfig) -> dict:
+        data = _omniglot(config.data_dir, config.download, config.image_size, config.cache_dir)
+        counts = {part: len(data.split_classes(config.split, part)) for part in ("train", "val", "test")}
+        return {"split": config.split, "classes": counts}
+
+
+class Folder(FewShotImages):
+    """A user's images, ``data_dir/<class>/<image>``: classes shuffled with ``split_seed`` and split into
+    disjoint train / validation / test parts by ``class_fractions``."""
+
+    name = "folder"
+
+    def classes(self, config: TrainConfig, part: str) -> tuple[list[torch.Tensor], list[str]]:
+        data = _folder(config.data_dir, config.color, config.image_size, config.cache_dir)
+        # the whole folder is checked first (ways, images per class), then split by class
+        FewShotTasks(list(data.images), config.ways, config.shots, config.queries, class_names=data.class_names)
+        chosen = self.split(config, list(data.class_names))[part]
+        return [data.images[c] for c in chosen], [data.class_names[c] for c in chosen]
+
+    def split(self, config: TrainConfig, class_names: list[str]) -> dict[str, list[int]]:
+        """The disjoint train/val/test classes (``class_fractions``, ``split_seed``)."""
+        return split_classes(
+            class_names, config.class_fractions, config.split_seed, config.ways, validate=config.validate_every > 0
+        )
+
+    def split_summary(self, config: TrainConfig) -> dict:
+        data = _folder(config.data_dir, config.color, config.image_size, config.cache_dir)
+        parts = self.split(config, list(data.class_names))
+        return {
+            "split": "classes",
+            "class_fractions": config.class_fractions,
+            "split_seed": config.split_seed,
+            "classes": {part: len(indices) for part, indices in parts.items()},
+            "test_classes": [data.class_names[c] for c in parts["test"]],
+        }
+
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (Sinusoid(), Omniglot(), Folder())}
+
+
+def benchmark_named(name: str) -> Benchmark:
+    """The benchmark registered as ``name``; a one-line ``ConfigError`` otherwise."""
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise ConfigError(f"benchmark: unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}") from None
+
+
+def benchmark_of(config: TrainConfig) -> Benchmark:
+    """The benchmark of a configuration."""
+    return benchmark_named(config.benchmark)
+
+
+def _with(capability: str) -> list[str]:
+    return [name for name, benchmark in BENCHMARKS.items() if getattr(benchmark, capability)]
+
+
+def _one_of(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+@functools.lru_cache(maxsize=2)
+def _omniglot(data_dir: str, download: bool, image_size: int, cache_dir: str | None):
+    """The decoded Omniglot images (kept: every split part and the evaluation read them)."""
+    return load_omniglot(data_dir, download=download, image_size=image_size, cache_dir=cache_dir)
+
+
+@functools.lru_cache(maxsize=2)
+def _folder(data_dir: str, color: str, image_size: int, cache_dir: str | None):
+    """The decoded images of a folder benchmark."""
+    return load_image_folder(data_dir, mode=color, image_size=image_size, cache_dir=cache_dir)
+
+
+def _chunks(batch: TaskBatch, config: TrainConfig) -> Iterator[TaskBatch]:
+    for chunk in batch.chunks(EVAL_CHUNK):
+        yield chunk.to(device=config.device)
+
+
+__all__ = ["BENCHMARKS", "Benchmark", "FewShotImages", "Folder", "Metric", "Omniglot", "Sinusoid", "benchmark_named"]
