@@ -68,7 +68,7 @@ class Hook:
         return None
 
     def close(self) -> None:
-        """The loop is over (also after an error); called again after a first call raised an ``OSError``."""
+        """The loop is over (also after an error); may be called twice, so it must be idempotent."""
 
 
 class DivergenceGuard(Hook):
