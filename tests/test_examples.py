@@ -33,8 +33,18 @@ def test_data_parallel_over_two_processes_equals_one_process(tmp_path):
     results = {}
     for processes in (1, 2):
         out = tmp_path / f"{processes}.pt"
-        command = [sys.executable, str(EXAMPLES / "data_parallel.py"), "--iterations", "3",
-                   "--processes", str(processes), "--port", _free_port(), "--out", str(out)]
+        command = [
+            sys.executable,
+            str(EXAMPLES / "data_parallel.py"),
+            "--iterations",
+            "3",
+            "--processes",
+            str(processes),
+            "--port",
+            _free_port(),
+            "--out",
+            str(out),
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
         assert done.returncode == 0, done.stderr[-2000:]

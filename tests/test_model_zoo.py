@@ -431,8 +431,10 @@ def test_backward_accumulates_like_loss_backward_and_meta_step_is_sugar_over_it(
     model = ZOO["mlp"].build().double()
     learner = MetaLearner(model, F.mse_loss, 0.3, 1, compile=False)
     first, second = make_batch("regression", torch.float64), make_batch("regression", torch.float64)
-    expected = {n: (learner.meta_gradient(first)[0]["params"][n] + learner.meta_gradient(second)[0]["params"][n])
-                for n, _ in model.named_parameters()}
+    expected = {
+        n: (learner.meta_gradient(first)[0]["params"][n] + learner.meta_gradient(second)[0]["params"][n])
+        for n, _ in model.named_parameters()
+    }
     metrics = learner.backward(first)
     learner.backward(second)
     assert metrics["finite"] == 1.0 and metrics["loss_after"] > 0

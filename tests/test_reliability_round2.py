@@ -517,9 +517,9 @@ def test_a_finished_rl_run_can_be_extended_and_other_keys_are_refused(capsys, tm
     rl_tiny.append("pretrained_iterations=0")
     tiny = [x for item in rl_tiny for x in ("--set", item)]
     assert torchmaml(capsys, "train", "--config", "navigation2d", *tiny, "--no-progress", "--out", run)[0] == 0
-    code, _, err = torchmaml(capsys, "train", "--resume", run, "--set", "iterations=3", "--no-progress")
+    code, out, err = torchmaml(capsys, "train", "--resume", run, "--set", "iterations=3", "--no-progress")
     assert code == 0, err
-    assert "resumed maml at iteration 2 from" in err and load_checkpoint(run / "checkpoint-maml.pt")["iteration"] == 3
+    assert "resumed maml at iteration 2 from" in out and load_checkpoint(run / "checkpoint-maml.pt")["iteration"] == 3
     assert extended_config(run, []).iterations == 3
     assert_one_line_error(torchmaml(capsys, "train", "--resume", run, "--set", "inner_lr=0.5"), "can raise iterations")
 

@@ -65,9 +65,9 @@ def test_rl_sigterm_writes_a_stop_checkpoint_and_resumes_past_a_torn_metrics_lin
 
     with open(metrics, "a") as log:  # what a kill in the middle of a write leaves
         log.write(f'{{"iteration": {stopped_at + 1}, "return_bef')
-    code, _, err = finish(cli("train", "--resume", run, "--no-progress"))
+    code, out, err = finish(cli("train", "--resume", run, "--no-progress"))
     assert code == 0, err
-    assert f"resumed maml at iteration {stopped_at}" in err
+    assert f"resumed maml at iteration {stopped_at}" in out
     assert [json.loads(line)["iteration"] for line in lines(metrics)] == list(range(1, 6))
 
 

@@ -1,6 +1,8 @@
 """The ``torchmaml`` command line: ``train``, ``evaluate``, ``adapt``, ``export`` and ``presets``.
 
-Every user error (bad config, missing run folder, corrupt checkpoint) is one line on stderr and exit code 2.
+``train`` and ``evaluate`` dispatch to the species of the config or run folder (``torchmaml.species``: the
+registry knows which module implements each). Every user error (bad config, missing run folder, corrupt
+checkpoint) is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -10,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from torchmaml import __version__
-from torchmaml.config import load_config
+from torchmaml import __version__, species
 from torchmaml.errors import TorchMAMLError
-from torchmaml.presets import all_names, preset_path, read_preset, rl_presets
+from torchmaml.presets import all_names
 from torchmaml.run.signals import Interrupted
 
 EXIT_USAGE = 2
@@ -86,42 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-def _is_rl(config: str | None = None, run_dir: Path | None = None) -> bool:
-    """Whether a preset/TOML (or a run folder's saved config) is a meta-RL one: RL configs name an ``env``."""
-    from torchmaml.config import read_toml
-
-    if run_dir is not None:
-        path = Path(run_dir) / "config.toml"
-        return path.exists() and "env" in read_toml(path)
-    if config in rl_presets():
-        return True
-    path = preset_path(config) or Path(config)
-    if path.suffix != ".toml" and not path.exists():
-        raise TorchMAMLError(f"--config {config!r} is neither a file nor a preset; presets: {all_names()}")
-    return path.exists() and "env" in read_preset(path)
-
-
-def _train_rl(args: argparse.Namespace) -> int:
-    from torchmaml import rl
-
-    if args.resume is not None:
-        if args.out or args.overwrite:
-            raise TorchMAMLError("--resume continues a run in its own folder: drop --out and --overwrite")
-        from torchmaml.rl.train import extended_config
-
-        out, config, resume = args.resume, extended_config(args.resume, args.overrides), True
-    else:
-        config = rl.load_config(args.config, args.overrides)
-        out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        resume = False
-    try:
-        run = rl.train(config, out, progress=not args.no_progress, resume=resume, overwrite=args.overwrite)
-    except Interrupted as stop:
-        return _interrupted(stop, out)
-    print(f"run folder: {run}")
-    return 0
-
-
 def _interrupted(stop: Interrupted, out: Path) -> int:
     """One line for a run stopped by a signal; the exit code a signal gives (128 + its number)."""
     wrote = f"wrote {stop.checkpoint}" if stop.checkpoint else "stopped at once by a second signal"
@@ -133,23 +98,25 @@ def _interrupted(stop: Interrupted, out: Path) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from torchmaml.rundir import resume_config
-    from torchmaml.train import train_run
+    from torchmaml.allocator import keep_freed_memory
+    from torchmaml.rundir import RunDir
 
-    if _is_rl(run_dir=args.resume) if args.resume is not None else _is_rl(config=args.config):
-        return _train_rl(args)
     if args.resume is not None:
         if args.out or args.overwrite:
             raise TorchMAMLError("--resume continues a run in its own folder: drop --out and --overwrite")
-        out, config, resume = args.resume, resume_config(args.resume, args.overrides), True
+        kind = species.module(species.of_run(args.resume))
+        out, config, resume = args.resume, kind.resume_config(args.resume, args.overrides), True
     else:
-        config = load_config(args.config, args.overrides)
+        kind = species.module(species.of_config(args.config))
+        config = kind.load_config(args.config, args.overrides)
         out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         resume = False
+    keep_freed_memory()  # the command owns its process: glibc keeps activation buffers (torchmaml.allocator)
     try:
-        run = train_run(config, out, progress=not args.no_progress, resume=resume, overwrite=args.overwrite)
+        root = kind.train(config, out, progress=not args.no_progress, resume=resume, overwrite=args.overwrite)
     except Interrupted as stop:
         return _interrupted(stop, out)
+    run = RunDir(Path(root))
     print(f"run folder: {run.root}")
     print(f"  checkpoints: {', '.join(str(p.name) for p in sorted(run.root.glob('checkpoint-*.pt')))}")
     if run.learning_curve.exists():
@@ -160,29 +127,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from torchmaml.report import evaluate_run
-
     if args.tasks is not None and args.tasks < 2:
         raise TorchMAMLError(f"--tasks: needs at least 2 tasks for a confidence interval, got {args.tasks}")
-    if _is_rl(run_dir=args.run_dir):
-        from torchmaml import rl
-
-        report = rl.evaluate(args.run_dir)
-        print(report["table"])
-        if "not_written" in report:
-            raise TorchMAMLError(f"{report['not_written']}; the results above were not saved")
-        print(f"wrote {Path(args.run_dir) / 'evaluation.json'}")
-        return 0
-    report = evaluate_run(args.run_dir, eval_tasks=args.tasks)
-    print(
-        f"Meta-test on {report['eval_tasks']} held-out tasks, mean ± 95% CI (fine-tuning rates: {report['inner_lr']}):"
-    )
-    if "held_out" in report:
-        print(f"held out: {report['held_out']}")
-    print(report["table"])
-    if "not_written" in report:
-        raise TorchMAMLError(f"{report['not_written']}; the results above were not saved")
-    print(f"wrote {' and '.join(report['written'])}")
+    evaluation = species.module(species.of_run(args.run_dir)).evaluate(args.run_dir, tasks=args.tasks)
+    print("\n".join(evaluation.lines))
+    if evaluation.not_written is not None:
+        raise TorchMAMLError(f"{evaluation.not_written}; the results above were not saved")
+    print(f"wrote {' and '.join(evaluation.written)}")
     return 0
 
 

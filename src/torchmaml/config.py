@@ -1,35 +1,33 @@
-"""Run configuration: TOML presets plus ``--set key=value`` overrides, validated by pydantic.
+"""Supervised run configuration: TOML presets plus ``--set key=value`` overrides, validated by pydantic.
 
 Every problem with a configuration (unknown key, wrong type, value out of range) becomes one
-``ConfigError`` whose message names the key and what is allowed.
+``ConfigError`` whose message names the key and what is allowed. Reading files, presets and overrides is
+``torchmaml.run.config_io``, shared with meta-RL.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
-import sys
-import unicodedata
-from pathlib import Path
 from typing import Any, Literal
 
-import tomli_w
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from torchmaml.errors import ConfigError
 from torchmaml.estimators import DEFAULT_ESTIMATOR, estimator_class, estimators_with, get_estimator
 from torchmaml.execution import STRATEGIES
-from torchmaml.run.files import UnsafePathError, read_regular
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
-
-PRESET_DIR = Path(__file__).parent / "configs"
-
+from torchmaml.presets import supervised_presets as preset_names
+from torchmaml.run.config_io import (
+    build,
+    check_values,
+    describe_validation_error,
+    load_values,
+    parse_override,
+    read_toml,
+    tomllib,
+)
+from torchmaml.run.config_io import to_toml as config_toml
 
 SECTIONS: dict[str, tuple[str, ...]] = {
     "data": (
@@ -451,26 +449,6 @@ def _one_of(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
-MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB
-MAX_INTEGER = 2**63 - 1  # torch's seeds are 64-bit (a seed s is also used as 2s + 1 < 2**64)
-
-
-def check_values(values: dict[str, Any], prefix: str = "") -> None:
-    """Refuse values that cannot work: a string with control characters (a newline in ``data_dir``), a
-    number that is not finite (``outer_lr = inf``), an integer beyond 64 bits (``seed = 2**70``)."""
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-        for index, item in items:
-            check_values({index: item}, f"{name}.")
-        if isinstance(value, str) and any(unicodedata.category(c) == "Cc" for c in value):
-            raise ValueError(f"{name}: control characters (newline, tab, ...) are not allowed, got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{name}: must be a finite number, got {value!r}")
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
-            raise ValueError(f"{name}: must be below 2**63, got {value}")
-
-
 def check_machine(device: str, threads: int | None) -> None:
     """Refuse a device this machine lacks (``cuda`` without CUDA, ``cuda:abc``) and more threads than CPUs
     (``ConfigError``). Checked where a run computes (a new run, a resumed one), not where a saved run is read."""
@@ -495,65 +473,14 @@ def _check_machine(device: str, threads: int | None) -> None:
         raise ValueError(f"threads: this machine has {cpus} CPUs, got {threads}; leave it unset or lower it")
 
 
-def preset_names() -> list[str]:
-    """Names of the presets shipped with torchmaml (``--config NAME``)."""
-    return sorted(path.stem for path in PRESET_DIR.glob("*.toml"))
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file, with a one-line error naming the file on failure."""
-    try:
-        return tomllib.loads(read_regular(path, MAX_CONFIG_BYTES, follow=True).decode())
-    except UnsafePathError as error:  # a folder, a FIFO, /dev/zero
-        raise ConfigError(str(error)) from None
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-
-
-def resolve_preset(name_or_path: str) -> Path:
-    """A preset name (``sinusoid``) or a path to a TOML file."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
-        return path
-    preset = PRESET_DIR / f"{name_or_path}.toml"
-    if not preset.exists():
-        raise ConfigError(
-            f"--config {name_or_path!r} is neither a file nor a preset; presets: {', '.join(preset_names())}"
-        )
-    return preset
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``key=value`` with the value read as TOML (``3``, ``0.1``, ``true``, ``[1, 5]``) or else as a string."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set inner_lr=0.01")
-    try:
-        value = tomllib.loads(f"value = {raw.strip()}")["value"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return key, value
-
-
 def build_config(values: dict[str, Any]) -> TrainConfig:
     """Validate ``values``; the first problem becomes a one-line ``ConfigError``."""
-    try:
-        return TrainConfig(**values)
-    except ValidationError as error:
-        raise ConfigError(describe_validation_error(error, TrainConfig)) from None
+    return build(TrainConfig, values)
 
 
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """A preset or TOML file (its ``base`` chain resolved) with ``key=value`` overrides applied, validated."""
-    from torchmaml.presets import read_preset
-
-    values = read_preset(resolve_preset(name_or_path))
-    for text in overrides:
-        key, value = parse_override(text)
-        values[key] = value
+    _, values = load_values(name_or_path, overrides, presets=preset_names())
     config = build_config(values)
     check_machine(config.device, config.threads)
     return config
@@ -562,21 +489,22 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
 def to_toml(config: BaseModel) -> str:
     """The resolved configuration as TOML text, a ``TrainConfig`` in its sections (``None`` values are left
     out, as TOML has no null)."""
-    values = config.model_dump()
-    if isinstance(config, TrainConfig):
-        return tomli_w.dumps(sectioned_values(values))
-    return tomli_w.dumps({key: value for key, value in values.items() if value is not None})
+    return config_toml(config, sectioned_values if isinstance(config, TrainConfig) else None)
 
 
-def describe_validation_error(error: ValidationError, schema: type[BaseModel]) -> str:
-    """The first problem of ``error`` as one line naming the key (and, for an unknown key, the known ones)."""
-    problem = error.errors()[0]
-    key = ".".join(str(part) for part in problem["loc"])
-    if problem["type"] == "extra_forbidden":
-        known = ", ".join(schema.model_fields)
-        return f"{key}: unknown key; known keys: {known}"
-    message = problem["msg"].removeprefix("Value error, ")
-    given = problem.get("input")
-    if problem["type"] != "missing" and not isinstance(given, dict):
-        message += f" (got {given!r})"
-    return f"{key}: {message}" if key else message
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "build_config",
+    "check_machine",
+    "check_values",
+    "describe_validation_error",
+    "flat_values",
+    "load_config",
+    "parse_override",
+    "preset_names",
+    "read_toml",
+    "sectioned_values",
+    "to_toml",
+    "tomllib",
+]

@@ -30,13 +30,12 @@ def load_run(run_dir: str | Path, kind: str = "maml") -> tuple[MetaLearner, Trai
     """
     from torchmaml.report import load_learner
     from torchmaml.rundir import RunDir
+    from torchmaml.species import of_run
 
     root = Path(run_dir)
     if not (root / "config.toml").exists():
         raise TorchMAMLError(f"{root} is not a run folder (no config.toml); train one with torchmaml train")
-    from torchmaml.config import read_toml
-
-    if "env" in read_toml(root / "config.toml"):
+    if of_run(root) != "supervised":
         raise TorchMAMLError(f"{root} is a meta-RL run; load its policy with torchmaml.rl (see docs/rl.md)")
     run = RunDir(root)
     config = run.config_for_this_machine()

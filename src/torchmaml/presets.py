@@ -2,7 +2,9 @@
 
 A preset (or any config file) may start from another one with ``base = "NAME"`` (a preset name or a path,
 relative to the file): the base's keys are read first, then the file's own keys replace them. ``description``
-is a one-line summary shown by ``torchmaml presets``. Neither key reaches the validated configuration.
+is a one-line summary shown by ``torchmaml presets``; ``species`` names what the file configures
+(``torchmaml.species``: a shipped preset's is its folder's, a file's is its own key, else its base's, else the
+registry's rule for files without one). None of these keys reaches the validated configuration.
 Reading a preset never imports the meta-RL code (nor gymnasium).
 """
 
@@ -15,7 +17,8 @@ from torchmaml.errors import ConfigError
 
 SUPERVISED_DIR = Path(__file__).parent / "configs"
 RL_DIR = Path(__file__).parent / "rl" / "configs"
-METADATA = ("base", "description")
+METADATA = ("base", "description", "species")
+FOLDERS = {"supervised": SUPERVISED_DIR, "rl": RL_DIR}
 
 
 def supervised_presets() -> list[str]:
@@ -47,28 +50,44 @@ def _locate(base: str, relative_to: Path) -> Path:
     return path
 
 
-def read_preset(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The keys of the config file ``path`` with its ``base`` chain resolved, metadata keys removed."""
-    from torchmaml.config import read_toml
+def read_preset(path: Path) -> tuple[str, dict[str, Any]]:
+    """The species and keys of the config file ``path``, its ``base`` chain resolved, metadata keys removed."""
+    from torchmaml.species import species_of_values
+
+    species, values = _read_chain(Path(path), ())
+    return species or species_of_values(values), values
+
+
+def _read_chain(path: Path, seen: tuple[Path, ...]) -> tuple[str | None, dict[str, Any]]:
+    from torchmaml.run.config_io import read_toml
+    from torchmaml.species import check_species
 
     path = Path(path)
-    if path.resolve() in _seen:
-        chain = " -> ".join(p.stem for p in (*_seen, path.resolve()))
+    if path.resolve() in seen:
+        chain = " -> ".join(p.stem for p in (*seen, path.resolve()))
         raise ConfigError(f"{path}: presets inherit in a circle ({chain}); remove one of the base keys")
     own = read_toml(path)
     base = own.get("base")
+    species = check_species(own["species"], path) if "species" in own else _folder_species(path)
     values: dict[str, Any] = {}
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f'{path}: base must be a preset name or a file, e.g. base = "omniglot-20w1s"')
-        values = read_preset(_locate(base, path), (*_seen, path.resolve()))
+        inherited, values = _read_chain(_locate(base, path), (*seen, path.resolve()))
+        species = species or inherited
     values.update({key: value for key, value in own.items() if key not in METADATA})
-    return values
+    return species, values
+
+
+def _folder_species(path: Path) -> str | None:
+    """The species of a shipped preset (its folder's); ``None`` for a user's file."""
+    folder = path.resolve().parent
+    return next((name for name, shipped in FOLDERS.items() if shipped.resolve() == folder), None)
 
 
 def description(path: Path) -> str:
     """The preset's one-line ``description`` (falls back to its first comment line)."""
-    from torchmaml.config import read_toml
+    from torchmaml.run.config_io import read_toml
 
     text = read_toml(path).get("description")
     if isinstance(text, str):

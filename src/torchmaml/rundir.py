@@ -1,4 +1,4 @@
-"""The layout of a run folder, in one place."""
+"""The layout of a run folder, in one place (both species: supervised and meta-RL)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchmaml.checkpoint import CheckpointStore
-from torchmaml.config import TrainConfig, build_config, check_machine, read_toml
+from torchmaml.config import TrainConfig, build_config, check_machine
 from torchmaml.errors import ConfigError
+from torchmaml.run.config_io import read_toml
+from torchmaml.species import RECORD_NAME
 
 EXTENSIBLE_KEYS = ("iterations", "baseline_iterations")
 
@@ -22,6 +24,11 @@ class RunDir:
     @property
     def config(self) -> Path:
         return self.root / "config.toml"
+
+    @property
+    def record(self) -> Path:
+        """``run.toml``: the run's species and the torchmaml version that created it (``torchmaml.species``)."""
+        return self.root / RECORD_NAME
 
     def metrics(self, kind: str) -> Path:
         return self.root / f"metrics-{kind}.jsonl"
@@ -53,8 +60,8 @@ class RunDir:
         return self.root / "adaptation.png"
 
     def load_config(self) -> TrainConfig:
-        """The resolved configuration saved by ``train``; a clear error if this is not a run folder. It is read
-        as saved, whatever machine it was trained on (see :meth:`config_for_this_machine`)."""
+        """The resolved supervised configuration saved by ``train``; a clear error if this is not a run folder.
+        It is read as saved, whatever machine it was trained on (see :meth:`config_for_this_machine`)."""
         if not self.config.exists():
             raise ConfigError(f"{self.root} is not a run folder (no config.toml); train one with `torchmaml train`")
         return build_config(read_toml(self.config))

@@ -10,13 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from torchmaml.config import check_values, describe_validation_error, parse_override
-from torchmaml.errors import ConfigError
-from torchmaml.presets import read_preset
-
-PRESET_DIR = Path(__file__).parent / "configs"
+from torchmaml.presets import rl_presets as preset_names
+from torchmaml.run.config_io import build, check_values, load_values
 
 
 class RLConfig(BaseModel):
@@ -130,30 +127,15 @@ class RLConfig(BaseModel):
         return [self.eval_lrs[min(k, len(self.eval_lrs) - 1)] for k in range(steps)]
 
 
-def preset_names() -> list[str]:
-    """The meta-RL presets shipped with torchmaml."""
-    return sorted(path.stem for path in PRESET_DIR.glob("*.toml"))
-
-
 def build_config(values: dict[str, Any]) -> RLConfig:
     """Validate ``values``; the first problem becomes a one-line ``ConfigError``."""
-    try:
-        return RLConfig(**values)
-    except ValidationError as error:
-        raise ConfigError(describe_validation_error(error, RLConfig)) from None
+    return build(RLConfig, values)
 
 
 def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RLConfig:
-    """A preset name (``navigation2d``) or a TOML file, with ``key=value`` overrides applied, validated."""
-    path = Path(name_or_path)
-    if path.suffix != ".toml" and not path.exists():
-        path = PRESET_DIR / f"{name_or_path}.toml"
-        if not path.exists():
-            raise ConfigError(
-                f"{name_or_path!r} is neither a file nor an RL preset; presets: {', '.join(preset_names())}"
-            )
-    values = read_preset(path)  # its ``base`` chain resolved
-    for text in overrides:
-        key, value = parse_override(text)
-        values[key] = value
-    return build_config(values)
+    """A preset name (``navigation2d``) or a TOML file (its ``base`` chain resolved), with ``key=value``
+    overrides applied, validated."""
+    return build_config(load_values(name_or_path, overrides, presets=preset_names())[1])
+
+
+__all__ = ["RLConfig", "build_config", "load_config", "preset_names"]

@@ -32,6 +32,7 @@ from torchmaml.run import seeds
 from torchmaml.run.files import WriteError
 from torchmaml.run.metrics_log import read_records
 from torchmaml.run.seeds import rl_evaluation_stream
+from torchmaml.rundir import RunDir
 from torchmaml.statistics import mean_estimate
 
 VALIDATION_TASKS = 20
@@ -42,17 +43,18 @@ def evaluate(out_dir: str | Path, policy: nn.Module | None = None) -> dict:
     for navigation, ``adaptation.png``. Returns the report written to ``evaluation.json``. ``policy``: the module
     given to ``train``, if any (its initial parameters are the "random" baseline)."""
     out = Path(out_dir)
+    run = RunDir(out)
     config = load_run_config(out)
     steps = config.eval_steps
     with make_sampler(config) as sampler:
         module = policy if policy is not None else build_policy(config, sampler.observation_dim, sampler.action_dim)
         model = FunctionalModel(module)
         models: dict[str, tuple[Params, list[float]]] = {
-            MAML: (load_checkpoint(out / f"checkpoint-{MAML}.pt")["policy"], config.eval_rates(steps))
+            MAML: (load_checkpoint(run.checkpoint(MAML))["policy"], config.eval_rates(steps))
         }
         candidates = {"random": model.parameters()}
-        if (out / f"checkpoint-{PRETRAINED}.pt").exists():
-            candidates = {PRETRAINED: load_checkpoint(out / f"checkpoint-{PRETRAINED}.pt")["policy"], **candidates}
+        if run.checkpoint(PRETRAINED).exists():
+            candidates = {PRETRAINED: load_checkpoint(run.checkpoint(PRETRAINED))["policy"], **candidates}
         for name, params in candidates.items():
             models[name] = (params, [_tune_step_size(sampler, model, params, config)] * steps)
         tasks = sampler.sample_tasks(
@@ -76,10 +78,10 @@ def evaluate(out_dir: str | Path, policy: nn.Module | None = None) -> dict:
         "table": format_table(results),
     }
     try:  # a read-only run folder: the table is still worth printing
-        atomic_write_bytes(out / "evaluation.json", (json.dumps(report, indent=2) + "\n").encode())
+        atomic_write_bytes(run.evaluation, (json.dumps(report, indent=2) + "\n").encode())
         plot_returns(results, out / "returns.png")
-        kinds = [MAML, PRETRAINED] if (out / f"metrics-{PRETRAINED}.jsonl").exists() else [MAML]
-        plot_learning_curve({kind: read_records(out / f"metrics-{kind}.jsonl") for kind in kinds}, out)
+        kinds = [MAML, PRETRAINED] if run.metrics(PRETRAINED).exists() else [MAML]
+        plot_learning_curve({kind: read_records(run.metrics(kind)) for kind in kinds}, out)
         if config.env == "navigation2d":
             episodes = [phase.episodes for phase in trajectories[MAML]]
             plot_navigation(episodes, tasks[:2].numpy(), out / "adaptation.png")

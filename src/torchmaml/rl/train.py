@@ -3,36 +3,40 @@
     config = torchmaml.rl.load_config("navigation2d", ["iterations=200"])
     torchmaml.rl.train(config, "runs/nav")      # then torchmaml.rl.evaluate("runs/nav")
 
-A run folder holds ``config.toml`` (the resolved configuration), one JSONL line of metrics per iteration
-(``metrics-maml.jsonl``: returns before/after adaptation, TRPO's KL and improvement, cumulative training
-wall-clock and CPU seconds, environment steps), periodic checkpoints ``checkpoints/<phase>-<iteration>.pt``
-and the final ``checkpoint-<phase>.pt`` (``torchmaml.checkpoint``: atomic, checksummed, plain tensors and
-numbers: the policy parameters, the task/noise generator's state and every global RNG state), and
-``learning_curve.png``.
+A run folder (``torchmaml.rundir.RunDir``) holds ``run.toml`` (the species, ``rl``), ``config.toml`` (the
+resolved configuration), one JSONL line of metrics per iteration (``metrics-maml.jsonl``: returns before/after
+adaptation, TRPO's KL and improvement, whether the step was skipped, cumulative training wall-clock and CPU
+seconds, environment steps), TensorBoard scalars (``tensorboard/<phase>``, with the extra), periodic
+checkpoints ``checkpoints/<phase>-<iteration>.pt`` and the final ``checkpoint-<phase>.pt``
+(``torchmaml.checkpoint``: atomic, checksummed, plain tensors and numbers: the policy parameters, the
+task/noise generator's state and every global RNG state), and ``learning_curve.png``.
 Phases: ``maml`` and, if ``pretrained_iterations > 0``, ``pretrained`` (TRPO without adaptation on random
 tasks: the paper's "pretrained" baseline). ``train(..., resume=True)`` continues every unfinished phase from
 its newest valid checkpoint with the folder's own configuration; everything a run draws comes from one
-``torch.Generator`` per phase, so a resumed run repeats the uninterrupted one. On an error or
-``KeyboardInterrupt`` the sampler's worker processes (if any) are shut down before the exception propagates;
-the last periodic checkpoint is kept. The run-folder runtime is the supervised trainer's (``torchmaml.run``):
-no symbolic link followed, a torn metrics line dropped on resume, SIGINT/SIGTERM finish the iteration and
-write a stop checkpoint (``Interrupted``), a checkpoint of another configuration refused, an existing run
-replaced only with ``overwrite``.
+``torch.Generator`` per phase, so a run killed at any instant (SIGKILL included) and resumed repeats the
+uninterrupted one bit for bit. On an error or ``KeyboardInterrupt`` the sampler's worker processes (if any)
+are shut down before the exception propagates; the last periodic checkpoint is kept.
+
+The runtime is the one of every species (``torchmaml.run.trainer.Trainer``): no symbolic link followed, a torn
+metrics line dropped on resume, SIGINT/SIGTERM finish the iteration and write a stop checkpoint
+(``Interrupted``), a checkpoint of another configuration refused, an existing run replaced only with
+``overwrite``, a time limit, and the divergence guard: a meta-step with a non-finite return, loss or
+gradient leaves the policy as it was (``skipped``); ``MAX_CONSECUTIVE_SKIPS`` of them in a row, or a step
+that leaves non-finite policy parameters, stop the run with a ``DivergenceError`` naming the last good
+checkpoint.
 """
 
 from __future__ import annotations
 
-import json
-import sys
+import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from torchmaml.checkpoint import CheckpointStore, check_config_digest, config_digest, save_checkpoint
-from torchmaml.config import read_toml, to_toml
+from torchmaml.checkpoint import CheckpointError
 from torchmaml.errors import ConfigError
 from torchmaml.functional import FunctionalModel, Params
 from torchmaml.rl.config import RLConfig, build_config
@@ -41,18 +45,19 @@ from torchmaml.rl.navigation import HORIZON as NAVIGATION_HORIZON
 from torchmaml.rl.plots import plot_learning_curve
 from torchmaml.rl.policy import GaussianMLPPolicy, check_policy
 from torchmaml.rl.sampler import BatchedNavigationSampler, Sampler, VectorEnvSampler
-from torchmaml.rng import capture_rng, restore_rng
 from torchmaml.run import seeds
-from torchmaml.run.files import write_atomic
-from torchmaml.run.folder import check_new_run_folder, replace_run
-from torchmaml.run.metrics_log import open_metrics, read_records, truncate_metrics
-from torchmaml.run.resume import extended, newest_state, phase_finished, remove_stale_temporaries
+from torchmaml.run.config_io import read_toml, to_toml
+from torchmaml.run.hooks import DivergenceGuard, Metrics, Progress, TensorBoard, TimeLimit
+from torchmaml.run.metrics_log import read_records
+from torchmaml.run.phases import train_phases
+from torchmaml.run.resume import extended
 from torchmaml.run.seeds import model_seed, task_stream
-from torchmaml.run.signals import Interrupted, StopFlag, stop_requests
-from torchmaml.runlock import exclusive_run
+from torchmaml.run.trainer import Trainer
+from torchmaml.rundir import RunDir
 
 MAML, PRETRAINED = "maml", "pretrained"
 EXTENSIBLE_KEYS = ("iterations", "pretrained_iterations")
+MAX_CONSECUTIVE_SKIPS = 20  # as the supervised default; not a config key, so saved runs keep their digest
 
 
 def make_sampler(config: RLConfig) -> Sampler:
@@ -83,10 +88,10 @@ def build_policy(config: RLConfig, observation_dim: int, action_dim: int) -> Gau
 
 def load_run_config(out_dir: str | Path) -> RLConfig:
     """The configuration saved in a run folder; a clear error if it is not one."""
-    path = Path(out_dir) / "config.toml"
-    if not path.exists():
+    run = RunDir(Path(out_dir))
+    if not run.config.exists():
         raise ConfigError(f"{out_dir} is not an RL run folder (no config.toml); train one first")
-    return build_config(read_toml(path))
+    return build_config(read_toml(run.config))
 
 
 def extended_config(out_dir: str | Path, overrides: list[str]) -> RLConfig:
@@ -110,127 +115,112 @@ def train(
     ``resume=True`` continues the run with its saved configuration, or with ``config`` if that raises its
     ``EXTENSIBLE_KEYS`` only (:func:`extended_config`).
     """
-    out = Path(out_dir)
-    if resume:
-        saved = load_run_config(out)
-        config = saved if config is None else config
-        if config_digest(config.model_dump()) != config_digest(saved.model_dump()):
-            raise ConfigError(
-                f"--resume continues {out} with its own config; only {' and '.join(EXTENSIBLE_KEYS)} can be raised"
-            )
+    run = RunDir(Path(out_dir))
+    if resume and config is None:
+        config = load_run_config(run.root)
+    phases = [(MAML, config.iterations)]
+    if config.pretrained_iterations:
+        phases.append((PRETRAINED, config.pretrained_iterations))
     with make_sampler(config) as sampler:  # the environment and a given policy are checked before any write
         if policy is not None:
             check_policy(policy, sampler.observation_dim, sampler.action_dim)
-        if not resume and check_new_run_folder(out, overwrite):
-            replace_run(out)
-        with exclusive_run(out), stop_requests() as stop:
-            if resume:
-                remove_stale_temporaries(out, report=_warn)
-                if config != saved:
-                    write_atomic(out / "config.toml", to_toml(config).encode())
-            else:
-                write_atomic(out / "config.toml", to_toml(config).encode())
-            _train_phases(config, sampler, out, progress, resume, policy, stop)
-    return out
+
+        def build(kind: str, iterations: int) -> Trainer:
+            module = policy if policy is not None else build_policy(config, sampler.observation_dim, sampler.action_dim)
+            check_policy(module, sampler.observation_dim, sampler.action_dim)
+            return PolicyPhase(config, sampler, FunctionalModel(module), kind).trainer(run, iterations, progress)
+
+        train_phases(
+            run,
+            config,
+            phases,
+            build,
+            species="rl",
+            resume=resume,
+            overwrite=overwrite,
+            saved=lambda: load_run_config(run.root),
+            to_toml=to_toml,
+            plot=lambda: plot_learning_curve({kind: read_records(run.metrics(kind)) for kind, _ in phases}, run.root),
+        )
+    return run.root
 
 
-def _train_phases(
-    config: RLConfig,
-    sampler: Sampler,
-    out: Path,
-    progress: bool,
-    resume: bool,
-    policy: nn.Module | None,
-    stop: StopFlag,
-) -> None:
-    digest = config_digest(config.model_dump())
-    phases = [(MAML, config.iterations, [config.inner_lr] * config.inner_steps)]
-    if config.pretrained_iterations:
-        phases.append((PRETRAINED, config.pretrained_iterations, []))
-    for kind, iterations, lrs in phases:
-        if resume and phase_finished(out / f"checkpoint-{kind}.pt", iterations, digest, warn=_warn):
-            continue
-        module = policy if policy is not None else build_policy(config, sampler.observation_dim, sampler.action_dim)
-        check_policy(module, sampler.observation_dim, sampler.action_dim)
-        phase = (kind, iterations, lrs)
-        _train_phase(config, sampler, FunctionalModel(module), phase, out, progress, resume, stop)
-    plot_learning_curve({kind: read_records(out / f"metrics-{kind}.jsonl") for kind, *_ in phases}, out)
+class PolicyPhase:
+    """The state of one phase (``maml`` or ``pretrained``): the policy parameters, the task/noise generator and
+    the counters of CPU time and environment steps; :meth:`step` is one MAML-TRPO iteration."""
 
+    def __init__(self, config: RLConfig, sampler: Sampler, policy: FunctionalModel, kind: str) -> None:
+        self.config, self.sampler, self.policy, self.kind = config, sampler, policy, kind
+        self.lrs = [config.inner_lr] * config.inner_steps if kind == MAML else []
+        self.params: Params = policy.parameters()
+        self.generator = seeds.generator(task_stream(config.seed, kind))
+        self.cpu_seconds = 0.0
+        self.env_steps = 0
 
-def _train_phase(
-    config: RLConfig,
-    sampler: Sampler,
-    policy: FunctionalModel,
-    phase: tuple[str, int, list[float]],
-    out: Path,
-    progress: bool,
-    resume: bool,
-    stop: StopFlag,
-) -> None:
-    kind, iterations, lrs = phase
-    digest = config_digest(config.model_dump())
-    params: Params = policy.parameters()
-    generator = seeds.generator(task_stream(config.seed, kind))
-    store = CheckpointStore(out / "checkpoints", kind, config.keep_checkpoints)
-    iteration, seconds, cpu_seconds, env_steps = 0, 0.0, 0.0, 0
-    if resume and (found := newest_state(store, out / f"checkpoint-{kind}.pt", warn=_warn)) is not None:
-        payload = found[1]
-        check_config_digest(payload, digest, found[0])
-        iteration, seconds, env_steps = payload["iteration"], payload["seconds"], payload["env_steps"]
-        cpu_seconds = payload["cpu_seconds"]
-        params = payload["policy"]
-        generator.set_state(payload["generator"])
-        restore_rng(payload["rng"])
-        print(f"resumed {kind} at iteration {iteration} from {found[0]}", file=sys.stderr)
+    def trainer(self, run: RunDir, iterations: int, progress: bool) -> Trainer:
+        """The runtime that steps this phase to ``iterations`` in ``run``."""
+        guard = DivergenceGuard(
+            MAX_CONSECUTIVE_SKIPS,
+            lambda: self.params.values(),
+            what="a non-finite return, loss or gradient",
+            advice="Lower max_kl or inner_lr",
+        )
+        hooks = [
+            guard,
+            TensorBoard(run.tensorboard(self.kind)),
+            Progress(progress, _postfix),
+            TimeLimit(self.config.time_limit_minutes),
+        ]
+        return Trainer(
+            self.step,
+            self,
+            hooks,
+            run=run,
+            kind=self.kind,
+            iterations=iterations,
+            config=self.config,
+            checkpoint_every=self.config.checkpoint_every,
+            keep_checkpoints=self.config.keep_checkpoints,
+        )
 
-    def payload() -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {
-            "kind": kind,
-            "iteration": iteration,
-            "seconds": seconds,
-            "cpu_seconds": cpu_seconds,
-            "env_steps": env_steps,
-            "policy": params,
-            "generator": generator.get_state(),
-            "rng": capture_rng(),
-            "config": config.model_dump(),
-            "config_digest": digest,
-            "target": iterations,
+            "policy": self.params,
+            "generator": self.generator.get_state(),
+            "cpu_seconds": self.cpu_seconds,
+            "env_steps": self.env_steps,
         }
 
-    metrics_path = out / f"metrics-{kind}.jsonl"
-    truncate_metrics(metrics_path, iteration)
-    bar = tqdm(total=iterations, initial=iteration, desc=f"train {kind}", disable=not progress, dynamic_ncols=True)
-    with open_metrics(metrics_path) as log, bar:
-        while iteration < iterations:
-            started, cpu_started = time.perf_counter(), time.process_time()
-            tasks = sampler.sample_tasks(config.meta_batch_size, generator)
-            phases = sample_phases(sampler, policy, params, tasks, generator, config, lrs)
-            params, metrics = meta_update(policy, params, phases, config, lrs, config.estimator)
-            iteration += 1
-            seconds += time.perf_counter() - started
-            cpu_seconds += time.process_time() - cpu_started
-            env_steps += sum(phase.episodes.num_steps() for phase in phases)
-            record = {
-                "iteration": iteration,
-                **metrics,
-                "seconds": round(seconds, 3),
-                "cpu_seconds": round(cpu_seconds, 3),
-                "env_steps": env_steps,
-            }
-            log.write(json.dumps(record) + "\n")
-            bar.update(1)
-            bar.set_postfix(before=f"{metrics['return_before']:.1f}", after=f"{metrics['return_after']:.1f}")
-            if iteration % config.checkpoint_every == 0 or stop.signal_number is not None:
-                log.flush()
-                saved = store.save(iteration, payload())
-                if stop.signal_number is not None:
-                    raise Interrupted(stop.signal_number, saved)
-            if config.time_limit_minutes is not None and seconds >= 60 * config.time_limit_minutes:
-                print(f"{kind}: time limit of {config.time_limit_minutes} minutes reached at iteration {iteration}")
-                break
-    save_checkpoint(out / f"checkpoint-{kind}.pt", payload())
+    def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
+        params = state["policy"]
+        if not isinstance(params, dict) or params.keys() != self.params.keys():
+            raise CheckpointError(f"checkpoint {path} does not fit this run's policy; it was written for another one")
+        self.params = params
+        self.generator.set_state(state["generator"])
+        self.cpu_seconds, self.env_steps = state["cpu_seconds"], state["env_steps"]
+
+    def step(self, iteration: int) -> Metrics:
+        """Sample tasks, adapt to each, take one TRPO step on the meta-objective; a step whose numbers are not
+        all finite keeps the parameters (``skipped``)."""
+        config, started = self.config, time.process_time()
+        tasks = self.sampler.sample_tasks(config.meta_batch_size, self.generator)
+        phases = sample_phases(self.sampler, self.policy, self.params, tasks, self.generator, config, self.lrs)
+        params, metrics = meta_update(self.policy, self.params, phases, config, self.lrs, config.estimator)
+        finite = all(math.isfinite(value) for value in metrics.values())
+        if finite:
+            self.params = params
+        self.cpu_seconds += time.process_time() - started
+        self.env_steps += sum(phase.episodes.num_steps() for phase in phases)
+        return {
+            **metrics,
+            "skipped": float(not finite),
+            "cpu_seconds": round(self.cpu_seconds, 3),
+            "env_steps": self.env_steps,
+        }
 
 
-def _warn(message: str) -> None:
-    print(f"torchmaml: warning: {message}", file=sys.stderr)
+def _postfix(metrics: Metrics) -> dict[str, str]:
+    return {"before": f"{metrics['return_before']:.1f}", "after": f"{metrics['return_after']:.1f}"}
+
+
+__all__ = ["EXTENSIBLE_KEYS", "MAML", "PRETRAINED", "build_policy", "extended_config", "make_sampler", "train"]

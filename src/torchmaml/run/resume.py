@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from torchmaml.checkpoint import CheckpointError, CheckpointStore, check_config_digest, load_checkpoint
-from torchmaml.config import parse_override
 from torchmaml.errors import ConfigError
+from torchmaml.run.config_io import parse_override
 from torchmaml.run.files import remove_temporaries
 
 
