@@ -25,6 +25,8 @@ def good():
         (lambda f: f.__setitem__(3, torch.randn(2, 6, 1)), "query_y has 6"),
         (lambda f: f.__setitem__(2, torch.randn(2, 7, 2)), "must match"),
         (lambda f: (f.__setitem__(2, torch.randn(2, 0, 1)), f.__setitem__(3, torch.randn(2, 0, 1))), "no examples"),
+        (lambda f: (f.__setitem__(0, torch.randn(2, 5, 0, 1)), f.__setitem__(2, torch.randn(2, 7, 0, 1))), "empty"),
+        (lambda f: f.__setitem__(1, torch.randn(2, 5, 0)), "support_y has shape"),
     ],
 )
 def test_task_batch_shape_errors(mutate, match):

@@ -58,6 +58,11 @@ class TaskBatch:
                         f"TaskBatch.{name} has shape {tuple(leaf.shape)}; it needs a task axis and an example "
                         "axis, [B, N, ...] (use tensor.unsqueeze(0) for a single task)"
                     )
+                if 0 in leaf.shape[2:]:
+                    raise TaskBatchError(
+                        f"TaskBatch.{name} has shape {tuple(leaf.shape)}: its examples are empty (a feature "
+                        "dimension of size 0); every example needs at least one value"
+                    )
         tasks = {name: {leaf.shape[0] for leaf in tree_leaves(value)} for name, value in fields.items()}
         counts = set().union(*tasks.values())
         if len(counts) != 1:
