@@ -75,3 +75,25 @@ def test_flat_and_sectioned_files_give_the_same_config(tmp_path):
     sectioned = tmp_path / "sectioned.toml"
     sectioned.write_text('[data]\nbenchmark = "sinusoid"\n[inner]\ninner_lr = 0.02\n[outer]\niterations = 7\n')
     assert load_config(str(flat)) == load_config(str(sectioned))
+
+
+def test_a_sectioned_file_inherits_a_flat_base_and_a_flat_file_a_sectioned_base_key_by_key(tmp_path):
+    flat_base = tmp_path / "flat_base.toml"
+    flat_base.write_text('benchmark = "sinusoid"\ninner_lr = 0.02\nouter_lr = 0.005\n')
+    sectioned_child = tmp_path / "sectioned_child.toml"
+    sectioned_child.write_text('base = "flat_base.toml"\n[inner]\ninner_lr = 0.03\n')
+    config = load_config(str(sectioned_child))
+    assert (config.inner_lr, config.outer_lr) == (0.03, 0.005)
+    sectioned_base = tmp_path / "sectioned_base.toml"
+    sectioned_base.write_text('[inner]\ninner_lr = 0.02\ninner_steps = 3\n[outer]\nouter_lr = 0.005\n')
+    flat_child = tmp_path / "flat_child.toml"
+    flat_child.write_text('base = "sectioned_base.toml"\ninner_lr = 0.04\n')
+    config = load_config(str(flat_child))
+    assert (config.inner_lr, config.inner_steps, config.outer_lr) == (0.04, 3, 0.005)
+
+
+def test_set_takes_a_key_or_section_dot_key(tmp_path):
+    assert load_config("sinusoid", ["inner.inner_lr=0.3"]).inner_lr == 0.3
+    assert load_config("sinusoid", ["inner_lr=0.3"]).inner_lr == 0.3
+    with pytest.raises(ConfigError, match=r"inner\.outer_lr: it belongs in \[outer\]"):
+        load_config("sinusoid", ["inner.outer_lr=0.3"])

@@ -61,11 +61,19 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``values`` with each ``key=value`` of ``overrides`` set (a new dict)."""
+    """``values`` with each ``key=value`` of ``overrides`` set (a new dict); ``section.key=value`` sets ``key``
+    in the table ``section``."""
     values = dict(values)
     for text in overrides:
         key, value = parse_override(text)
-        values[key] = value
+        section, dot, name = key.partition(".")
+        if not dot:
+            values[key] = value
+            continue
+        table = values.get(section, {})
+        if not isinstance(table, dict) or not name:
+            raise ConfigError(f"--set {text!r}: {section!r} is not a section; use --set {name or section}=VALUE")
+        values[section] = {**table, name: value}
     return values
 
 
