@@ -21,7 +21,8 @@ MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class AdaptationResult:
-    """One row of a results table: a model adapted with ``support_size`` examples for ``steps`` steps."""
+    """One row of a results table: a model adapted with ``support_size`` examples (meta-RL: rollouts) for
+    ``steps`` steps; the supervised and the meta-RL evaluations share it and ``format_table``."""
 
     model: str
     support_size: int
@@ -85,7 +86,7 @@ def format_table(results: list[AdaptationResult], metric: str, scale: float = 1.
     """A plain-text table: one row per (model, support-set size), one column per step count.
 
     The ``support`` column is the number of support examples per task: ``K`` for K-shot regression, ``N K`` for
-    N-way K-shot classification. ``scale`` multiplies every number (100 shows accuracies in percent).
+    N-way K-shot classification, the rollouts per adaptation step in meta-RL. ``scale`` multiplies every number (100 shows accuracies in percent).
     """
     steps = sorted({r.steps for r in results})
     header = f"{'model':<12}{'support':>8}" + "".join(f"{f'{metric}, {s} steps':>24}" for s in steps)

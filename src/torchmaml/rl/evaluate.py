@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from torchmaml.checkpoint import atomic_write_bytes, load_checkpoint
+from torchmaml.evaluate import AdaptationResult, format_table
 from torchmaml.functional import FunctionalModel, Params
 from torchmaml.rl.config import RLConfig
 from torchmaml.rl.maml_trpo import sample_phases
@@ -68,18 +69,18 @@ def evaluate(out_dir: str | Path, policy: nn.Module | None = None) -> dict:
             trajectories[name] = phases
             for k, returns in enumerate(phases_returns(phases)):
                 estimate = mean_estimate(returns)
-                results.append({"model": name, "steps": k, "mean": estimate.value, "ci95": estimate.ci95})
+                results.append(AdaptationResult(name, config.trajectories, k, estimate.value, estimate.ci95))
     report = {
         "env": config.env,
         "tasks": config.eval_tasks,
         "trajectories": config.trajectories,
         "step_sizes": {name: lrs for name, (_, lrs) in models.items()},
-        "results": results,
-        "table": format_table(results),
+        "results": [result.to_dict() for result in results],
+        "table": format_table(results, "return"),
     }
     try:  # a read-only run folder: the table is still worth printing
         atomic_write_bytes(run.evaluation, (json.dumps(report, indent=2) + "\n").encode())
-        plot_returns(results, out / "returns.png")
+        plot_returns(report["results"], out / "returns.png")
         kinds = [MAML, PRETRAINED] if run.metrics(PRETRAINED).exists() else [MAML]
         plot_learning_curve({kind: read_records(run.metrics(kind)) for kind in kinds}, out)
         if config.env == "navigation2d":
@@ -93,16 +94,6 @@ def evaluate(out_dir: str | Path, policy: nn.Module | None = None) -> dict:
 def phases_returns(phases) -> list[torch.Tensor]:
     """Per adaptation step, each task's mean return over its rollouts: a list of ``[T]`` tensors."""
     return [phase.episodes.returns().mean(1) for phase in phases]
-
-
-def format_table(results: list[dict]) -> str:
-    """The results as a text table: one row per model, one column per number of adaptation steps."""
-    steps = sorted({r["steps"] for r in results})
-    lines = ["model       " + "".join(f"{f'{k} steps':>20}" for k in steps)]
-    for model in dict.fromkeys(r["model"] for r in results):
-        cells = {r["steps"]: f"{r['mean']:.2f} ± {r['ci95']:.2f}" for r in results if r["model"] == model}
-        lines.append(f"{model:<12}" + "".join(f"{cells[k]:>20}" for k in steps))
-    return "\n".join(lines)
 
 
 def _adaptation(
