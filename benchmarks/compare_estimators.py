@@ -2,7 +2,7 @@
 theory-guided outer step size (Fallah, Mokhtari, Ozdaglar 2019) against the tuned Adam of the paper.
 
 Each row is one ``torchmaml train --config sinusoid --set estimator=NAME --set iterations=N --set
-baseline=false --set compile=true --out runs/compare/ROW --no-progress`` in a subprocess of its own, then
+pretrained_baseline=false --set compile=true --out runs/compare/ROW --no-progress`` in a subprocess of its own, then
 ``torchmaml evaluate runs/compare/ROW``. From the run folder it collects:
 
 * the 5- and 10-shot meta-test MSE after 1, 5 and 10 steps at ``inner_lr`` 0.01 (600 held-out tasks,
@@ -169,7 +169,7 @@ def train_arguments(row: Row, iterations: int, out: Path) -> list[str]:
     settings = [
         f"estimator={row.estimator}",
         f"iterations={iterations}",
-        "baseline=false",
+        "pretrained_baseline=false",
         "compile=true",
         *row.settings,
     ]
@@ -361,8 +361,9 @@ def report(results: list[Result], header: dict[str, Any], iterations: int) -> st
         f"load average {header['load_start']} at the start, {header['load_end']} at the end; "
         f"total {header['total_seconds']:.0f} s",
         "",
-        "Sinusoid preset (MLP 1-40-40-1, alpha 0.01, 10-shot training, meta-batch 25, seed 0), `baseline=false`,"
-        " `compile=true`; one inner step unless the options say otherwise. Meta-test: 600 held-out tasks, 100"
+        "Sinusoid preset (MLP 1-40-40-1, alpha 0.01, 10-shot training, meta-batch 25, seed 0),"
+        " `pretrained_baseline=false`, `compile=true`; one inner step unless the options say otherwise."
+        " Meta-test: 600 held-out tasks, 100"
         " query points, fine-tuning at alpha 0.01; MSE mean ± 95% CI. ms/it: median difference of the"
         " cumulative `seconds` of `metrics-maml.jsonl` over the second half of the run (the theory rows"
         " include the per-iteration E||grad f_j|| estimate). Peak RSS: `ru_maxrss` of the training process"

@@ -14,7 +14,7 @@ SHORT = [
     "--set",
     "iterations=30",
     "--set",
-    "baseline_iterations=20",
+    "pretrained_iterations=20",
     "--set",
     "eval_tasks=20",
     "--set",

@@ -36,7 +36,7 @@ def test_overrides_are_typed():
         ("estimator=magic", "estimator: unknown estimator 'magic'"),
         ("strategy=chunked", "strategy 'chunked' needs chunk_size"),
         ("hidden=[40, 0]", "hidden: every entry must be >= 1"),
-        ("baseline=yes", "baseline: Input should be a valid boolean"),
+        ("pretrained_baseline=yes", "pretrained_baseline: Input should be a valid boolean"),
         ("device=tpu", "device: must be 'cpu', 'cuda' or 'cuda:N'"),
         ("noequals", "expected key=value"),
     ],
@@ -72,7 +72,7 @@ def test_combinations_that_cannot_work_are_refused_up_front():
     with pytest.raises(ConfigError, match="learned rates would get no gradient"):
         load_config("sinusoid-metasgd", ["estimator=implicit"])
     with pytest.raises(ConfigError, match="baseline: the joint-training baseline"):
-        load_config("omniglot-5w1s", ["baseline=true"])
+        load_config("omniglot-5w1s", ["pretrained_baseline=true"])
     with pytest.raises(ConfigError, match="stop_at_epsilon needs the stationarity monitor"):
         load_config("sinusoid", ["stop_at_epsilon=0.1"])
     with pytest.raises(ConfigError, match="no published constant c for estimator 'implicit'"):

@@ -15,7 +15,7 @@ from torchmaml.train import train_run
 @pytest.mark.e2e
 def test_short_sinusoid_run_beats_the_pretrained_baseline(tmp_path):
     config = load_config(
-        "sinusoid-demo", ["iterations=2000", "baseline_iterations=1000", "eval_tasks=200", "log_every=500"]
+        "sinusoid-demo", ["iterations=2000", "pretrained_iterations=1000", "eval_tasks=200", "log_every=500"]
     )
     train_run(config, tmp_path, progress=False)
     report = evaluate_run(tmp_path)

@@ -48,9 +48,9 @@ def torchmaml_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_baseline_follows_the_runs_length():
-    assert load_config("sinusoid", ["iterations=300"]).baseline_iterations == 300
-    assert load_config("sinusoid").baseline_iterations == 70_000
-    assert load_config("sinusoid", ["iterations=300", "baseline_iterations=50"]).baseline_iterations == 50
+    assert load_config("sinusoid", ["iterations=300"]).pretrained_iterations == 300
+    assert load_config("sinusoid").pretrained_iterations == 70_000
+    assert load_config("sinusoid", ["iterations=300", "pretrained_iterations=50"]).pretrained_iterations == 50
 
 
 def test_the_sinusoid_preset_does_not_wait_for_a_compilation_on_a_short_run():
@@ -204,7 +204,7 @@ def folder_run(tmp_path_factory):
     done = torchmaml_cli(
         "train", "--config", "sinusoid-demo", "--no-progress", "--out", str(run),
         "--set", "benchmark=folder", "--set", f"data_dir={base / 'data'}", "--set", f"cache_dir={base / 'cache'}",
-        "--set", "baseline=false", "--set", "color=RGB", "--set", "image_size=16", "--set", "filters=8",
+        "--set", "pretrained_baseline=false", "--set", "color=RGB", "--set", "image_size=16", "--set", "filters=8",
         "--set", "ways=3", "--set", "shots=1", "--set", "queries=2", "--set", "iterations=10",
         "--set", "meta_batch_size=2", "--set", "inner_lr=0.4", "--set", "eval_steps=[1]", "--set", "eval_tasks=10",
     )  # fmt: skip
@@ -215,7 +215,9 @@ def folder_run(tmp_path_factory):
 def test_the_folder_benchmark_splits_classes(folder_run):
     base, _ = folder_run
     data = base / "data"
-    overrides = ["benchmark=folder", "baseline=false", f"data_dir={data}", f"cache_dir={base / 'cache'}", "ways=3"]
+    overrides = [
+        "benchmark=folder", "pretrained_baseline=false", f"data_dir={data}", f"cache_dir={base / 'cache'}", "ways=3"
+    ]  # fmt: skip
     config = load_config("sinusoid-demo", [*overrides, "queries=2"])
     names = sorted(path.name for path in data.iterdir())
     parts = {part: set(indices) for part, indices in BENCHMARKS["folder"].split(config, names).items()}

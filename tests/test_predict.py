@@ -36,7 +36,7 @@ def folder_run(tmp_path_factory):
     result = torchmaml(
         "train", "--config", "sinusoid-demo", "--no-progress", "--out", str(run),
         "--set", "benchmark=folder", "--set", f"data_dir={base / 'train'}", "--set", f"cache_dir={base / 'cache'}",
-        "--set", "baseline=false", "--set", "color=RGB", "--set", "image_size=16", "--set", "filters=8",
+        "--set", "pretrained_baseline=false", "--set", "color=RGB", "--set", "image_size=16", "--set", "filters=8",
         "--set", "ways=3", "--set", "shots=1", "--set", "queries=2", "--set", "iterations=30",
         "--set", "meta_batch_size=4", "--set", "inner_lr=0.4", "--set", "eval_steps=[1,3]",
     )  # fmt: skip
@@ -71,7 +71,7 @@ def test_folder_with_too_few_images_names_the_class(tmp_path):
     write_images(tmp_path / "data", range(4), 2, seed=0)
     result = torchmaml(
         "train", "--config", "sinusoid-demo", "--no-progress", "--out", str(tmp_path / "run"),
-        "--set", "benchmark=folder", "--set", f"data_dir={tmp_path / 'data'}", "--set", "baseline=false",
+        "--set", "benchmark=folder", "--set", f"data_dir={tmp_path / 'data'}", "--set", "pretrained_baseline=false",
         "--set", "ways=3", "--set", "shots=1", "--set", "queries=2", "--set", "image_size=16",
     )  # fmt: skip
     assert result.returncode == 2
@@ -82,7 +82,7 @@ def test_more_ways_than_classes(tmp_path):
     write_images(tmp_path / "data", range(3), 4, seed=0)
     result = torchmaml(
         "train", "--config", "sinusoid-demo", "--no-progress", "--out", str(tmp_path / "run"),
-        "--set", "benchmark=folder", "--set", f"data_dir={tmp_path / 'data'}", "--set", "baseline=false",
+        "--set", "benchmark=folder", "--set", f"data_dir={tmp_path / 'data'}", "--set", "pretrained_baseline=false",
         "--set", "ways=5", "--set", "image_size=16",
     )  # fmt: skip
     assert result.returncode == 2 and "ways=5 but the image set has only 3 classes" in result.stderr

@@ -21,7 +21,7 @@ from torchmaml.checkpoint import CheckpointError, CheckpointStore, load_checkpoi
 from torchmaml.models import mlp
 
 QUICK = [
-    "--set", "iterations=400", "--set", "baseline_iterations=150", "--set", "checkpoint_every=25",
+    "--set", "iterations=400", "--set", "pretrained_iterations=150", "--set", "checkpoint_every=25",
     "--set", "eval_tasks=20", "--set", "log_every=50", "--set", "keep_checkpoints=2", "--no-progress",
 ]  # fmt: skip
 

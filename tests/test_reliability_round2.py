@@ -26,8 +26,9 @@ from torchmaml.run.files import UnsafePathError, write_atomic
 from torchmaml.run.metrics_log import truncate_metrics
 
 TINY = [
-    "--config", "sinusoid-demo", "--set", "iterations=6", "--set", "baseline=false", "--set", "checkpoint_every=2",
-    "--set", "keep_checkpoints=2", "--set", "eval_tasks=4", "--set", "log_every=2", "--no-progress",
+    "--config", "sinusoid-demo", "--set", "iterations=6", "--set", "pretrained_baseline=false",
+    "--set", "checkpoint_every=2", "--set", "keep_checkpoints=2", "--set", "eval_tasks=4", "--set", "log_every=2",
+    "--no-progress",
 ]  # fmt: skip
 VICTIM_TEXT = "a file of someone else's\n"
 
@@ -155,7 +156,7 @@ def test_train_into_an_existing_run_is_refused_and_the_run_is_untouched(capsys, 
 
 def test_overwrite_replaces_the_whole_run(capsys, tmp_path):
     run = tmp_path / "run"
-    baseline = ["--set", "baseline=true", "--set", "baseline_iterations=2"]
+    baseline = ["--set", "pretrained_baseline=true", "--set", "pretrained_iterations=2"]
     assert torchmaml(capsys, "train", *TINY, *baseline, "--out", run)[0] == 0
     assert (run / "checkpoint-pretrained.pt").exists()
     assert torchmaml(capsys, "train", *TINY, "--set", "seed=3", "--out", run, "--overwrite")[0] == 0

@@ -22,7 +22,7 @@ RL_TINY = [
     "--set", "horizon=20", "--set", "hidden=[16]", "--set", "pretrained_iterations=0", "--set", "checkpoint_every=1000",
     "--no-progress",
 ]  # fmt: skip
-SINUSOID = ["--config", "sinusoid-demo", "--set", "baseline=false", "--set", "log_every=50", "--no-progress"]
+SINUSOID = ["--config", "sinusoid-demo", "--set", "pretrained_baseline=false", "--set", "log_every=50", "--no-progress"]
 
 
 def cli(*args, **kwargs):

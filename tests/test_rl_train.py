@@ -24,7 +24,7 @@ TINY = [
     "checkpoint_every=2",
     "eval_tasks=4",
     "eval_steps=2",
-    "baseline_lr_grid=[0.05, 0.2]",
+    "pretrained_lr_grid=[0.05, 0.2]",
 ]
 
 
@@ -81,7 +81,7 @@ def test_a_short_run_improves_the_post_adaptation_return(tmp_path):
             "trajectories=10",
             "eval_tasks=10",
             "eval_steps=1",
-            "baseline_lr_grid=[0.1]",
+            "pretrained_lr_grid=[0.1]",
         ],
     )
     train(config, tmp_path, progress=False)

@@ -85,7 +85,7 @@ def test_the_train_command_keeps_freed_memory(tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
-    tiny = ["--set", "iterations=2", "--set", "baseline=false", "--set", "eval_tasks=2", "--no-progress"]
+    tiny = ["--set", "iterations=2", "--set", "pretrained_baseline=false", "--set", "eval_tasks=2", "--no-progress"]
     assert main(["train", "--config", "sinusoid-demo", *tiny, "--out", str(tmp_path / "run")]) == 0
     assert calls == [1]
     assert read_toml(tmp_path / "run" / "run.toml")["species"] == "supervised"

@@ -71,7 +71,7 @@ def test_step_size_formula():
 def test_theory_step_size_trains_and_stop_at_epsilon_stops(tmp_path):
     config = load_config(
         "sinusoid-demo",
-        ["iterations=400", "baseline=false", "outer_optimizer=theory", "stationarity_every=100",
+        ["iterations=400", "pretrained_baseline=false", "outer_optimizer=theory", "stationarity_every=100",
          "stationarity_tasks=100", "stop_at_epsilon=50.0", "checkpoint_every=100"],
     )  # fmt: skip
     train_run(config, tmp_path, progress=False)

@@ -74,14 +74,14 @@ class Benchmark:
     metric: ClassVar[Metric]
     loss: ClassVar[LossFn]
     classification: ClassVar[bool] = False
-    supports_pretrained_baseline: ClassVar[bool] = False  # the joint-training baseline (``baseline = true``)
+    supports_pretrained_baseline: ClassVar[bool] = False  # the joint-training baseline (``pretrained_baseline``)
 
     def check(self, config: TrainConfig) -> None:
         """Refuse a configuration this family cannot run (a ``ValueError`` naming the key)."""
-        if config.baseline and not self.supports_pretrained_baseline:
+        if config.pretrained_baseline and not self.supports_pretrained_baseline:
             raise ValueError(
-                f"baseline: the joint-training baseline is defined for {_one_of(_with('supports_pretrained_baseline'))}"
-                " only; set baseline = false"
+                "pretrained_baseline: the joint-training baseline is defined for "
+                f"{_one_of(_with('supports_pretrained_baseline'))} only; set pretrained_baseline = false"
             )
 
     def tasks(self, config: TrainConfig, part: str = "train") -> TaskSource:

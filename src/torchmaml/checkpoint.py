@@ -28,7 +28,15 @@ from torchmaml.run.files import write_atomic as atomic_write_bytes
 
 MAGIC = b"TORCHMAML-CHECKPOINT 1 "
 MAX_CHECKPOINT_BYTES = 1 << 34  # 16 GiB: far above any model torchmaml trains, far below /dev/zero
-RESUMABLE_KEYS = ("iterations", "baseline_iterations", "pretrained_iterations", "time_limit_minutes")
+RESUMABLE_KEYS = ("iterations", "pretrained_iterations", "time_limit_minutes")
+# Config keys renamed since checkpoints recorded digests, hashed under their first names so that a checkpoint
+# of an earlier release still matches its run's configuration (supervised ``baseline`` -> ``pretrained_baseline``,
+# meta-RL ``baseline`` -> ``value_baseline``; both species' ``baseline_lr_grid`` -> ``pretrained_lr_grid``).
+DIGEST_NAMES = {
+    "pretrained_baseline": "baseline",
+    "value_baseline": "baseline",
+    "pretrained_lr_grid": "baseline_lr_grid",
+}
 
 
 class CheckpointError(TorchMAMLError):
@@ -75,8 +83,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def config_digest(values: dict[str, Any]) -> str:
-    """sha256 of a configuration (``model_dump()``) without ``RESUMABLE_KEYS``, which a resume may change."""
-    kept = {key: value for key, value in values.items() if key not in RESUMABLE_KEYS}
+    """sha256 of a configuration (``model_dump()``) without ``RESUMABLE_KEYS``, which a resume may change, its
+    keys named as in ``DIGEST_NAMES``."""
+    kept = {DIGEST_NAMES.get(key, key): value for key, value in values.items() if key not in RESUMABLE_KEYS}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 

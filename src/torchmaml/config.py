@@ -78,9 +78,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "eval_seed",
         "validate_every",
         "val_tasks",
-        "baseline",
-        "baseline_iterations",
-        "baseline_lr_grid",
+        "pretrained_baseline",
+        "pretrained_iterations",
+        "pretrained_lr_grid",
     ),
     "run": (
         "seed",
@@ -98,26 +98,36 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     ),
 }
 SECTION_OF = {key: section for section, keys in SECTIONS.items() for key in keys}
+RENAMED_KEYS = {  # the names of earlier releases, still read
+    "baseline": "pretrained_baseline",
+    "baseline_iterations": "pretrained_iterations",
+    "baseline_lr_grid": "pretrained_lr_grid",
+}
 
 
 def flat_values(values: dict[str, Any]) -> dict[str, Any]:
     """A configuration's keys with its sections (``[inner] inner_lr = 0.4``) lifted to the top level, as the
     ``TrainConfig`` fields are named. A flat file (every key at the top, as run folders and presets of earlier
     releases are written) passes through unchanged; a key in the wrong section is a ``ConfigError``; a key given
-    both at the top and in its section takes the section's value."""
-    flat = {key: value for key, value in values.items() if key not in SECTIONS}
+    both at the top and in its section takes the section's value. Keys renamed since
+    (``RENAMED_KEYS``: ``baseline`` is now ``pretrained_baseline``) are read under their old names too."""
+    flat = {RENAMED_KEYS.get(key, key): value for key, value in values.items() if key not in SECTIONS}
     for section in SECTIONS:
         table = values.get(section)
         if table is None:
             continue
         if not isinstance(table, dict):
             raise ConfigError(f"[{section}] must be a table of keys, e.g. [{section}] then key = value lines")
-        for key, value in table.items():
+        for name, value in table.items():
+            key = RENAMED_KEYS.get(name, name)
             if SECTION_OF.get(key) != section:
                 home = f"it belongs in [{SECTION_OF[key]}]" if key in SECTION_OF else "unknown key"
                 raise ConfigError(f"{section}.{key}: {home}; [{section}] holds {', '.join(SECTIONS[section])}")
             flat[key] = value
     return flat
+
+
+file_values = flat_values  # what ``torchmaml.presets`` applies to each file of a base chain before merging
 
 
 def sectioned_values(flat: dict[str, Any]) -> dict[str, Any]:
@@ -256,13 +266,15 @@ class TrainConfig(BaseModel):
     )
     val_tasks: int = Field(100, ge=2, description="tasks of each validation")
     # pretrained baseline (joint training on all tasks, then fine-tuning)
-    baseline: bool = Field(False, description="sinusoid: also train the 'pretrained on all tasks' baseline")
-    baseline_iterations: int = Field(
-        70_000, ge=1, description="iterations of the baseline (unset: as many as iterations)"
+    pretrained_baseline: bool = Field(
+        False, description="sinusoid: also train the 'pretrained on all tasks' baseline (formerly `baseline`)"
     )
-    baseline_lr_grid: list[float] = Field(
+    pretrained_iterations: int = Field(
+        70_000, ge=1, description="iterations of the pretrained baseline (unset: as many as iterations)"
+    )
+    pretrained_lr_grid: list[float] = Field(
         default_factory=lambda: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1],
-        description="fine-tuning step sizes tried for the baseline on validation tasks",
+        description="fine-tuning step sizes tried for the pretrained baseline on validation tasks",
     )
     # evaluation on held-out tasks
     eval_tasks: int = Field(600, ge=2, description="held-out tasks of the meta-test")
@@ -321,7 +333,7 @@ class TrainConfig(BaseModel):
             raise ValueError(f"train, validation and test shares: train and test > 0, none negative, got {value}")
         return value
 
-    @field_validator("baseline_lr_grid")
+    @field_validator("pretrained_lr_grid")
     @classmethod
     def _positive_rates(cls, value: list[float]) -> list[float]:
         if not value or any(not v > 0 for v in value):
@@ -350,9 +362,9 @@ class TrainConfig(BaseModel):
             values = flat_values(values)
         except ConfigError as error:
             raise ValueError(str(error)) from None
-        # an unset baseline_iterations is the run's iterations, so a short run is short in both phases
-        if values.get("baseline_iterations") is None and "iterations" in values:
-            values = {**values, "baseline_iterations": values["iterations"]}
+        # an unset pretrained_iterations is the run's iterations, so a short run is short in both phases
+        if values.get("pretrained_iterations") is None and "iterations" in values:
+            values = {**values, "pretrained_iterations": values["iterations"]}
         return values
 
     @model_validator(mode="after")

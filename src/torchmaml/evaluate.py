@@ -86,7 +86,8 @@ def format_table(results: list[AdaptationResult], metric: str, scale: float = 1.
     """A plain-text table: one row per (model, support-set size), one column per step count.
 
     The ``support`` column is the number of support examples per task: ``K`` for K-shot regression, ``N K`` for
-    N-way K-shot classification, the rollouts per adaptation step in meta-RL. ``scale`` multiplies every number (100 shows accuracies in percent).
+    N-way K-shot classification, the rollouts per adaptation step in meta-RL. ``scale`` multiplies every number
+    (100 shows accuracies in percent).
     """
     steps = sorted({r.steps for r in results})
     header = f"{'model':<12}{'support':>8}" + "".join(f"{f'{metric}, {s} steps':>24}" for s in steps)

@@ -60,7 +60,7 @@ def read_preset(path: Path) -> tuple[str, dict[str, Any]]:
 
 def _read_chain(path: Path, seen: tuple[Path, ...]) -> tuple[str | None, dict[str, Any]]:
     from torchmaml.run.config_io import read_toml
-    from torchmaml.species import check_species, species_of_values
+    from torchmaml.species import check_species, file_values, species_of_values
 
     path = Path(path)
     if path.resolve() in seen:
@@ -75,10 +75,7 @@ def _read_chain(path: Path, seen: tuple[Path, ...]) -> tuple[str | None, dict[st
             raise ConfigError(f'{path}: base must be a preset name or a file, e.g. base = "omniglot-20w1s"')
         inherited, values = _read_chain(_locate(base, path), (*seen, path.resolve()))
         species = species or inherited
-    if (species or species_of_values(own)) == "supervised":  # its sections lifted, so a chain merges key by key
-        from torchmaml.config import flat_values
-
-        own = flat_values(own)
+    own = file_values(species or species_of_values(own), own)  # current names, sections lifted: merged key by key
     values.update({key: value for key, value in own.items() if key not in METADATA})
     return species, values
 

@@ -45,7 +45,7 @@ def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
         pretrained, source = load_learner(run, config, PRETRAINED)
         checkpoints[PRETRAINED] = source.name
         validation = evaluation_batches(config, "validation")[min(config.eval_support_sizes)]
-        rate = tune_fine_tuning_lr(pretrained, validation, config.eval_steps, config.baseline_lr_grid, metric.fn)
+        rate = tune_fine_tuning_lr(pretrained, validation, config.eval_steps, config.pretrained_lr_grid, metric.fn)
         learners[PRETRAINED] = (pretrained, rate)
     results: list[AdaptationResult] = []
     for name, (learner, rate) in learners.items():

@@ -12,7 +12,7 @@ from torchmaml.errors import ConfigError
 from torchmaml.run.config_io import read_toml
 from torchmaml.species import RECORD_NAME
 
-EXTENSIBLE_KEYS = ("iterations", "baseline_iterations")
+EXTENSIBLE_KEYS = ("iterations", "pretrained_iterations")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Any
 from torchmaml.errors import ConfigError
 
 SPECIES = {"supervised": "torchmaml.commands", "rl": "torchmaml.rl.commands"}
+CONFIGS = {"supervised": "torchmaml.config", "rl": "torchmaml.rl.config"}  # each has file_values(values)
 RECORD_NAME = "run.toml"
 
 
@@ -50,6 +51,12 @@ def species_of_values(values: dict[str, Any]) -> str:
     """The species of a configuration that does not state one: ``rl`` if it names an ``env``, else
     ``supervised`` (the rule for config files and run folders written before species were recorded)."""
     return "rl" if "env" in values else "supervised"
+
+
+def file_values(species: str, values: dict[str, Any]) -> dict[str, Any]:
+    """One config file's keys as ``species`` reads them (current key names; supervised: sections lifted), so
+    that a ``base`` chain of files, old and new, merges key by key."""
+    return importlib.import_module(CONFIGS[check_species(species, "species")]).file_values(values)
 
 
 def module(species: str) -> ModuleType:

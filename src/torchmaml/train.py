@@ -4,7 +4,7 @@ This module supplies the supervised species' step and state (:class:`PhaseTraine
 schedules and task generator) and its hooks; the loop, checkpoints, resume, signals, the divergence guard,
 validation, TensorBoard and the run folder are ``torchmaml.run`` (``trainer``, ``hooks``, ``phases``).
 
-A run has one or two phases: ``maml`` (meta-training) and, if ``config.baseline``, ``pretrained`` (the
+A run has one or two phases: ``maml`` (meta-training) and, if ``config.pretrained_baseline``, ``pretrained`` (the
 joint-training baseline). Each phase checkpoints every ``checkpoint_every`` iterations (model, learned
 rates, optimiser, iteration, every random-number generator, the metrics so far are on disk) and writes
 ``checkpoint-<phase>.pt`` when it is done. ``train_run(..., resume=True)`` continues from the newest valid
@@ -77,7 +77,7 @@ from torchmaml.theory.stationarity import meta_gradient_norm
 def train_run(
     config: TrainConfig, root: Path, progress: bool = True, resume: bool = False, overwrite: bool = False
 ) -> RunDir:
-    """Meta-train (and, if ``config.baseline``, train the pretrained baseline) into the folder ``root``.
+    """Meta-train (and, if ``config.pretrained_baseline``, train the pretrained baseline) into the folder ``root``.
 
     With ``resume=True`` every phase continues from its newest valid checkpoint (a finished phase is skipped
     unless ``config`` raises its iterations; ``config`` may differ from the folder's own in those only). A new
@@ -87,8 +87,8 @@ def train_run(
     if config.threads is not None:  # small models run best on one thread, and do not slow down on a busy CPU
         torch.set_num_threads(config.threads)
     phases = [(MAML, config.iterations)]
-    if config.baseline:
-        phases.append((PRETRAINED, config.baseline_iterations))
+    if config.pretrained_baseline:
+        phases.append((PRETRAINED, config.pretrained_iterations))
     train_phases(
         run,
         config,

@@ -58,13 +58,13 @@ def advantages(
     episodes: Episodes,
     discount: float,
     gae_lambda: float = 1.0,
-    baseline: bool = True,
+    value_baseline: bool = True,
     normalize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A [T, N, H], scale [T])``: advantages of every step (0 at masked steps) and each task's
     normalisation scale (the standard deviation divided out; 1 when ``normalize`` is off)."""
     rewards, mask = episodes.rewards * episodes.mask, episodes.mask
-    if baseline:
+    if value_baseline:
         values = linear_feature_values(episodes, discounted_returns(rewards, mask, discount))
     else:
         values = torch.zeros_like(rewards)

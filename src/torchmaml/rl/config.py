@@ -53,7 +53,9 @@ class RLConfig(BaseModel):
     # advantages
     discount: float = Field(0.99, gt=0, le=1, description="discount factor γ")
     gae_lambda: float = Field(1.0, ge=0, le=1, description="GAE λ (1: Monte-Carlo returns minus the baseline)")
-    baseline: bool = Field(True, description="subtract a linear feature baseline fitted per task")
+    value_baseline: bool = Field(
+        True, description="subtract a linear feature value baseline fitted per task (formerly `baseline`)"
+    )
     normalize_advantages: bool = Field(True, description="normalise the advantages of each task")
     # TRPO outer step
     max_kl: float = Field(0.01, gt=0, description="TRPO's KL limit per outer step")
@@ -82,10 +84,10 @@ class RLConfig(BaseModel):
         min_length=1,
         description="step sizes of the evaluation's adaptation steps (the last repeats)",
     )
-    baseline_lr_grid: list[float] = Field(
+    pretrained_lr_grid: list[float] = Field(
         default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0],
         min_length=1,
-        description="step sizes tried for the baselines on validation tasks",
+        description="step sizes tried for the pretrained and random baselines on validation tasks",
     )
     eval_seed: int = Field(2017, ge=0, description="seed of the evaluation tasks")
     # sampling of gymnasium environments (half-cheetah): tasks per vectorised round, processes
@@ -110,7 +112,12 @@ class RLConfig(BaseModel):
             raise ValueError("every entry must be >= 1")
         return value
 
-    @field_validator("eval_lrs", "baseline_lr_grid")
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, values: Any) -> Any:
+        return file_values(values) if isinstance(values, dict) else values
+
+    @field_validator("eval_lrs", "pretrained_lr_grid")
     @classmethod
     def _positive_rates(cls, value: list[float]) -> list[float]:
         if any(not v > 0 for v in value):
@@ -127,6 +134,14 @@ class RLConfig(BaseModel):
         return [self.eval_lrs[min(k, len(self.eval_lrs) - 1)] for k in range(steps)]
 
 
+RENAMED_KEYS = {"baseline": "value_baseline", "baseline_lr_grid": "pretrained_lr_grid"}  # still read
+
+
+def file_values(values: dict[str, Any]) -> dict[str, Any]:
+    """A config file's keys under their current names (``RENAMED_KEYS``: the names of earlier releases)."""
+    return {RENAMED_KEYS.get(key, key): value for key, value in values.items()}
+
+
 def build_config(values: dict[str, Any]) -> RLConfig:
     """Validate ``values``; the first problem becomes a one-line ``ConfigError``."""
     return build(RLConfig, values)
@@ -138,4 +153,4 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
     return build_config(load_values(name_or_path, overrides, presets=preset_names())[1])
 
 
-__all__ = ["RLConfig", "build_config", "load_config", "preset_names"]
+__all__ = ["RENAMED_KEYS", "RLConfig", "build_config", "file_values", "load_config", "preset_names"]

@@ -9,7 +9,7 @@ report is ``mean +- 1.96 std / sqrt(n)`` over tasks (``torchmaml.statistics``). 
 - ``pretrained``: TRPO on all tasks without adaptation (if the run trained it), then fine-tuned;
 - ``random``: the random initialisation MAML started from, fine-tuned.
 
-The baselines' constant step size is picked from ``baseline_lr_grid`` on separate validation tasks (the paper
+The baselines' constant step size is picked from ``pretrained_lr_grid`` on separate validation tasks (the paper
 tuned them by hand). Every model sees the same tasks and the same noise (common random numbers).
 """
 
@@ -103,8 +103,8 @@ def _adaptation(
 
 
 def _tune_step_size(sampler: Sampler, policy: FunctionalModel, params: Params, config: RLConfig) -> float:
-    """The rate of ``baseline_lr_grid`` with the best mean return over 1..K steps on validation tasks."""
-    grid = config.baseline_lr_grid
+    """The rate of ``pretrained_lr_grid`` with the best mean return over 1..K steps on validation tasks."""
+    grid = config.pretrained_lr_grid
     if len(grid) == 1 or config.eval_steps == 0:
         return grid[0]
     tasks = sampler.sample_tasks(

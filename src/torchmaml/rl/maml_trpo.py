@@ -73,7 +73,7 @@ def sample_phases(
     for k in range(len(lrs) + 1):
         episodes = sampler.rollout(policy, point, tasks, config.trajectories, generator)
         advantage, scale = advantages(
-            episodes, config.discount, config.gae_lambda, config.baseline, config.normalize_advantages
+            episodes, config.discount, config.gae_lambda, config.value_baseline, config.normalize_advantages
         )
         with torch.no_grad():
             behaviour = vmap(functools.partial(log_probs, policy))(point, episodes)
