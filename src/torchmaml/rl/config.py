@@ -65,7 +65,7 @@ class RLConfig(BaseModel):
     max_backtracks: int = Field(15, ge=1, description="line-search steps before TRPO gives up the step")
     fisher: Literal["exact", "post_adaptation"] = Field(
         "exact",
-        description="Fisher through the adaptation (exact) or without its Jacobian (post_adaptation, ~10x cheaper)",
+        description="Fisher through the adaptation (exact) or without its Jacobian (post_adaptation, much cheaper)",
     )
     fisher_subsample: int = Field(
         1, ge=1, description="Fisher-vector products on every k-th post-adaptation trajectory"
