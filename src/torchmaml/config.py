@@ -174,7 +174,7 @@ class TrainConfig(BaseModel):
     )
     estimator_options: dict[str, float | int | bool | str] = Field(
         default_factory=dict,
-        description="options of the estimator, e.g. {checkpoint = true} for unrolled, {lam = 1.0} for implicit",
+        description="options of the estimator: the fields of its class (docs/python-api.md), e.g. {checkpoint = true}",
     )
     inner_lr_mode: Literal["fixed", "scalar", "meta_sgd", "per_layer_per_step"] = Field(
         "fixed",
