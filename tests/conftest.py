@@ -22,6 +22,22 @@ OMNIGLOT_COPY = Path(
 )
 
 
+@pytest.fixture(scope="session")
+def omniglot_cache(tmp_path_factory):
+    """The real Omniglot decoded once per test session into a fresh cache folder: ``(data, cache folder, build
+    seconds)``; the tests that train on Omniglot read that cache instead of decoding again."""
+    import time
+
+    from torchmaml.data.omniglot import load_omniglot
+
+    if not (OMNIGLOT_COPY / "images_background.zip").exists() and not (OMNIGLOT_COPY / "images_background").exists():
+        pytest.skip(f"no Omniglot copy at {OMNIGLOT_COPY}")
+    cache_dir = tmp_path_factory.mktemp("omniglot-cache")
+    start = time.perf_counter()
+    data = load_omniglot(OMNIGLOT_COPY, cache_dir=cache_dir)
+    return data, cache_dir, time.perf_counter() - start
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -32,15 +32,10 @@ SPLIT_SIZES = {  # characters per part; classes are 4x (rotations)
 }
 
 
-@pytest.fixture(scope="module")
-def real(tmp_path_factory):
+@pytest.fixture
+def real(omniglot_cache):
     """The real Omniglot, decoded into a fresh cache folder: ``(data, cache folder, build seconds)``."""
-    if not (REAL / "images_background.zip").exists() and not (REAL / "images_background").exists():
-        pytest.skip(f"no Omniglot copy at {REAL}")
-    cache_dir = tmp_path_factory.mktemp("omniglot-cache")
-    start = time.perf_counter()
-    data = load_omniglot(REAL, cache_dir=cache_dir)
-    return data, cache_dir, time.perf_counter() - start
+    return omniglot_cache
 
 
 def test_the_real_cache_holds_1623_characters_of_20_drawings(real):

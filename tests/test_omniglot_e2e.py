@@ -16,10 +16,10 @@ from torchmaml.train import train_run
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not OMNIGLOT_COPY.exists(), reason=f"no Omniglot copy at {OMNIGLOT_COPY}")
-def test_short_omniglot_run_learns_to_adapt(tmp_path):
+def test_short_omniglot_run_learns_to_adapt(tmp_path, omniglot_cache):
     config = load_config(
         "omniglot-5w1s",
-        [f"data_dir={str(OMNIGLOT_COPY)!r}", f"cache_dir={str(tmp_path / 'cache')!r}", "iterations=200",
+        [f"data_dir={str(OMNIGLOT_COPY)!r}", f"cache_dir={str(omniglot_cache[1])!r}", "iterations=200",
          "meta_batch_size=8", "estimator=first_order", "strided=true", "eval_tasks=100", "eval_steps=[0, 3]",
          "validate_every=100", "val_tasks=50", "checkpoint_every=100"],
     )  # fmt: skip

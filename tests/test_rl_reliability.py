@@ -67,31 +67,32 @@ def assert_same_run(run, reference):
         assert logged == records(reference, kind)
 
 
+KILL_POINTS = [  # (metrics file, line count at which the run is killed), in the order one run reaches them
+    ("metrics-maml.jsonl", 1),  # before the first checkpoint: the resume starts over
+    ("metrics-maml.jsonl", 6),  # between two checkpoints, while metrics lines are being written
+    ("metrics-maml.jsonl", 8),  # around the write of a periodic checkpoint
+    ("metrics-pretrained.jsonl", 3),  # in the second phase, the first one finished
+]
+
+
 @pytest.mark.e2e
-@pytest.mark.parametrize(
-    "kill_point",
-    [
-        ("metrics-maml.jsonl", 6),  # between two checkpoints, while metrics lines are being written
-        ("metrics-maml.jsonl", 8),  # around the write of a periodic checkpoint
-        ("metrics-maml.jsonl", 1),  # before the first checkpoint: the resume starts over
-        ("metrics-pretrained.jsonl", 3),  # in the second phase, the first one finished
-    ],
-)
-def test_rl_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted, kill_point):
-    name, lines = kill_point
+def test_rl_sigkill_at_any_moment_then_resume_is_bit_identical(tmp_path, uninterrupted):
+    """One run killed with SIGKILL at each of ``KILL_POINTS`` in turn (each time resumed with
+    ``--resume`` in a new process), then resumed to the end, equals the uninterrupted run bit for bit."""
     run = tmp_path / "run"
-    process = subprocess.Popen(
-        cli("train", *TINY, "--out", run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment()
-    )
-    deadline = time.monotonic() + 240
-    while count_lines(run / name) < lines:
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the run never got there"
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (run / "checkpoint-pretrained.pt").exists(), "killed too late: the run had finished"
-    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # the resume may run in this process
+    command = cli("train", *TINY, "--out", run)
+    for name, lines in KILL_POINTS:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment())
+        deadline = time.monotonic() + 240
+        while count_lines(run / name) < lines:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, f"the run never got to line {lines} of {name}"
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert not (run / "checkpoint-pretrained.pt").exists(), "killed too late: the run had finished"
+        command = cli("train", "--resume", run, "--no-progress")
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # the last resume may run in this process
     assert_same_run(run, uninterrupted)
 
 
