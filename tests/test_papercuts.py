@@ -18,7 +18,6 @@ from torchmaml.benchmark import BENCHMARKS
 from torchmaml.config import ConfigError, load_config, parse_override
 from torchmaml.data.images import DatasetError
 from torchmaml.data.omniglot import load_omniglot
-from torchmaml.experiment import build_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -223,8 +222,8 @@ def test_the_folder_benchmark_splits_classes(folder_run):
     parts = {part: set(indices) for part, indices in BENCHMARKS["folder"].split(config, names).items()}
     assert not parts["train"] & parts["test"] and not parts["train"] & parts["val"] and not parts["val"] & parts["test"]
     assert sum(len(indices) for indices in parts.values()) == 16 and len(parts["test"]) >= 3
-    assert build_tasks(config, "test").num_classes == len(parts["test"])
-    assert build_tasks(config, "train").num_classes == len(parts["train"]) < 16
+    assert BENCHMARKS["folder"].tasks(config, "test").num_classes == len(parts["test"])
+    assert BENCHMARKS["folder"].tasks(config, "train").num_classes == len(parts["train"]) < 16
     other = BENCHMARKS["folder"].split(config.model_copy(update={"split_seed": 1}), names)["test"]
     assert set(other) != parts["test"]  # the seed picks the classes
 

@@ -8,27 +8,17 @@ from __future__ import annotations
 
 import torch
 
-from torchmaml.benchmark import Metric, benchmark_of, dtype_of
+from torchmaml.benchmark import benchmark_of, dtype_of
 from torchmaml.config import TrainConfig
 from torchmaml.learner import MetaLearner
 from torchmaml.optim import HypergradientSGD
 from torchmaml.run import seeds
 from torchmaml.run.seeds import evaluation_stream, model_seed, theory_stream
-from torchmaml.tasks import TaskBatch, TaskSource
+from torchmaml.tasks import TaskBatch
 from torchmaml.theory.step_size import STEP_SIZE_CONSTANTS, TheoryStepSize
 
 MAML = "maml"
 PRETRAINED = "pretrained"
-
-
-def build_tasks(config: TrainConfig, part: str = "train") -> TaskSource:
-    """The benchmark's task source of a split part (``train``, ``val``, ``test``)."""
-    return benchmark_of(config).tasks(config, part)
-
-
-def metric_of(config: TrainConfig) -> Metric:
-    """How the benchmark scores adapted models."""
-    return benchmark_of(config).metric
 
 
 def build_learner(config: TrainConfig, kind: str = MAML) -> MetaLearner:
@@ -54,14 +44,6 @@ def build_learner(config: TrainConfig, kind: str = MAML) -> MetaLearner:
         adapt_only=config.adapt_only,
         compile=config.compile,
     )
-
-
-def evaluation_batches(
-    config: TrainConfig, split: str = "test", tasks: int | None = None
-) -> dict[int, list[TaskBatch]]:
-    """Held-out tasks (``split="test"``) or validation tasks (``"validation"``) by support size (K-shot), in
-    chunks the memory allows; ``tasks`` overrides the configured count."""
-    return benchmark_of(config).evaluation_batches(config, split, tasks)
 
 
 def build_optimizer(config: TrainConfig, learner: MetaLearner) -> torch.optim.Optimizer:
@@ -92,7 +74,7 @@ def build_step_rule(config: TrainConfig, kind: str) -> TheoryStepSize | None:
     estimator = config.estimator if kind == MAML else "first_order"  # no inner steps: any constant fits
     c = config.theory_c if config.theory_c is not None else STEP_SIZE_CONSTANTS[estimator]
     return TheoryStepSize(
-        build_tasks(config),
+        benchmark_of(config).tasks(config),
         config.theory_batch_size,
         c,
         seed=theory_stream(config.seed),
@@ -104,4 +86,4 @@ def build_step_rule(config: TrainConfig, kind: str) -> TheoryStepSize | None:
 def stationarity_batch(config: TrainConfig) -> TaskBatch:
     """The large fixed batch of tasks on which ``||grad F(w)||`` is monitored."""
     generator = seeds.generator(evaluation_stream(config.eval_seed, "stationarity"))
-    return build_tasks(config).sample(config.stationarity_tasks, generator).to(device=config.device)
+    return benchmark_of(config).tasks(config).sample(config.stationarity_tasks, generator).to(device=config.device)

@@ -9,7 +9,7 @@ from torchmaml.benchmark import benchmark_of
 from torchmaml.checkpoint import atomic_write_bytes, load_checkpoint, load_module_state
 from torchmaml.config import TrainConfig
 from torchmaml.evaluate import AdaptationResult, evaluate_adaptation, format_table, tune_fine_tuning_lr
-from torchmaml.experiment import MAML, PRETRAINED, build_learner, evaluation_batches
+from torchmaml.experiment import MAML, PRETRAINED, build_learner
 from torchmaml.learner import MetaLearner
 from torchmaml.run.files import WriteError
 from torchmaml.rundir import RunDir
@@ -37,14 +37,14 @@ def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
         config = config.model_copy(update={"eval_tasks": eval_tasks})
     benchmark = benchmark_of(config)
     metric = benchmark.metric
-    batches = evaluation_batches(config, "test")
+    batches = benchmark.evaluation_batches(config, "test", None)
     maml, source = load_learner(run, config, MAML)
     learners: dict[str, tuple[MetaLearner, float | None]] = {MAML: (maml, None)}
     checkpoints = {MAML: source.name}
     if run.checkpoint(PRETRAINED).exists():
         pretrained, source = load_learner(run, config, PRETRAINED)
         checkpoints[PRETRAINED] = source.name
-        validation = evaluation_batches(config, "validation")[min(config.eval_support_sizes)]
+        validation = benchmark.evaluation_batches(config, "validation", None)[min(config.eval_support_sizes)]
         rate = tune_fine_tuning_lr(pretrained, validation, config.eval_steps, config.pretrained_lr_grid, metric.fn)
         learners[PRETRAINED] = (pretrained, rate)
     results: list[AdaptationResult] = []

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from torchmaml.benchmark import benchmark_of
 from torchmaml.checkpoint import CheckpointError, load_module_state
 from torchmaml.config import TrainConfig, to_toml
 from torchmaml.errors import ConfigError, first_line
@@ -45,9 +46,6 @@ from torchmaml.experiment import (
     build_optimizer,
     build_scheduler,
     build_step_rule,
-    build_tasks,
-    evaluation_batches,
-    metric_of,
     stationarity_batch,
 )
 from torchmaml.learner import MetaLearner
@@ -147,9 +145,10 @@ class PhaseTrainer:
         self.warmup_estimator = get_estimator("first_order")
         self.step_rule = build_step_rule(config, kind)
         self.monitored = stationarity_batch(config) if config.stationarity_every else None
-        self.validation = evaluation_batches(config, "validation") if config.validate_every else None
-        self.metric = metric_of(config)
-        self.tasks = build_tasks(config)
+        benchmark = benchmark_of(config)
+        self.validation = benchmark.evaluation_batches(config, "validation", None) if config.validate_every else None
+        self.metric = benchmark.metric
+        self.tasks = benchmark.tasks(config)
         self.generator = seeds.generator(task_stream(config.seed, kind))
         self.guard = DivergenceGuard(
             config.max_consecutive_skips,
