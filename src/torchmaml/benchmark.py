@@ -29,7 +29,7 @@ from torchmaml.data.fewshot import FewShotTasks
 from torchmaml.data.folder import load_image_folder, split_classes
 from torchmaml.data.omniglot import load_omniglot
 from torchmaml.data.sinusoid import SinusoidTasks
-from torchmaml.errors import ConfigError
+from torchmaml.errors import ConfigError, one_of
 from torchmaml.models.conv4 import conv4
 from torchmaml.models.mlp import mlp
 from torchmaml.run import seeds
@@ -81,7 +81,7 @@ class Benchmark:
         if config.pretrained_baseline and not self.supports_pretrained_baseline:
             raise ValueError(
                 "pretrained_baseline: the joint-training baseline is defined for "
-                f"{_one_of(_with('supports_pretrained_baseline'))} only; set pretrained_baseline = false"
+                f"{one_of(_with('supports_pretrained_baseline'))} only; set pretrained_baseline = false"
             )
 
     def tasks(self, config: TrainConfig, part: str = "train") -> TaskSource:
@@ -276,10 +276,6 @@ def benchmark_of(config: TrainConfig) -> Benchmark:
 
 def _with(capability: str) -> list[str]:
     return [name for name, benchmark in BENCHMARKS.items() if getattr(benchmark, capability)]
-
-
-def _one_of(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 @functools.lru_cache(maxsize=2)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from torchmaml.errors import ConfigError
+from torchmaml.errors import ConfigError, one_of
 from torchmaml.estimators import DEFAULT_ESTIMATOR, estimator_class, estimators_with, get_estimator
 from torchmaml.execution import STRATEGIES
 from torchmaml.presets import supervised_presets as preset_names
@@ -431,7 +431,7 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"inner_lr_mode {self.inner_lr_mode!r}: estimator {self.estimator!r} does not differentiate the inner "
                 "steps, so learned rates would get no gradient; use inner_lr_mode 'fixed' or estimator "
-                f"{_one_of(estimators_with('differentiates_inner_loop'))}"
+                f"{one_of(estimators_with('differentiates_inner_loop'))}"
             )
         return self
 
@@ -440,7 +440,7 @@ class TrainConfig(BaseModel):
         if self.batch_norm == "per_step" and not estimator_class(self.estimator).supports_per_step_layers:
             raise ValueError(
                 f"batch_norm 'per_step' steps through the inner loop with estimator "
-                f"{_one_of(estimators_with('supports_per_step_layers'))}, not {self.estimator!r}"
+                f"{one_of(estimators_with('supports_per_step_layers'))}, not {self.estimator!r}"
             )
         return self
 
@@ -454,11 +454,6 @@ class TrainConfig(BaseModel):
         if self.strategy == "chunked" and self.chunk_size is None:
             raise ValueError("strategy 'chunked' needs chunk_size (e.g. --set chunk_size=8)")
         return self
-
-
-def _one_of(names: list[str]) -> str:
-    """``a, b or c``."""
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def check_machine(device: str, threads: int | None) -> None:

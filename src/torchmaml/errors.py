@@ -20,3 +20,8 @@ class ModelError(TorchMAMLError):
 def first_line(error: BaseException) -> str:
     """The first line of ``error``'s message (its type's name when the message is empty), for short reports."""
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def one_of(names: list[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``: the choices an error message offers."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"

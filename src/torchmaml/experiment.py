@@ -1,4 +1,4 @@
-"""From a validated ``TrainConfig`` to the objects a supervised run needs: learner, optimiser, schedules, tasks.
+"""From a validated ``TrainConfig`` to the objects a supervised run needs: learner, optimiser, schedules, monitors.
 
 What differs between task families (data, network, loss, metric) comes from the configuration's
 ``Benchmark`` (``torchmaml.benchmark``); this module composes it with the learner and the outer optimiser.

@@ -5,7 +5,7 @@ relative to the file): the base's keys are read first, then the file's own keys 
 is a one-line summary shown by ``torchmaml presets``; ``species`` names what the file configures
 (``torchmaml.species``: a shipped preset's is its folder's, a file's is its own key, else its base's, else the
 registry's rule for files without one). None of these keys reaches the validated configuration.
-Reading a preset never imports the meta-RL code (nor gymnasium).
+Reading a supervised preset never imports the meta-RL code (nor gymnasium).
 """
 
 from __future__ import annotations
