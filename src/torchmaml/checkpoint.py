@@ -135,9 +135,13 @@ class CheckpointStore:
         """Delete the temporary files of writes that a kill cut short."""
         return remove_temporaries(self.folder)
 
+    def path(self, iteration: int) -> Path:
+        """Where the checkpoint of ``iteration`` is (or would be) written."""
+        return self.folder / f"{self.prefix}-{iteration:09d}.pt"
+
     def save(self, iteration: int, payload: dict[str, Any]) -> Path:
         """Write the checkpoint of ``iteration``, verify it, then drop all but the newest ``keep``."""
-        path = self.folder / f"{self.prefix}-{iteration:09d}.pt"
+        path = self.path(iteration)
         previous = self.paths()
         try:
             ensure_folder(self.folder)

@@ -3,21 +3,30 @@
 ``train`` and ``evaluate`` dispatch to the species of the config or run folder (``torchmaml.species``: the
 registry knows which module implements each). Every user error (bad config, missing run folder, corrupt
 checkpoint) is one line on stderr and exit code 2.
+
+``train`` launched by ``torchrun`` (``torchrun --nproc-per-node 2 -m torchmaml train ... --out RUN``) trains
+one run with every process (``torchmaml.run.team``); a group that torchrun restarts (``--max-restarts``)
+continues the run from its newest checkpoint. A rank that dies ends the others with one line (exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 from torchmaml import __version__, species
 from torchmaml.errors import TorchMAMLError
 from torchmaml.presets import all_names
 from torchmaml.run.signals import Interrupted
+from torchmaml.run.team import Team, launched_by_torchrun
 
 EXIT_USAGE = 2
+EXIT_LOST_RANK = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,24 +107,70 @@ def _interrupted(stop: Interrupted, out: Path) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from torchmaml.run.team import join
+
+    team = join()  # SOLO unless launched by torchrun
+    if not team.distributed:
+        return _train_as(args, team)
+    return _leave_after(lambda: _train_as(args, team), team)
+
+
+def _leave_after(command: Callable[[], int], team: Team) -> NoReturn:
+    """Run ``command`` as one rank of ``team``: errors are one line (from rank 0 when every rank has it),
+    then the process group is destroyed and the process exits at once (see below)."""
+    from torchmaml.run.team import LostRank, ReportedByWriter, leave
+
+    try:
+        code = command()
+    except ReportedByWriter:
+        code = EXIT_USAGE
+    except LostRank as error:
+        print(f"torchmaml: error (rank {team.rank}): {error}", file=sys.stderr)
+        code = EXIT_LOST_RANK
+    except TorchMAMLError as error:
+        where = "" if team.writer else f" (rank {team.rank})"
+        print(f"torchmaml: error{where}: {error}", file=sys.stderr)
+        code = EXIT_USAGE
+    if code != EXIT_LOST_RANK:
+        leave(team)
+    # With torch 2.13, a process that ran torch.func transforms over a gloo process group can abort in the
+    # interpreter's teardown after all work is done ("terminate called without an active exception").
+    # Everything is written, flushed and closed by now: leave at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _train_as(args: argparse.Namespace, team: Team) -> int:
     from torchmaml.allocator import keep_freed_memory
     from torchmaml.rundir import RunDir
 
-    if args.resume is not None:
-        if args.out or args.overwrite:
-            raise TorchMAMLError("--resume continues a run in its own folder: drop --out and --overwrite")
-        kind = species.module(species.of_run(args.resume))
-        out, config, resume = args.resume, kind.resume_config(args.resume, args.overrides), True
-    else:
-        kind = species.module(species.of_config(args.config))
-        config = kind.load_config(args.config, args.overrides)
+    def settings() -> tuple[str, Any, Path, bool]:
+        """The species, config, run folder and whether to resume (rank 0 reads the files)."""
+        if args.resume is not None:
+            if args.out or args.overwrite:
+                raise TorchMAMLError("--resume continues a run in its own folder: drop --out and --overwrite")
+            name = species.of_run(args.resume)
+            return name, species.module(name).resume_config(args.resume, args.overrides), args.resume, True
+        if launched_by_torchrun() and args.out is None:
+            raise TorchMAMLError("under torchrun, give the run folder with --out (a restarted group must find it)")
+        name = species.of_config(args.config)
+        config = species.module(name).load_config(args.config, args.overrides)
         out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        resume = False
+        restarted = team.restart > 0 and (out / "config.toml").exists()  # torchrun restarted the group
+        return name, config, out, restarted
+
+    name, config, out, resume = team.broadcast(team.agree(settings if team.writer else lambda: None))
+    kind = species.module(name)
     keep_freed_memory()  # the command owns its process: glibc keeps activation buffers (torchmaml.allocator)
     try:
-        root = kind.train(config, out, progress=not args.no_progress, resume=resume, overwrite=args.overwrite)
+        root = kind.train(
+            config, out, progress=not args.no_progress, resume=resume, overwrite=args.overwrite, team=team
+        )
     except Interrupted as stop:
-        return _interrupted(stop, out)
+        return _interrupted(stop, out) if team.writer else 128 + stop.signal_number
+    if not team.writer:
+        return 0
     run = RunDir(Path(root))
     print(f"run folder: {run.root}")
     print(f"  checkpoints: {', '.join(str(p.name) for p in sorted(run.root.glob('checkpoint-*.pt')))}")

@@ -6,15 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from torchmaml.config import TrainConfig, load_config
+from torchmaml.run.team import SOLO, Team
 from torchmaml.rundir import resume_config
 from torchmaml.species import Evaluation
 
 
-def train(config: TrainConfig, out: Path, *, progress: bool, resume: bool, overwrite: bool) -> Path:
+def train(config: TrainConfig, out: Path, *, progress: bool, resume: bool, overwrite: bool, team: Team = SOLO) -> Path:
     """``torchmaml.train.train_run``; the run folder."""
     from torchmaml.train import train_run
 
-    return train_run(config, out, progress=progress, resume=resume, overwrite=overwrite).root
+    return train_run(config, out, progress=progress, resume=resume, overwrite=overwrite, team=team).root
 
 
 def evaluate(run_dir: Path, *, tasks: int | None) -> Evaluation:

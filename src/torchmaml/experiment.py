@@ -14,6 +14,7 @@ from torchmaml.learner import MetaLearner
 from torchmaml.optim import HypergradientSGD
 from torchmaml.run import seeds
 from torchmaml.run.seeds import evaluation_stream, model_seed, theory_stream
+from torchmaml.run.team import SOLO, Team
 from torchmaml.tasks import TaskBatch
 from torchmaml.theory.step_size import STEP_SIZE_CONSTANTS, TheoryStepSize
 
@@ -67,7 +68,7 @@ def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, itera
     return None
 
 
-def build_step_rule(config: TrainConfig, kind: str) -> TheoryStepSize | None:
+def build_step_rule(config: TrainConfig, kind: str, team: Team = SOLO) -> TheoryStepSize | None:
     """The theory-guided step size (``outer_optimizer = "theory"``), or ``None``."""
     if config.outer_optimizer != "theory":
         return None
@@ -80,6 +81,7 @@ def build_step_rule(config: TrainConfig, kind: str) -> TheoryStepSize | None:
         seed=theory_stream(config.seed),
         smoothness=config.theory_smoothness,
         hessian_lipschitz=config.theory_hessian_lipschitz,
+        process_group=team.group if team.distributed else None,
     )
 
 

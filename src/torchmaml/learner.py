@@ -29,6 +29,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from torchmaml.compilation import MetaGradientRunner
 from torchmaml.context import VECTORISED, ExecutionContext
+from torchmaml.distributed import ProcessGroup, task_mean
 from torchmaml.errors import ConfigError, ModelError, first_line
 from torchmaml.estimators import InnerProblem, MetaParams, Metrics, Task, get_estimator
 from torchmaml.execution import map_tasks_in_context, resolve_strategy
@@ -69,6 +70,10 @@ class MetaLearner(nn.Module):
             eager calls), for the vectorised strategies only (see ``torchmaml.compilation``). Compilation makes
             small models' meta-iterations several times faster; it needs a C++ compiler, and falls back to
             eager execution with a warning when it fails.
+        process_group: a ``torch.distributed`` process group (e.g. ``dist.group.WORLD``) over which
+            :meth:`backward` averages: each rank passes its own tasks (``torchmaml.distributed.shard``) and every
+            rank gets the meta-gradient and metrics of all of them, weighted by task counts
+            (``torchmaml.distributed``). ``None`` (default): this process's batch only.
 
     Attributes that may be changed between meta-steps (the MAML++ schedules do): ``estimator`` (a
     ``TaskGradient``, e.g. ``get_estimator("first_order")``) and ``step_weights`` (multi-step loss weights,
@@ -88,6 +93,7 @@ class MetaLearner(nn.Module):
         inner_lr_mode: str = "fixed",
         adapt_only: Sequence[str] | None = None,
         compile: bool | str = "auto",
+        process_group: ProcessGroup | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -117,6 +123,7 @@ class MetaLearner(nn.Module):
         trainable = self._functional.parameters()
         adapted_params = {n: p for n, p in trainable.items() if self.adapted is None or n in self.adapted}
         self.inner_rate = make_inner_lr(inner_lr_mode, inner_lr, adapted_params, inner_steps)
+        self.process_group = process_group
 
     # -- the meta-gradient ------------------------------------------------------------------------
 
@@ -204,9 +211,11 @@ class MetaLearner(nn.Module):
         Returns plain floats: ``loss_after`` (query loss after the inner steps, averaged over the batch), with
         ``loss_before=True`` also ``loss_before`` (the query loss at ``w``; an extra forward pass), and
         ``finite``: 0.0 if the meta-loss or the meta-gradient was not finite (it is added all the same, as
-        ``loss.backward()`` would).
+        ``loss.backward()`` would). With a ``process_group``, all of these are over every rank's tasks.
         """
         grads, metrics = self.meta_gradient(batch, loss_before)
+        if self.process_group is not None:
+            grads, metrics = task_mean((grads, metrics), batch.num_tasks, self.process_group)
         finite = _all_finite(grads, metrics["loss_after"])
         scale = None if grad_scaler is None else grad_scaler.scale(torch.ones((), device=batch.device))
         self._accumulate_grads(grads, scale)

@@ -4,7 +4,7 @@ A species' module (``SPECIES``) offers the commands the command line dispatches 
 
     load_config(name_or_path, overrides) -> config          # a preset or TOML file, validated
     resume_config(run_dir, overrides) -> config             # a run's saved config, extended by --set
-    train(config, out, *, progress, resume, overwrite) -> Path
+    train(config, out, *, progress, resume, overwrite, team) -> Path   # team: torchmaml.run.team
     evaluate(run_dir, *, tasks) -> Evaluation               # what `torchmaml evaluate` prints and wrote
 
 It is imported on first use only, so a supervised run never imports the meta-RL package (nor gymnasium).

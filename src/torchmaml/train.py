@@ -36,6 +36,7 @@ import torch
 from torchmaml.benchmark import benchmark_of
 from torchmaml.checkpoint import CheckpointError, load_module_state
 from torchmaml.config import TrainConfig, to_toml
+from torchmaml.distributed import shard, task_range
 from torchmaml.errors import ConfigError, first_line
 from torchmaml.estimators import get_estimator
 from torchmaml.evaluate import adaptation_scores
@@ -66,6 +67,7 @@ from torchmaml.run.metrics_log import read_records
 from torchmaml.run.phases import train_phases
 from torchmaml.run.seeds import model_seed, task_stream
 from torchmaml.run.signals import Interrupted, StopFlag
+from torchmaml.run.team import SOLO, Team
 from torchmaml.run.trainer import Trainer
 from torchmaml.rundir import RunDir
 from torchmaml.schedules import multi_step_weights, uses_first_order
@@ -73,13 +75,21 @@ from torchmaml.theory.stationarity import meta_gradient_norm
 
 
 def train_run(
-    config: TrainConfig, root: Path, progress: bool = True, resume: bool = False, overwrite: bool = False
+    config: TrainConfig,
+    root: Path,
+    progress: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    team: Team = SOLO,
 ) -> RunDir:
     """Meta-train (and, if ``config.pretrained_baseline``, train the pretrained baseline) into the folder ``root``.
 
     With ``resume=True`` every phase continues from its newest valid checkpoint (a finished phase is skipped
     unless ``config`` raises its iterations; ``config`` may differ from the folder's own in those only). A new
     run refuses a folder holding a run unless ``overwrite``, which deletes that run first.
+
+    With a ``team`` of several processes (``torchrun``), each meta-batch is shared by the ranks
+    (``torchmaml.distributed``): the same tasks, the same meta-gradient, the same weights as one process.
     """
     run = RunDir(Path(root))
     if config.threads is not None:  # small models run best on one thread, and do not slow down on a busy CPU
@@ -91,13 +101,14 @@ def train_run(
         run,
         config,
         phases,
-        lambda kind, iterations: build_phase(config, kind, iterations, run, progress),
+        lambda kind, iterations: build_phase(config, kind, iterations, run, progress, team),
         species="supervised",
         resume=resume,
         overwrite=overwrite,
         saved=run.load_config,
         to_toml=to_toml,
         plot=lambda: _plot(run, phases),
+        team=team,
     )
     return run
 
@@ -106,10 +117,12 @@ def _plot(run: RunDir, phases: list[tuple[str, int]]) -> None:
     plot_learning_curve({kind: read_records(run.metrics(kind)) for kind, _ in phases}, run.learning_curve)
 
 
-def build_phase(config: TrainConfig, kind: str, iterations: int, run: RunDir, progress: bool) -> PhaseTrainer:
+def build_phase(
+    config: TrainConfig, kind: str, iterations: int, run: RunDir, progress: bool, team: Team = SOLO
+) -> PhaseTrainer:
     """The trainer of one phase; sizes that cannot be allocated are a one-line ``ConfigError``."""
     with _allocation_errors():
-        return PhaseTrainer(config, kind, iterations, run, progress)
+        return PhaseTrainer(config, kind, iterations, run, progress, team)
 
 
 @contextmanager
@@ -133,17 +146,22 @@ def _no_memory(error: BaseException) -> str:
 
 class PhaseTrainer:
     """One phase (``maml`` or ``pretrained``) of a run: the learner, its optimiser and task sampler, stepped by
-    a :class:`torchmaml.run.trainer.Trainer` (``self.trainer``) that owns the loop and the run folder."""
+    a :class:`torchmaml.run.trainer.Trainer` (``self.trainer``) that owns the loop and the run folder. With a
+    ``team``, every rank samples the same meta-batch and computes the meta-gradient of its share."""
 
-    def __init__(self, config: TrainConfig, kind: str, iterations: int, run: RunDir, progress: bool) -> None:
-        self.config, self.kind, self.iterations = config, kind, iterations
+    def __init__(
+        self, config: TrainConfig, kind: str, iterations: int, run: RunDir, progress: bool, team: Team = SOLO
+    ) -> None:
+        self.config, self.kind, self.iterations, self.team = config, kind, iterations, team
+        task_range(config.meta_batch_size, team.rank, team.size)  # refuses fewer tasks than processes
         torch.manual_seed(model_seed(config.seed))  # the process's global generator: a run owns its process
         self.learner: MetaLearner = build_learner(config, kind)
+        self.learner.process_group = team.group if team.distributed else None
         self.optimizer = build_optimizer(config, self.learner)
         self.scheduler = build_scheduler(config, self.optimizer, iterations)
         self.estimator = self.learner.estimator
         self.warmup_estimator = get_estimator("first_order")
-        self.step_rule = build_step_rule(config, kind)
+        self.step_rule = build_step_rule(config, kind, team)
         self.monitored = stationarity_batch(config) if config.stationarity_every else None
         benchmark = benchmark_of(config)
         self.validation = benchmark.evaluation_batches(config, "validation", None) if config.validate_every else None
@@ -181,6 +199,7 @@ class PhaseTrainer:
             config=config,
             checkpoint_every=config.checkpoint_every,
             keep_checkpoints=config.keep_checkpoints,
+            team=team,
         )
 
     @property
@@ -228,7 +247,8 @@ class PhaseTrainer:
         batch = self.tasks.sample(config.meta_batch_size, self.generator).to(device=config.device)
         self._apply_schedules(iteration)
         theory = self.step_rule.update(self.learner, self.optimizer) if self.step_rule else {}
-        step = self.learner.meta_step(batch, self.optimizer, loss_before=self._logged(iteration))
+        share = shard(batch, self.learner.process_group) if self.team.distributed else batch
+        step = self.learner.meta_step(share, self.optimizer, loss_before=self._logged(iteration))
         metrics = {**step, **self._rates(), **theory}
         if self.scheduler is not None:
             self.scheduler.step()
@@ -273,6 +293,8 @@ class PhaseTrainer:
 
 class _StopAtEpsilon(Hook):
     """Stop once the stationarity monitor's ``||grad F||`` is at most ``epsilon`` (``None``: never)."""
+
+    writer_only = True  # the monitor runs on rank 0
 
     def __init__(self, epsilon: float | None) -> None:
         self.epsilon = epsilon

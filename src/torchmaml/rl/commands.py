@@ -8,6 +8,7 @@ from pathlib import Path
 
 from torchmaml.extras import require
 from torchmaml.rl.config import RLConfig, load_config
+from torchmaml.run.team import SOLO, Team
 from torchmaml.species import Evaluation
 
 
@@ -19,12 +20,12 @@ def resume_config(run_dir: Path, overrides: list[str]) -> RLConfig:
     return extended_config(run_dir, overrides)
 
 
-def train(config: RLConfig, out: Path, *, progress: bool, resume: bool, overwrite: bool) -> Path:
+def train(config: RLConfig, out: Path, *, progress: bool, resume: bool, overwrite: bool, team: Team = SOLO) -> Path:
     """``torchmaml.rl.train.train``; the run folder."""
     require("gymnasium", "rl")
     from torchmaml.rl.train import train as train_policy
 
-    return train_policy(config, out, progress=progress, resume=resume, overwrite=overwrite)
+    return train_policy(config, out, progress=progress, resume=resume, overwrite=overwrite, team=team)
 
 
 def evaluate(run_dir: Path, *, tasks: int | None) -> Evaluation:

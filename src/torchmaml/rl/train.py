@@ -52,6 +52,7 @@ from torchmaml.run.metrics_log import read_records
 from torchmaml.run.phases import train_phases
 from torchmaml.run.resume import extended
 from torchmaml.run.seeds import model_seed, task_stream
+from torchmaml.run.team import SOLO, Team
 from torchmaml.run.trainer import Trainer
 from torchmaml.rundir import RunDir
 
@@ -106,6 +107,7 @@ def train(
     resume: bool = False,
     policy: nn.Module | None = None,
     overwrite: bool = False,
+    team: Team = SOLO,
 ) -> Path:
     """Meta-train (then the pretrained baseline, if configured) into ``out_dir``; returns the folder.
 
@@ -116,6 +118,8 @@ def train(
     ``EXTENSIBLE_KEYS`` only (:func:`extended_config`).
     """
     run = RunDir(Path(out_dir))
+    if team.distributed:
+        raise ConfigError("meta-RL trains in one process for now: launch it without torchrun")
     if resume and config is None:
         config = load_run_config(run.root)
     phases = [(MAML, config.iterations)]

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
@@ -42,7 +42,13 @@ class DivergenceError(TorchMAMLError):
 
 
 class Hook:
-    """A part of the loop's bookkeeping; the trainer calls each method at its stage of every iteration."""
+    """A part of the loop's bookkeeping; the trainer calls each method at its stage of every iteration.
+
+    ``writer_only`` hooks (monitors, files, the screen) run on rank 0 alone when several processes train one
+    run; the others (the divergence guard) run on every rank, since they change what every rank does.
+    """
+
+    writer_only: ClassVar[bool] = False
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of this hook (its keys share the checkpoint's top level)."""
@@ -139,6 +145,8 @@ class DivergenceGuard(Hook):
 class Every(Hook):
     """Every ``every`` iterations (0: never), add the metrics ``measure()`` returns."""
 
+    writer_only = True
+
     def __init__(self, every: int, measure: Callable[[], Metrics]) -> None:
         self.every, self.measure = every, measure
 
@@ -150,6 +158,8 @@ class Every(Hook):
 class Validation(Hook):
     """Every ``every`` iterations (0: never), ``val_<name>`` = ``score()``; the trainer's state is saved to
     ``best`` whenever the score is the best so far (higher or lower, as ``higher_is_better``)."""
+
+    writer_only = True
 
     def __init__(self, every: int, score: Callable[[], float], *, name: str, higher_is_better: bool, best: Path):
         self.every, self.score, self.name, self.higher_is_better, self.best = every, score, name, higher_is_better, best
@@ -175,6 +185,8 @@ class Validation(Hook):
 class TimeLimit(Hook):
     """Stop the phase once it has trained ``minutes`` (``None``: no limit); its final checkpoint is written."""
 
+    writer_only = True
+
     def __init__(self, minutes: float | None) -> None:
         self.minutes = minutes
 
@@ -187,6 +199,8 @@ class TimeLimit(Hook):
 class TensorBoard(Hook):
     """The metrics as TensorBoard scalars ``<phase>/<name>`` on the iterations ``logged(iteration)`` picks,
     in ``folder``; without the extra nothing is written (one note on stderr)."""
+
+    writer_only = True
 
     def __init__(self, folder: Path, logged: Callable[[int], bool] = lambda iteration: True) -> None:
         self.folder, self.logged = Path(folder), logged
@@ -222,6 +236,8 @@ class TensorBoard(Hook):
 
 class Progress(Hook):
     """The progress bar (hidden unless ``show``); ``postfix(metrics)`` gives its figures (``None``: keep)."""
+
+    writer_only = True
 
     def __init__(self, show: bool, postfix: Callable[[Metrics], dict[str, str] | None]) -> None:
         self.show, self.postfix = show, postfix

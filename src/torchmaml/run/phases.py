@@ -7,12 +7,16 @@ lock: the temporaries of killed writes are removed, a config that raises the ite
 change is refused), a run without ``run.toml`` (written before species were recorded) gains it, and each
 phase that is not finished (``torchmaml.run.resume.phase_finished``) continues from its newest checkpoint.
 SIGINT/SIGTERM are caught for the whole run (``torchmaml.run.signals``).
+
+With a ``team`` of several processes, rank 0 alone checks, locks and writes the folder; a setup error on any
+rank stops every rank (``Team.agree``), and which phases are finished is rank 0's answer.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Protocol
 
 from pydantic import BaseModel
@@ -24,6 +28,7 @@ from torchmaml.run.files import write_atomic
 from torchmaml.run.folder import check_new_run_folder, replace_run
 from torchmaml.run.resume import phase_finished, remove_stale_temporaries
 from torchmaml.run.signals import StopFlag, stop_requests
+from torchmaml.run.team import SOLO, Team
 from torchmaml.run.trainer import warn
 from torchmaml.rundir import RunDir
 from torchmaml.runlock import exclusive_run
@@ -47,6 +52,7 @@ def train_phases(
     saved: Callable[[], BaseModel],
     to_toml: Callable[[BaseModel], str],
     plot: Callable[[], None],
+    team: Team = SOLO,
 ) -> None:
     """Train ``phases`` (``(kind, iterations)`` in order, each built by ``build``) of ``config`` in ``run``.
 
@@ -54,27 +60,41 @@ def train_phases(
     layout of ``config.toml``); ``plot()`` draws the learning curves.
     """
     digest = config_digest(config.model_dump())
+    writer = team.writer
     with stop_requests() as stop:
         if resume:
-            with exclusive_run(run.root):
-                _prepare_resume(run, config, saved(), species, to_toml)
-                for kind, iterations in phases:
-                    if not phase_finished(run.checkpoint(kind), iterations, digest, warn=warn):
+            with exclusive_run(run.root) if writer else nullcontext():
+
+                def unfinished() -> list[bool]:
+                    if not writer:
+                        return []
+                    _prepare_resume(run, config, saved(), species, to_toml)
+                    return [not phase_finished(run.checkpoint(k), n, digest, warn=warn) for k, n in phases]
+
+                todo = team.broadcast(team.agree(unfinished))
+                for (kind, iterations), train in zip(phases, todo, strict=True):
+                    if train:
                         build(kind, iterations).run(stop, resume=True)
-                plot()
+                if writer:
+                    plot()
             return
-        replacing = check_new_run_folder(run.root, overwrite)  # writes nothing
-        (kind, iterations), *rest = phases
-        first = build(kind, iterations)  # validates before anything is written
+
+        def check_and_build() -> tuple[bool, Phase]:
+            replacing = check_new_run_folder(run.root, overwrite) if writer else False  # writes nothing
+            return replacing, build(*phases[0])  # validates before anything is written
+
+        replacing, first = team.agree(check_and_build)
         if replacing:
             replace_run(run.root)
-        with exclusive_run(run.root):
-            write_atomic(run.config, to_toml(config).encode())  # first: a folder with config.toml is a run
-            write_atomic(run.record, registry.record(species))
+        with exclusive_run(run.root) if writer else nullcontext():
+            if writer:
+                write_atomic(run.config, to_toml(config).encode())  # first: a folder with config.toml is a run
+                write_atomic(run.record, registry.record(species))
             first.run(stop, resume=False)
-            for kind, iterations in rest:
+            for kind, iterations in phases[1:]:
                 build(kind, iterations).run(stop, resume=False)
-            plot()
+            if writer:
+                plot()
 
 
 def _prepare_resume(

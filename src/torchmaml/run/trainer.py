@@ -19,11 +19,17 @@ checkpoint (one of another configuration refused) and truncates the metrics log 
 ``iteration``, the step's and hooks' metrics, ``seconds`` of training) to it, torn lines included.
 SIGINT/SIGTERM (``stop``) finish the iteration, write a checkpoint and raise ``Interrupted``. A write that
 fails (disk full) is one ``WriteError`` line naming the intact checkpoint.
+
+With a ``team`` of several processes (``torchmaml.run.team``) every rank steps the same state; rank 0 alone
+writes (checkpoints, metrics) and runs the hooks marked ``writer_only`` (monitors, validation, the time
+limit, TensorBoard, the progress bar). A resume point is read by rank 0 and broadcast; signals and stop
+reasons are decided together after every iteration; the ranks' states are compared at every checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +46,7 @@ from torchmaml.run.hooks import Hook, Metrics, closing
 from torchmaml.run.metrics_log import open_metrics, truncate_metrics
 from torchmaml.run.resume import newest_state
 from torchmaml.run.signals import Interrupted, StopFlag
+from torchmaml.run.team import SOLO, Team
 from torchmaml.rundir import RunDir
 
 SECONDS_DIGITS = 4
@@ -73,8 +80,10 @@ class Trainer:
         config: BaseModel,
         checkpoint_every: int,
         keep_checkpoints: int,
+        team: Team = SOLO,
     ) -> None:
-        self.step, self.state, self.hooks = step, state, list(hooks)
+        self.step, self.state, self.team = step, state, team
+        self.hooks = [hook for hook in hooks if team.writer or not hook.writer_only]
         self.run_dir, self.kind, self.iterations, self.config = run, kind, iterations, config
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.digest = config_digest(config.model_dump())
@@ -129,11 +138,17 @@ class Trainer:
         """Train from the start (or the newest valid checkpoint) to ``iterations``; write the final checkpoint."""
         store = self.run_dir.checkpoints(self.kind, self.keep_checkpoints)
         final = self.run_dir.checkpoint(self.kind)
-        if resume and (found := newest_state(store, final, warn=warn)) is not None:
+        team = self.team
+        found = None
+        if resume:  # rank 0 reads the run folder; the others receive what it found
+            found = team.broadcast(team.agree(lambda: newest_state(store, final, warn=warn) if team.writer else None))
+        if found is not None:
             self.load_state_dict(found[1], found[0])
             self.last_checkpoint = found[0]
-            print(f"resumed {self.kind} at iteration {self.iteration} from {found[0]}", flush=True)
-        truncate_metrics(self.run_dir.metrics(self.kind), self.iteration)
+            if team.writer:
+                print(f"resumed {self.kind} at iteration {self.iteration} from {found[0]}", flush=True)
+        if team.writer:
+            truncate_metrics(self.run_dir.metrics(self.kind), self.iteration)
         try:
             with closing(self.hooks):
                 for hook in self.hooks:
@@ -148,10 +163,12 @@ class Trainer:
                 f"{self.kind}: cannot write to {self.run_dir.root} ({error.strerror or error}) at iteration "
                 f"{self.iteration}; {kept}: free space, then continue with `torchmaml train --resume`"
             ) from None
-        self.save(final)
+        if team.writer:
+            self.save(final)
 
     def _loop(self, stop: StopFlag, store: CheckpointStore) -> None:
-        with open_metrics(self.run_dir.metrics(self.kind)) as log:
+        team = self.team
+        with open_metrics(self.run_dir.metrics(self.kind)) if team.writer else _NoLog() as log:
             while self.iteration < self.iterations:
                 started = time.perf_counter()
                 metrics = self.step(self.iteration + 1)
@@ -163,18 +180,40 @@ class Trainer:
                 log.write(json.dumps(record) + "\n")
                 for hook in self.hooks:
                     hook.after_record(self, metrics)
-                if self.iteration % self.checkpoint_every == 0 or stop.signal_number is not None:
+                reason = next((r for hook in self.hooks if (r := hook.stop_reason(self, metrics))), None)
+                signalled, stopping = team.any(stop.signal_number is not None, reason is not None)
+                if self.iteration % self.checkpoint_every == 0 or signalled:
                     log.flush()
-                    self.last_checkpoint = store.save(self.iteration, self.state_dict())
+                    team.same(self.state.state_dict(), f"{self.kind} iteration {self.iteration}")
+                    if team.writer:
+                        self.last_checkpoint = store.save(self.iteration, self.state_dict())
+                    else:
+                        self.last_checkpoint = store.path(self.iteration)
                     for hook in self.hooks:
                         hook.checkpointed(self, self.last_checkpoint)
-                if stop.signal_number is not None:
-                    raise Interrupted(stop.signal_number, self.last_checkpoint)
-                reason = next((r for hook in self.hooks if (r := hook.stop_reason(self, metrics))), None)
-                if reason is not None:
-                    print(f"{self.kind}: {reason} at iteration {self.iteration}; stopping", flush=True)
+                if signalled:
+                    raise Interrupted(stop.signal_number or signal.SIGTERM, self.last_checkpoint)
+                if stopping:
+                    if team.writer:
+                        print(f"{self.kind}: {reason} at iteration {self.iteration}; stopping", flush=True)
                     break
             log.flush()
+
+
+class _NoLog:
+    """The metrics log of a rank that does not write (rank 0 does)."""
+
+    def __enter__(self) -> _NoLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def write(self, text: str) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
 
 
 __all__ = ["Trainer", "TrainingState", "warn"]

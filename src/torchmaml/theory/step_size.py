@@ -12,8 +12,11 @@ gives an epsilon-first-order stationary point in ``O(1/epsilon^2)`` iterations. 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from torchmaml.distributed import ProcessGroup, gather_tasks, shard
 from torchmaml.estimators import ESTIMATORS
 from torchmaml.learner import MetaLearner
 from torchmaml.tasks import TaskBatch, TaskSource
@@ -38,6 +41,7 @@ class TheoryStepSize:
     ``L`` and ``rho`` are given, or estimated once at the start (``estimate_smoothness`` /
     ``estimate_hessian_lipschitz`` on ``batch_size`` tasks, maximum over tasks); ``E||grad f_j(w_k)||`` is
     re-estimated each iteration on an independent batch of tasks drawn from ``tasks`` with its own generator.
+    With a ``process_group`` each rank estimates its share of the batch and the per-task values are gathered.
     """
 
     def __init__(
@@ -48,22 +52,31 @@ class TheoryStepSize:
         seed: int,
         smoothness: float | None = None,
         hessian_lipschitz: float | None = None,
+        process_group: ProcessGroup | None = None,
     ) -> None:
-        self.tasks, self.batch_size, self.c = tasks, batch_size, c
+        self.tasks, self.batch_size, self.c, self.process_group = tasks, batch_size, c, process_group
         self.generator = torch.Generator().manual_seed(seed)
         self.smoothness, self.hessian_lipschitz = smoothness, hessian_lipschitz
 
     def _batch(self, learner: MetaLearner) -> TaskBatch:
-        device = next(learner.parameters()).device
-        return self.tasks.sample(self.batch_size, self.generator).to(device=device)
+        """The next batch of the rule's own tasks (with a process group: this rank's share of it)."""
+        batch = self.tasks.sample(self.batch_size, self.generator).to(device=next(learner.parameters()).device)
+        return batch if self.process_group is None else shard(batch, self.process_group)
+
+    def _per_task(
+        self, estimate: Callable[[MetaLearner, TaskBatch], torch.Tensor], learner: MetaLearner
+    ) -> torch.Tensor:
+        """One value per task of the next batch, the ranks' shares joined (a process group shares the work)."""
+        values = estimate(learner, self._batch(learner))
+        return values if self.process_group is None else gather_tasks(values, self.process_group)
 
     def update(self, learner: MetaLearner, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """Estimate what is missing, set every group's ``lr`` to ``beta_k``; return the values used."""
         if self.smoothness is None:
-            self.smoothness = float(estimate_smoothness(learner, self._batch(learner)).max())
+            self.smoothness = float(self._per_task(estimate_smoothness, learner).max())
         if self.hessian_lipschitz is None:
-            self.hessian_lipschitz = float(estimate_hessian_lipschitz(learner, self._batch(learner)).max())
-        mean_norm = float(task_gradient_norms(learner, self._batch(learner)).mean())
+            self.hessian_lipschitz = float(self._per_task(estimate_hessian_lipschitz, learner).max())
+        mean_norm = float(self._per_task(task_gradient_norms, learner).mean())
         alpha = learner.inner_rate_value()
         beta = theory_step_size(self.smoothness, self.hessian_lipschitz, alpha, mean_norm, self.c)
         for group in optimizer.param_groups:
