@@ -117,10 +117,12 @@ class Team:
 
     @contextmanager
     def collective(self, what: str) -> Iterator[None]:
-        """Turn a collective's failure (a peer died) into one :class:`LostRank` line."""
+        """Turn the failure of the collectives in the block (a peer died) into one :class:`LostRank` line."""
         try:
             yield
         except RuntimeError as error:
+            if not self.distributed or not communication_failure(error):
+                raise
             raise self.lost(what, error) from None
 
     def lost(self, what: str, error: BaseException) -> LostRank:
@@ -129,7 +131,8 @@ class Team:
         who = f"rank {', '.join(map(str, missing))}" if missing else "a rank"
         return LostRank(
             f"{who} of {self.size} left the process group during {what} ({first_line(error)[:100]}); "
-            "the newest checkpoint in the run folder is intact: restart with --resume"
+            "the newest checkpoint in the run folder is intact: continue with `torchmaml train --resume RUN_DIR` "
+            "(under torchrun as before)"
         )
 
     def _missing_ranks(self) -> list[int]:
@@ -158,6 +161,12 @@ class Team:
 SOLO = Team()
 
 
+def communication_failure(error: RuntimeError) -> bool:
+    """Whether ``error`` is a failed collective (gloo or NCCL lost a peer) rather than a bug in the step."""
+    text = str(error)
+    return isinstance(error, dist.DistError) or "gloo" in text or "NCCL" in text or "Connection" in text
+
+
 def digest(state: Any) -> str:
     """A SHA-256 of every tensor in ``state`` (weights, optimiser moments, generator states), in order:
     equal states, equal digests. Plain numbers are left out: some are per-process measurements (CPU time)."""
@@ -179,17 +188,38 @@ def join() -> Team:
     ``LOCAL_RANK``, so ``device = "cuda"`` means that one)."""
     if not launched_by_torchrun():
         return SOLO
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if not dist.is_initialized():
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
+        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(
+            "cpu:gloo,cuda:nccl" if cuda else "gloo",
+            store=_attempt_store(rank, size, restart),
+            rank=rank,
+            world_size=size,
+        )
     return Team(
         rank=dist.get_rank(),
         size=dist.get_world_size(),
         group=dist.group.WORLD,
-        restart=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+        restart=restart,
     )
+
+
+def _attempt_store(rank: int, size: int, restart: int) -> dist.Store:
+    """torchrun's store (its agent's, or rank 0's), with keys of this attempt only: after a restart, the
+    ranks of the new group must not read the addresses of the dead group's processes."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size=size,
+        is_master=not agent and rank == 0,
+        multi_tenant=True,
+    )
+    return dist.PrefixStore(f"torchmaml/attempt-{restart}", store)
 
 
 def leave(team: Team) -> None:

@@ -171,7 +171,8 @@ class Trainer:
         with open_metrics(self.run_dir.metrics(self.kind)) if team.writer else _NoLog() as log:
             while self.iteration < self.iterations:
                 started = time.perf_counter()
-                metrics = self.step(self.iteration + 1)
+                with team.collective(f"iteration {self.iteration + 1}"):  # its all-reduces
+                    metrics = self.step(self.iteration + 1)
                 self.iteration += 1
                 self.elapsed += time.perf_counter() - started
                 for hook in self.hooks:
