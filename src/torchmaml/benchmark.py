@@ -145,7 +145,8 @@ class Sinusoid(Benchmark):
         """The paper's Figure 2: fits before and after adaptation on two held-out functions."""
         from torchmaml.plots import plot_sinusoid_fits
 
-        figure = plot_sinusoid_fits(learners, run.fits, support_size=min(config.eval_support_sizes))
+        steps = tuple(sorted({min(config.eval_steps), max(config.eval_steps)} - {0}))  # the paper: 1 and 10
+        figure = plot_sinusoid_fits(learners, run.fits, support_size=min(config.eval_support_sizes), steps=steps)
         return [figure] if figure is not None else []
 
 

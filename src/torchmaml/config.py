@@ -433,6 +433,12 @@ class TrainConfig(BaseModel):
                 "steps, so learned rates would get no gradient; use inner_lr_mode 'fixed' or estimator "
                 f"{one_of(estimators_with('differentiates_inner_loop'))}"
             )
+        if self.inner_lr_mode == "per_layer_per_step" and max(self.eval_steps) > self.inner_steps:
+            raise ValueError(
+                f"eval_steps: inner_lr_mode 'per_layer_per_step' learns a rate for each of the {self.inner_steps} "
+                f"inner steps, so evaluation cannot take {max(self.eval_steps)}; set eval_steps to steps <= "
+                f"{self.inner_steps}, e.g. eval_steps = [{self.inner_steps}]"
+            )
         return self
 
     @model_validator(mode="after")
