@@ -33,7 +33,9 @@ CASES = [(name, "fixed") for name in ESTIMATORS] + [("unrolled", "meta_sgd"), ("
 def _batch() -> TaskBatch:
     batch = SinusoidTasks(4, 6, dtype=torch.float64).sample(TASKS, torch.Generator().manual_seed(3))
     hessian = SinusoidTasks(5, 5, dtype=torch.float64).sample(TASKS, torch.Generator().manual_seed(4))
-    return TaskBatch(batch.support_x, batch.support_y, batch.query_x, batch.query_y, hessian.support_x, hessian.support_y)
+    return TaskBatch(
+        batch.support_x, batch.support_y, batch.query_x, batch.query_y, hessian.support_x, hessian.support_y
+    )
 
 
 def _learner(estimator: str, rates: str, group=None) -> MetaLearner:
@@ -95,7 +97,9 @@ def test_each_rank_gets_the_one_process_meta_gradient(two_ranks, estimator, rate
         for name in ("loss_after", "loss_before"):
             assert metrics[name] == pytest.approx(expected_metrics[name], rel=1e-12)
     # both ranks step with bit-identical gradients
-    assert all(torch.equal(two_ranks[0][(estimator, rates)][0][n], two_ranks[1][(estimator, rates)][0][n]) for n in expected)
+    assert all(
+        torch.equal(two_ranks[0][(estimator, rates)][0][n], two_ranks[1][(estimator, rates)][0][n]) for n in expected
+    )
 
 
 def test_theory_step_size_statistics_are_those_of_the_whole_batch(two_ranks):
