@@ -135,7 +135,8 @@ def test_two_nodes_on_loopback_with_alpha_maml_and_the_theory_step(tmp_path):
         results = [finished(node) for node in nodes]
         assert all(code == 0 for code, _, _ in results), [err for _, _, err in results]
         written = [n for n in range(2) if (tmp_path / f"node{n}-{optimizer}" / "checkpoint-maml.pt").exists()]
-        assert len(written) == 1  # the node of rank 0 writes; the other writes nothing
+        assert len(written) == 1  # the node of rank 0 writes; the other writes nothing, not even its folder
+        assert not (tmp_path / f"node{1 - written[0]}-{optimizer}").exists()
         assert_same_weights(tmp_path / f"one-{optimizer}", tmp_path / f"node{written[0]}-{optimizer}", rel=1e-9)
 
 
