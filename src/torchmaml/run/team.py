@@ -80,8 +80,9 @@ class Team:
         return box[0]
 
     def agree(self, work: Callable[[], T]) -> T:
-        """``work()`` on every rank; if it raises a ``TorchMAMLError`` on any rank, every rank raises:
-        the error itself where it happened, :class:`ReportedByWriter` elsewhere (rank 0 prints its own)."""
+        """``work()`` on every rank; if it raises a ``TorchMAMLError`` on any rank, every rank raises: rank 0
+        its own error or the first failing rank's (named), the others :class:`ReportedByWriter` (silent), so
+        the error is printed once."""
         if not self.distributed:
             return work()
         try:
@@ -91,14 +92,14 @@ class Team:
         messages: list[str | None] = [None] * self.size
         with self.collective("a setup check"):
             dist.all_gather_object(messages, message, group=self.group)
-        if isinstance(result, TorchMAMLError) and (self.writer or messages[0] is None):
+        failing = [rank for rank, m in enumerate(messages) if m is not None]
+        if not failing:
+            return result
+        if not self.writer:
+            raise ReportedByWriter(messages[failing[0]])
+        if isinstance(result, TorchMAMLError):
             raise result
-        failed = next((m for m in messages if m is not None), None)
-        if failed is not None:
-            if self.writer:
-                raise TorchMAMLError(f"rank {messages.index(failed)}: {failed}")
-            raise ReportedByWriter(failed)
-        return result
+        raise TorchMAMLError(f"rank {failing[0]}: {messages[failing[0]]}")
 
     def same(self, state: Any, what: str) -> None:
         """Check that every rank holds the same ``state`` (a digest of its tensors); a mismatch is an error."""
