@@ -85,7 +85,7 @@ def test_a_sectioned_file_inherits_a_flat_base_and_a_flat_file_a_sectioned_base_
     config = load_config(str(sectioned_child))
     assert (config.inner_lr, config.outer_lr) == (0.03, 0.005)
     sectioned_base = tmp_path / "sectioned_base.toml"
-    sectioned_base.write_text('[inner]\ninner_lr = 0.02\ninner_steps = 3\n[outer]\nouter_lr = 0.005\n')
+    sectioned_base.write_text("[inner]\ninner_lr = 0.02\ninner_steps = 3\n[outer]\nouter_lr = 0.005\n")
     flat_child = tmp_path / "flat_child.toml"
     flat_child.write_text('base = "sectioned_base.toml"\ninner_lr = 0.04\n')
     config = load_config(str(flat_child))
