@@ -5,15 +5,17 @@ Workloads:
 
 * ``W1``: sinusoid, the MAML paper's MLP, 25 tasks, one inner step (``speed.py``'s W1);
 * ``W2``: conv4, 32 tasks x 5-way 1-shot, 15 queries per class, one inner step, second order (``speed.py``'s W2);
-* ``navigation``: meta-RL, the ``navigation2d`` preset's MAML-TRPO iteration, through ``torchmaml train``
-  (seconds per iteration from the run's metrics log; the all-reduce share is not separated there).
+* ``navigation2d``: meta-RL, the preset's MAML-TRPO iteration (20 tasks x 20 trajectories), through
+  ``torchmaml train`` (seconds per iteration from the run's metrics log; the all-reduce share is not
+  separated there);
+* ``half-cheetah-dir``: the same for half-cheetah (MuJoCo), with 8 tasks x 5 trajectories of 200 steps.
 
 W1 and W2 run ``MetaLearner`` in a loop a user would write (``examples/data_parallel.py``): every rank draws
 the same global batch, keeps its ``shard``, computes its meta-gradient, then ``task_mean`` (one bucketed
 all-reduce) and an Adam step. The two world sizes alternate ``--rounds`` times in one run, so machine drift
 hits both alike; the table gives medians and the speed-up ratio.
 
-    .venv/bin/python benchmarks/distributed.py                     # W1, W2 and navigation, 3 rounds
+    .venv/bin/python benchmarks/distributed.py                     # every workload, 3 rounds
     .venv/bin/python benchmarks/distributed.py --workloads W2 --rounds 5
 """
 
@@ -32,7 +34,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 ITERATIONS = {"W1": (10, 100), "W2": (1, 4)}  # (warm-up, timed)
-RL_ITERATIONS = 6
+RL_WORKLOADS = {  # preset: (iterations, overrides)
+    "navigation2d": (6, []),
+    "half-cheetah-dir": (4, ["meta_batch_size=8", "trajectories=5", "tasks_per_round=4"]),
+}
 
 
 def worker(workload: str, warmup: int, timed: int) -> None:
@@ -93,16 +98,19 @@ def supervised(workload: str, processes: int) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def navigation(processes: int) -> dict[str, float]:
+def meta_rl(workload: str, processes: int) -> dict[str, float]:
+    """Seconds per meta-iteration of ``torchmaml train`` on an RL preset (rank 0's metrics log)."""
+    iterations, overrides = RL_WORKLOADS[workload]
     with tempfile.TemporaryDirectory() as folder:
         run = Path(folder) / "run"
-        args = ["-m", "torchmaml", "train", "--config", "navigation2d", "--set", f"iterations={RL_ITERATIONS}"]
+        args = ["-m", "torchmaml", "train", "--config", workload, "--set", f"iterations={iterations}"]
+        args += [item for key in overrides for item in ("--set", key)]
         args += ["--set", "pretrained_iterations=0", "--no-progress", "--out", str(run)]
         done = subprocess.run(
             launch(processes, args), capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
         )
         if done.returncode != 0:
-            raise SystemExit(f"navigation at {processes} processes failed:\n{done.stderr[-2000:]}")
+            raise SystemExit(f"{workload} at {processes} processes failed:\n{done.stderr[-2000:]}")
         records = [json.loads(line) for line in (run / "metrics-maml.jsonl").read_text().splitlines()]
     seconds = (records[-1]["seconds"] - records[0]["seconds"]) / (len(records) - 1)  # the first one left out
     return {"seconds": seconds, "reduce_share": float("nan")}
@@ -110,7 +118,7 @@ def navigation(processes: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", default="W1,W2,navigation")
+    parser.add_argument("--workloads", default="W1,W2,navigation2d,half-cheetah-dir")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     workloads = args.workloads.split(",")
@@ -118,7 +126,7 @@ def main() -> None:
     for round_ in range(args.rounds):
         for workload in workloads:
             for processes in (1, 2):
-                result = navigation(processes) if workload == "navigation" else supervised(workload, processes)
+                result = meta_rl(workload, processes) if workload in RL_WORKLOADS else supervised(workload, processes)
                 results.setdefault((workload, processes), []).append(result)
                 print(f"round {round_ + 1}: {workload} x{processes}: {result}", file=sys.stderr, flush=True)
     print("| workload | s/iteration, 1 process | s/iteration, 2 processes | speed-up | all-reduce share, 2 proc. |")
