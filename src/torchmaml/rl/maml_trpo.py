@@ -27,11 +27,12 @@ of ``n_r`` tasks (``sample_phases(..., share=task_range(T, r, R))``: every proce
 tasks and noise from the shared generator and keeps its share, so the episodes are the one-process ones).
 The advantages and baseline fits are per task, hence local. Everything TRPO reads is a mean over tasks,
 ``(1/T) sum_i x_i = (1/T) sum_r n_r xbar_r``, reduced with one all-reduce (``distributed.task_mean``): the
-gradient ``g``, every Fisher-vector product ``F v`` of the conjugate gradient, the objective and the KL of
-each line-search step, and the reported returns. The sampling term's baseline needs every task's ``V_hat``
-(``distributed.gather_tasks``). Every process thus computes the same numbers (an all-reduce gives the same
-sum everywhere), runs the same conjugate gradient and line search and takes the same step: the
-one-process step up to the rounding of the sums' order, bit-identical across processes.
+gradient ``g``, the objective and the KL of each line-search step, and the reported returns. Every
+Fisher-vector product ``F v`` of the conjugate gradient is ``sum_r (sum_{i in r} F_i v / T)``: each task
+weighted by ``1/T`` as in one process, then summed over the processes. The sampling term's baseline needs
+every task's ``V_hat`` (``distributed.gather_tasks``). Every process thus computes the same numbers (an
+all-reduce gives the same sum everywhere), runs the same conjugate gradient and line search and takes the
+same step: the one-process step up to the rounding of the sums' order, bit-identical across processes.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch.func import grad, jvp, vjp, vmap
 
 from torchmaml.distributed import ProcessGroup, gather_tasks, rank_and_size, task_mean, task_range
@@ -200,20 +202,32 @@ def fisher_vector_product_of(
     adapted parameters, averaged. It is an ``O(alpha)`` approximation about ten times cheaper; the line search
     still measures the true KL through the adaptation, so the trust region holds either way.
 
-    ``J^T M J`` is a mean over tasks: with a ``process_group`` over this process's tasks, reduced to the mean over
-    every process's tasks (``M`` weights each task by ``1/n_r`` here and the reduction by ``n_r / T``).
+    ``J^T M J`` is a mean over tasks, ``M`` weighting each task by ``1/T``. With a ``process_group``, ``mask`` holds
+    this process's tasks, ``T`` counts every process's tasks and the products are summed over the processes:
+    each task's weight is the one-process weight, whatever the precision.
     """
     counts, tasks = mask.sum((1, 2)), mask.shape[0]
-    weight = (mask / (counts[:, None, None] * mask.shape[0]))[..., None]
+    if process_group is not None:
+        tasks = int(_sum_over_ranks(torch.tensor(tasks), process_group))
+    weight = (mask / (counts[:, None, None] * tasks))[..., None]
     metric = (weight * torch.exp(-2 * old_log_std), 2 * weight.expand_as(old_log_std))
     _, pullback = vjp(outputs, params)
 
     def product(v: torch.Tensor) -> torch.Tensor:
         _, (d_mean, d_log_std) = jvp(outputs, (params,), (unflatten(v, params),))
         (pulled,) = pullback((metric[0] * d_mean, metric[1] * d_log_std))
-        return _mean_over_tasks(flatten(pulled), tasks, process_group) + damping * v
+        return _sum_over_ranks(flatten(pulled), process_group) + damping * v
 
     return product
+
+
+def _sum_over_ranks(tensor: torch.Tensor, process_group: ProcessGroup | None) -> torch.Tensor:
+    """``tensor`` summed over the processes of ``process_group`` (one all-reduce); ``tensor`` itself without."""
+    if process_group is None:
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total, group=process_group)
+    return total
 
 
 def _mean_over_tasks(tree, tasks: int, process_group: ProcessGroup | None):
