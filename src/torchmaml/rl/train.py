@@ -65,8 +65,9 @@ EXTENSIBLE_KEYS = ("iterations", "pretrained_iterations")
 MAX_CONSECUTIVE_SKIPS = 20  # as the supervised default; not a config key, so saved runs keep their digest
 
 
-def make_sampler(config: RLConfig) -> Sampler:
-    """The sampler of ``config.env``: batched tensors for navigation, ``gymnasium.vector`` for half-cheetah."""
+def make_sampler(config: RLConfig, processes: int = 1) -> Sampler:
+    """The sampler of ``config.env``: batched tensors for navigation, ``gymnasium.vector`` for half-cheetah,
+    by default as many tasks per round as a process's largest share of a meta-batch (``processes``)."""
     if config.env == "navigation2d":
         return BatchedNavigationSampler(config.horizon or NAVIGATION_HORIZON)
     from torchmaml.extras import require
@@ -78,7 +79,7 @@ def make_sampler(config: RLConfig) -> Sampler:
     return VectorEnvSampler(
         env_class,
         config.trajectories,
-        tasks_per_round=config.tasks_per_round or config.meta_batch_size,
+        tasks_per_round=config.tasks_per_round or -(-config.meta_batch_size // processes),
         asynchronous=config.vector == "async",
         env_kwargs={"horizon": config.horizon} if config.horizon else None,
     )
@@ -129,7 +130,7 @@ def train(
     phases = [(MAML, config.iterations)]
     if config.pretrained_iterations:
         phases.append((PRETRAINED, config.pretrained_iterations))
-    with make_sampler(config) as sampler:  # the environment and a given policy are checked before any write
+    with make_sampler(config, team.size) as sampler:  # the environment and a given policy are checked before any write
         if policy is not None:
             check_policy(policy, sampler.observation_dim, sampler.action_dim)
 
