@@ -9,8 +9,8 @@ and the environments clip them (the episodes store the unclipped ``a_t``, whose 
 gradient needs). A rollout is a deterministic function of the generator's state: the noise ``[T, N, H, A]``
 and, for gymnasium environments, one reset seed per trajectory are drawn for the whole batch before any step,
 so the result does not depend on how the trajectories are spread over vectorised environments or processes.
-``rollout(..., share=range(a, b))`` runs tasks ``a .. b-1`` only (a process's share of the batch,
-``torchmaml.distributed.task_range``): it draws the same ``[T, ...]`` noise and seeds, advancing the generator
+``rollout(..., share=range(a, b))`` runs tasks ``a .. b-1`` only, with their parameters (a process's share of
+the batch, ``torchmaml.distributed.task_range``): it draws the same ``[T, ...]`` noise and seeds, advancing the generator
 as the whole batch does, and returns the episodes of the whole batch's tasks ``a .. b-1``.
 
 - ``BatchedNavigationSampler``: 2D navigation as one tensor operation for all ``T x N`` copies (fast).
@@ -57,7 +57,6 @@ class Sampler(Protocol):
     ) -> Episodes:
         """Episodes ``[len(share), N, ...]`` of the tasks ``tasks[share]`` (all ``T`` by default), with
         per-task ``params`` of those tasks; noise (and seeds) are drawn for all ``T`` tasks."""
-        ...
 
     def close(self) -> None: ...
 
