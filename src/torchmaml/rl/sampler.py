@@ -10,8 +10,8 @@ gradient needs). A rollout is a deterministic function of the generator's state:
 and, for gymnasium environments, one reset seed per trajectory are drawn for the whole batch before any step,
 so the result does not depend on how the trajectories are spread over vectorised environments or processes.
 ``rollout(..., share=range(a, b))`` runs tasks ``a .. b-1`` only, with their parameters (a process's share of
-the batch, ``torchmaml.distributed.task_range``): it draws the same ``[T, ...]`` noise and seeds, advancing the generator
-as the whole batch does, and returns the episodes of the whole batch's tasks ``a .. b-1``.
+the batch, ``torchmaml.distributed.task_range``): it draws the same ``[T, ...]`` noise and seeds, advancing the
+generator as the whole batch does, and returns the episodes of the whole batch's tasks ``a .. b-1``.
 
 - ``BatchedNavigationSampler``: 2D navigation as one tensor operation for all ``T x N`` copies (fast).
 - ``VectorEnvSampler``: any task environment with the gymnasium API (half-cheetah), ``tasks_per_round x N``
