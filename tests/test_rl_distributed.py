@@ -3,14 +3,15 @@ group on loopback take the one-process MAML-TRPO step.
 
 The reference is one process with the whole batch. Shares are uneven (5 tasks over 2 processes). In float64
 (a policy that computes in float64 on the float32 environment) the parameters after one ``meta_update`` and
-after a short run agree within a relative 1e-9 and are bit-identical across the ranks.
+after a short run agree within a relative 1e-9 and are bit-identical across the ranks (in the run, the
+runtime compares the ranks' states at every checkpoint).
 
 The command-line test (``torchrun ... -m torchmaml train``, marked ``e2e``) runs in float32, the only
 precision the meta-RL configuration offers. There TRPO's conjugate gradient amplifies the float32 rounding of
 the Fisher-vector products' sums, whose order depends on the shares, by up to the condition number of
 ``F + damping I``: with the default ``cg_damping = 1e-5`` one- and two-process runs differ by percents after
-a few steps (as two one-process runs summing in another order would). The test takes ``cg_damping = 1`` and
-asks for a relative 1e-5.
+a few steps. The test takes ``cg_damping = 1`` and
+asks for a relative 1e-5, also after each run is continued at the other world size.
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ def test_two_ranks_train_the_one_process_run(two_ranks, tmp_path):
 
 
 BIN = Path(sys.executable).parent
+TORCHRUN = [BIN / "torchrun", "--standalone", "--nproc-per-node=2", "-m", "torchmaml"]
 CLI_RUN = [
     "--config",
     "navigation2d",
@@ -201,9 +203,7 @@ def test_torchrun_trains_and_evaluates_what_one_process_does(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     alone = _command(BIN / "torchmaml", "train", *CLI_RUN, "--out", one)
     assert alone.returncode == 0, alone.stderr
-    together = _command(
-        BIN / "torchrun", "--standalone", "--nproc-per-node=2", "-m", "torchmaml", "train", *CLI_RUN, "--out", two
-    )
+    together = _command(*TORCHRUN, "train", *CLI_RUN, "--out", two)
     assert together.returncode == 0, together.stderr
     assert together.stdout.count("run folder:") == 1  # rank 0 alone reports and writes
     for kind, iterations in (("maml", 3), ("pretrained", 2)):
@@ -219,3 +219,14 @@ def test_torchrun_trains_and_evaluates_what_one_process_does(tmp_path):
     assert len(results[0]) == len(results[1]) > 0
     for x, y in zip(_numbers(results[0]), _numbers(results[1]), strict=True):
         assert x == pytest.approx(y, rel=1e-5, abs=1e-9)
+
+    # each run continued at the other world size: the two-process run in one process and the other way round
+    more = ["--set", "iterations=4", "--no-progress"]
+    alone = _command(BIN / "torchmaml", "train", "--resume", two, *more)
+    assert alone.returncode == 0, alone.stderr
+    together = _command(*TORCHRUN, "train", "--resume", one, *more)
+    assert together.returncode == 0, together.stderr
+    first, second = (load_checkpoint(run / "checkpoint-maml.pt") for run in (two, one))
+    assert first["iteration"] == second["iteration"] == 4
+    for name, value in second["policy"].items():
+        assert _close(first["policy"][name], value, rel=1e-5), name
