@@ -94,7 +94,10 @@ class RLConfig(BaseModel):
     tasks_per_round: int | None = Field(
         None,
         ge=1,
-        description="half-cheetah: tasks per vectorised sampling round (unset: all tasks of a batch at once)",
+        description=(
+            "half-cheetah: tasks per vectorised sampling round (unset: all tasks of a batch, or of a process's share, "
+            "at once)"
+        ),
     )
     vector: Literal["sync", "async"] = Field(
         "sync",

@@ -21,6 +21,18 @@ post-adaptation policies is ``1/2 dw^T J^T M J dw + O(dw^3)`` with ``J = df/dw``
 exactly ``J^T M J``. ``F v = J^T (M (J v))`` is a forward-mode ``jvp`` and a reverse-mode ``vjp`` of ``f``: second
 derivatives of the inner objective only, never third (``fisher="exact"``, as the paper). ``fisher=
 "post_adaptation"`` drops the adaptation's Jacobian (``dw_K/dw ~ I``) and is about ten times cheaper.
+
+**Data parallel (``process_group``).** Each of ``R`` processes samples the rollouts of its consecutive share
+of ``n_r`` tasks (``sample_phases(..., share=task_range(T, r, R))``: every process draws the whole batch's
+tasks and noise from the shared generator and keeps its share, so the episodes are the one-process ones).
+The advantages and baseline fits are per task, hence local. Everything TRPO reads is a mean over tasks,
+``(1/T) sum_i x_i = (1/T) sum_r n_r xbar_r``, reduced with one all-reduce (``distributed.task_mean``): the
+gradient ``g``, the objective and the KL of each line-search step, and the reported returns. Every
+Fisher-vector product ``F v`` of the conjugate gradient is ``sum_r (sum_{i in r} F_i v / T)``: each task
+weighted by ``1/T`` as in one process, then summed over the processes. The sampling term's baseline needs
+every task's ``V_hat`` (``distributed.gather_tasks``). Every process thus computes the same numbers (an
+all-reduce gives the same sum everywhere), runs the same conjugate gradient and line search and takes the
+same step: the one-process step up to the rounding of the sums' order, bit-identical across processes.
 """
 
 from __future__ import annotations
@@ -30,8 +42,10 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch.func import grad, jvp, vjp, vmap
 
+from torchmaml.distributed import ProcessGroup, gather_tasks, rank_and_size, task_mean, task_range
 from torchmaml.functional import FunctionalModel, Params
 from torchmaml.pytree import flatten, unflatten
 from torchmaml.rl.advantages import advantages
@@ -65,13 +79,16 @@ def sample_phases(
     generator: torch.Generator,
     config: RLConfig,
     lrs: Sequence[float],
+    share: range | None = None,
 ) -> list[PhaseBatch]:
     """Steps 1-2: ``len(lrs) + 1`` phases ``D_0, ..., D_K``, each sampled with the parameters adapted on the
-    previous ones (inner steps ``lrs``). The last phase is the post-adaptation one."""
-    point = per_task(params, tasks.shape[0])
+    previous ones (inner steps ``lrs``). The last phase is the post-adaptation one. With ``share``, the phases
+    of the tasks ``tasks[share]`` only, equal to those of the whole batch's (the generator advances as much)."""
+    share = range(tasks.shape[0]) if share is None else share
+    point = per_task(params, len(share))
     phases = []
     for k in range(len(lrs) + 1):
-        episodes = sampler.rollout(policy, point, tasks, config.trajectories, generator)
+        episodes = sampler.rollout(policy, point, tasks, config.trajectories, generator, share)
         advantage, scale = advantages(
             episodes, config.discount, config.gae_lambda, config.value_baseline, config.normalize_advantages
         )
@@ -91,14 +108,19 @@ def meta_update(
     config: RLConfig,
     lrs: Sequence[float],
     estimator: Estimator,
+    process_group: ProcessGroup | None = None,
 ) -> tuple[Params, dict[str, float]]:
-    """Step 3: one TRPO step on the meta-parameters ``params``; returns the new parameters and metrics."""
+    """Step 3: one TRPO step on the meta-parameters ``params``; returns the new parameters and metrics.
+
+    With a ``process_group``, ``phases`` hold this process's share of the tasks (``sample_phases(...,
+    share=...)``, shares in rank order) and every mean over tasks is taken over all processes' tasks (module
+    docstring): each process returns the same parameters and metrics."""
     inner, outer = [p.phase() for p in phases[:-1]], phases[-1]
     episodes, mask = outer.episodes, outer.episodes.mask
-    counts = mask.sum((1, 2))
+    counts, tasks = mask.sum((1, 2)), mask.shape[0]
     policy_on_tasks = vmap(functools.partial(distribution, policy))
     task_objective = vmap(functools.partial(meta_objective, policy, lrs=lrs, estimator=estimator), (None, 0, 0, 0))
-    value = _sampling_term_value(outer)
+    value = _sampling_term_value(outer, process_group)
 
     def objective(w: Params) -> tuple[torch.Tensor, Params]:
         """The mean meta-objective over tasks, and every task's adapted parameters ``w_K(w)``."""
@@ -108,7 +130,9 @@ def meta_update(
     with torch.no_grad():
         objective_before, adapted_old = objective(params)
         old_mean, old_log_std = policy_on_tasks(adapted_old, episodes.observations)
-    gradient = flatten(grad(objective, has_aux=True)(params)[0])
+        returns = (phases[0].episodes.returns().mean(), phases[-1].episodes.returns().mean())
+    objective_before, *returns = _mean_over_tasks((objective_before, *returns), tasks, process_group)
+    gradient = _mean_over_tasks(flatten(grad(objective, has_aux=True)(params)[0]), tasks, process_group)
 
     # Fisher-vector products on every k-th post-adaptation trajectory of each task (TRPO implementations
     # subsample the same way; OpenAI baselines uses every 5th sample)
@@ -129,7 +153,7 @@ def meta_update(
             return policy_on_tasks(shifted, fisher_observations)
 
     fisher_vector_product = fisher_vector_product_of(
-        fisher_outputs, params, old_log_std[:, every], fisher_mask, config.cg_damping
+        fisher_outputs, params, old_log_std[:, every], fisher_mask, config.cg_damping, process_group
     )
 
     def evaluate(step: torch.Tensor) -> tuple[float, float]:
@@ -137,6 +161,7 @@ def meta_update(
             value_after, adapted = objective(unflatten(flatten(params) + step, params))
             mean, log_std = policy_on_tasks(adapted, episodes.observations)
             kl = ((gaussian_kl(old_mean, old_log_std, mean, log_std) * mask).sum((1, 2)) / counts).mean()
+        value_after, kl = _mean_over_tasks((value_after, kl), tasks, process_group)
         return float(value_after - objective_before), float(kl)
 
     result = trpo_step(
@@ -150,8 +175,8 @@ def meta_update(
     )
     new_params = unflatten(flatten(params) + result.step, params)
     metrics = {
-        "return_before": float(phases[0].episodes.returns().mean()),
-        "return_after": float(phases[-1].episodes.returns().mean()),
+        "return_before": float(returns[0]),
+        "return_after": float(returns[1]),
         "improvement": result.improvement,
         "kl": result.kl,
         "backtracks": float(result.backtracks),
@@ -167,6 +192,7 @@ def fisher_vector_product_of(
     old_log_std: torch.Tensor,
     mask: torch.Tensor,
     damping: float,
+    process_group: ProcessGroup | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``v -> J^T M J v + damping v`` with ``J`` the Jacobian of ``outputs`` (means and log-stds ``[T, N, H, A]``)
     at ``params`` (module docstring).
@@ -175,26 +201,52 @@ def fisher_vector_product_of(
     through the adaptation. ``"post_adaptation"`` takes ``dw_K/dw ~ I``: each task's Fisher matrix in its own
     adapted parameters, averaged. It is an ``O(alpha)`` approximation about ten times cheaper; the line search
     still measures the true KL through the adaptation, so the trust region holds either way.
+
+    ``J^T M J`` is a mean over tasks, ``M`` weighting each task by ``1/T``. With a ``process_group``, ``mask`` holds
+    this process's tasks, ``T`` counts every process's tasks and the products are summed over the processes:
+    each task's weight is the one-process weight, whatever the precision.
     """
-    counts = mask.sum((1, 2))
-    weight = (mask / (counts[:, None, None] * mask.shape[0]))[..., None]
+    counts, tasks = mask.sum((1, 2)), mask.shape[0]
+    if process_group is not None:
+        tasks = int(_sum_over_ranks(torch.tensor(tasks), process_group))
+    weight = (mask / (counts[:, None, None] * tasks))[..., None]
     metric = (weight * torch.exp(-2 * old_log_std), 2 * weight.expand_as(old_log_std))
     _, pullback = vjp(outputs, params)
 
     def product(v: torch.Tensor) -> torch.Tensor:
         _, (d_mean, d_log_std) = jvp(outputs, (params,), (unflatten(v, params),))
         (pulled,) = pullback((metric[0] * d_mean, metric[1] * d_log_std))
-        return flatten(pulled) + damping * v
+        return _sum_over_ranks(flatten(pulled), process_group) + damping * v
 
     return product
 
 
-def _sampling_term_value(outer: PhaseBatch) -> torch.Tensor:
+def _sum_over_ranks(tensor: torch.Tensor, process_group: ProcessGroup | None) -> torch.Tensor:
+    """``tensor`` summed over the processes of ``process_group`` (one all-reduce); ``tensor`` itself without."""
+    if process_group is None:
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total, group=process_group)
+    return total
+
+
+def _mean_over_tasks(tree, tasks: int, process_group: ProcessGroup | None):
+    """``tree``, this process's means over its ``tasks`` tasks, as the means over every process's tasks
+    (``distributed.task_mean``); ``tree`` itself in one process."""
+    return tree if process_group is None else task_mean(tree, tasks, process_group)
+
+
+def _sampling_term_value(outer: PhaseBatch, process_group: ProcessGroup | None = None) -> torch.Tensor:
     """``V_hat`` of the sampling term, per task: the mean post-adaptation reward per step on the scale of the
     outer surrogate (divided by the advantage scale), minus the mean of the other tasks' values (a baseline
-    independent of this task's adaptation episodes, so the estimator stays unbiased)."""
+    independent of this task's adaptation episodes, so the estimator stays unbiased). With a
+    ``process_group``, the values of this process's tasks, the baseline taken over every process's tasks."""
     episodes = outer.episodes
     value = (episodes.rewards * episodes.mask).sum((1, 2)) / episodes.mask.sum((1, 2)) / outer.scale
+    share = range(value.shape[0])
+    if process_group is not None:
+        value = gather_tasks(value, process_group)
+        share = task_range(value.shape[0], *rank_and_size(process_group))
     if value.shape[0] == 1:
         return value
-    return value - (value.sum() - value) / (value.shape[0] - 1)
+    return (value - (value.sum() - value) / (value.shape[0] - 1))[share.start : share.stop]

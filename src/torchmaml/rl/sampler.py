@@ -7,8 +7,11 @@ the adapted ones after), and the policy runs on all tasks at once with ``torch.f
 
 and the environments clip them (the episodes store the unclipped ``a_t``, whose log-probability the policy
 gradient needs). A rollout is a deterministic function of the generator's state: the noise ``[T, N, H, A]``
-and, for gymnasium environments, one reset seed per trajectory are drawn before any step, so the result
-does not depend on how the trajectories are spread over vectorised environments or processes.
+and, for gymnasium environments, one reset seed per trajectory are drawn for the whole batch before any step,
+so the result does not depend on how the trajectories are spread over vectorised environments or processes.
+``rollout(..., share=range(a, b))`` runs tasks ``a .. b-1`` only, with their parameters (a process's share of
+the batch, ``torchmaml.distributed.task_range``): it draws the same ``[T, ...]`` noise and seeds, advancing the
+generator as the whole batch does, and returns the episodes of the whole batch's tasks ``a .. b-1``.
 
 - ``BatchedNavigationSampler``: 2D navigation as one tensor operation for all ``T x N`` copies (fast).
 - ``VectorEnvSampler``: any task environment with the gymnasium API (half-cheetah), ``tasks_per_round x N``
@@ -50,7 +53,10 @@ class Sampler(Protocol):
         tasks: torch.Tensor,
         trajectories: int,
         generator: torch.Generator,
-    ) -> Episodes: ...
+        share: range | None = None,
+    ) -> Episodes:
+        """Episodes ``[len(share), N, ...]`` of the tasks ``tasks[share]`` (all ``T`` by default), with
+        per-task ``params`` of those tasks; noise (and seeds) are drawn for all ``T`` tasks."""
 
     def close(self) -> None: ...
 
@@ -103,12 +109,14 @@ class BatchedNavigationSampler(_ClosingContext):
         tasks: torch.Tensor,
         trajectories: int,
         generator: torch.Generator,
+        share: range | None = None,
     ) -> Episodes:
-        num_tasks = tasks.shape[0]
-        noise = torch.randn(num_tasks, trajectories, self.horizon, self.action_dim, generator=generator)
+        noise = torch.randn(tasks.shape[0], trajectories, self.horizon, self.action_dim, generator=generator)
+        if share is not None:
+            tasks, noise = tasks[share.start : share.stop], noise[share.start : share.stop]
         env = BatchedNavigation2D(tasks, trajectories, self.horizon)
         observation = env.reset()
-        alive = torch.ones(num_tasks, trajectories)
+        alive = torch.ones(tasks.shape[0], trajectories)
         steps: list[tuple[torch.Tensor, ...]] = []
         for t in range(self.horizon):
             action = act(policy, params, observation, noise[:, :, t])
@@ -161,18 +169,20 @@ class VectorEnvSampler(_ClosingContext):
         tasks: torch.Tensor,
         trajectories: int,
         generator: torch.Generator,
+        share: range | None = None,
     ) -> Episodes:
         if trajectories != self.trajectories:
             raise ValueError(f"this sampler runs {self.trajectories} trajectories per task, not {trajectories}")
         num_tasks, per_round, horizon = tasks.shape[0], self.tasks_per_round, self.horizon
         noise = torch.randn(num_tasks, trajectories, horizon, self.action_dim, generator=generator)
         seeds = torch.randint(0, 2**31 - 1, (num_tasks, trajectories), generator=generator)
+        share = range(num_tasks) if share is None else share
         rounds = []
-        for start in range(0, num_tasks, per_round):
-            chosen = torch.arange(start, start + per_round).clamp(max=num_tasks - 1)  # pad the last round
-            round_params = {name: p[chosen] for name, p in params.items()}
+        for start in range(share.start, share.stop, per_round):
+            chosen = torch.arange(start, start + per_round).clamp(max=share.stop - 1)  # pad the last round
+            round_params = {name: p[chosen - share.start] for name, p in params.items()}
             rounds.append(self._round(policy, round_params, tasks[chosen], noise[chosen], seeds[chosen]))
-        return Episodes(*(torch.cat(parts)[:num_tasks] for parts in zip(*rounds, strict=True)))
+        return Episodes(*(torch.cat(parts)[: len(share)] for parts in zip(*rounds, strict=True)))
 
     def _round(
         self, policy: FunctionalModel, params: Params, tasks: torch.Tensor, noise: torch.Tensor, seeds: torch.Tensor

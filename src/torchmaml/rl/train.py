@@ -14,8 +14,10 @@ Phases: ``maml`` and, if ``pretrained_iterations > 0``, ``pretrained`` (TRPO wit
 tasks: the paper's "pretrained" baseline). ``train(..., resume=True)`` continues every unfinished phase from
 its newest valid checkpoint with the folder's own configuration; everything a run draws comes from one
 ``torch.Generator`` per phase, so a run killed at any instant (SIGKILL included) and resumed repeats the
-uninterrupted one bit for bit. On an error or ``KeyboardInterrupt`` the sampler's worker processes (if any)
-are shut down before the exception propagates; the last periodic checkpoint is kept.
+uninterrupted one bit for bit. Under ``torchrun`` the ranks share each meta-batch's tasks and reduce the TRPO
+step's means over all of them (``rl.maml_trpo``): the run is the one-process run up to rounding. On an
+error or ``KeyboardInterrupt`` the sampler's worker processes (if any) are shut down before the exception
+propagates; the last periodic checkpoint is kept.
 
 The runtime is the one of every species (``torchmaml.run.trainer.Trainer``): no symbolic link followed, a torn
 metrics line dropped on resume, SIGINT/SIGTERM finish the iteration and write a stop checkpoint
@@ -34,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from torchmaml.checkpoint import CheckpointError
+from torchmaml.distributed import task_range
 from torchmaml.errors import ConfigError
 from torchmaml.functional import FunctionalModel, Params
 from torchmaml.rl.config import RLConfig, build_config
@@ -61,8 +65,9 @@ EXTENSIBLE_KEYS = ("iterations", "pretrained_iterations")
 MAX_CONSECUTIVE_SKIPS = 20  # as the supervised default; not a config key, so saved runs keep their digest
 
 
-def make_sampler(config: RLConfig) -> Sampler:
-    """The sampler of ``config.env``: batched tensors for navigation, ``gymnasium.vector`` for half-cheetah."""
+def make_sampler(config: RLConfig, processes: int = 1) -> Sampler:
+    """The sampler of ``config.env``: batched tensors for navigation, ``gymnasium.vector`` for half-cheetah,
+    by default as many tasks per round as a process's largest share of a meta-batch (``processes``)."""
     if config.env == "navigation2d":
         return BatchedNavigationSampler(config.horizon or NAVIGATION_HORIZON)
     from torchmaml.extras import require
@@ -74,7 +79,7 @@ def make_sampler(config: RLConfig) -> Sampler:
     return VectorEnvSampler(
         env_class,
         config.trajectories,
-        tasks_per_round=config.tasks_per_round or config.meta_batch_size,
+        tasks_per_round=config.tasks_per_round or -(-config.meta_batch_size // processes),
         asynchronous=config.vector == "async",
         env_kwargs={"horizon": config.horizon} if config.horizon else None,
     )
@@ -115,24 +120,24 @@ def train(
     to meta-train instead of the configured MLP; its parameters are the starting point. Pass the same module
     to ``evaluate``. A new run refuses a folder that holds a run unless ``overwrite`` (which deletes it).
     ``resume=True`` continues the run with its saved configuration, or with ``config`` if that raises its
-    ``EXTENSIBLE_KEYS`` only (:func:`extended_config`).
+    ``EXTENSIBLE_KEYS`` only (:func:`extended_config`). With a ``team`` of several processes (``torchrun``),
+    each meta-batch's rollouts are shared by the ranks and the TRPO step is the one-process step
+    (:class:`PolicyPhase`); rank 0 writes the run folder.
     """
     run = RunDir(Path(out_dir))
-    if team.distributed:
-        raise ConfigError("meta-RL trains in one process for now: launch it without torchrun")
     if resume and config is None:
         config = load_run_config(run.root)
     phases = [(MAML, config.iterations)]
     if config.pretrained_iterations:
         phases.append((PRETRAINED, config.pretrained_iterations))
-    with make_sampler(config) as sampler:  # the environment and a given policy are checked before any write
+    with make_sampler(config, team.size) as sampler:  # the environment and a given policy are checked before any write
         if policy is not None:
             check_policy(policy, sampler.observation_dim, sampler.action_dim)
 
         def build(kind: str, iterations: int) -> Trainer:
             module = policy if policy is not None else build_policy(config, sampler.observation_dim, sampler.action_dim)
             check_policy(module, sampler.observation_dim, sampler.action_dim)
-            return PolicyPhase(config, sampler, FunctionalModel(module), kind).trainer(run, iterations, progress)
+            return PolicyPhase(config, sampler, FunctionalModel(module), kind, team).trainer(run, iterations, progress)
 
         train_phases(
             run,
@@ -145,16 +150,27 @@ def train(
             saved=lambda: load_run_config(run.root),
             to_toml=to_toml,
             plot=lambda: plot_learning_curve({kind: read_records(run.metrics(kind)) for kind, _ in phases}, run.root),
+            team=team,
         )
     return run.root
 
 
 class PolicyPhase:
     """The state of one phase (``maml`` or ``pretrained``): the policy parameters, the task/noise generator and
-    the counters of CPU time and environment steps; :meth:`step` is one MAML-TRPO iteration."""
+    the counters of CPU time and environment steps; :meth:`step` is one MAML-TRPO iteration.
 
-    def __init__(self, config: RLConfig, sampler: Sampler, policy: FunctionalModel, kind: str) -> None:
-        self.config, self.sampler, self.policy, self.kind = config, sampler, policy, kind
+    With a ``team`` of ``R`` processes, rank ``r`` rolls out the tasks ``task_range(T, r, R)`` of each
+    meta-batch and the TRPO step reduces its means over every rank's tasks (``rl.maml_trpo``): all ranks hold
+    bit-identical parameters and generator states. ``env_steps`` counts every rank's steps; ``cpu_seconds``
+    is this process's CPU time (rank 0's in the metrics it writes)."""
+
+    def __init__(
+        self, config: RLConfig, sampler: Sampler, policy: FunctionalModel, kind: str, team: Team = SOLO
+    ) -> None:
+        self.config, self.sampler, self.policy, self.kind, self.team = config, sampler, policy, kind, team
+        self.share = task_range(config.meta_batch_size, team.rank, team.size)  # refuses fewer tasks than ranks
+        # the reduction over ranks, only under a team (one process calls meta_update as it always did)
+        self.reduce = {"process_group": team.group} if team.distributed else {}
         self.lrs = [config.inner_lr] * config.inner_steps if kind == MAML else []
         self.params: Params = policy.parameters()
         self.generator = seeds.generator(task_stream(config.seed, kind))
@@ -185,6 +201,7 @@ class PolicyPhase:
             config=self.config,
             checkpoint_every=self.config.checkpoint_every,
             keep_checkpoints=self.config.keep_checkpoints,
+            team=self.team,
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -208,19 +225,31 @@ class PolicyPhase:
         all finite keeps the parameters (``skipped``)."""
         config, started = self.config, time.process_time()
         tasks = self.sampler.sample_tasks(config.meta_batch_size, self.generator)
-        phases = sample_phases(self.sampler, self.policy, self.params, tasks, self.generator, config, self.lrs)
-        params, metrics = meta_update(self.policy, self.params, phases, config, self.lrs, config.estimator)
+        phases = sample_phases(
+            self.sampler, self.policy, self.params, tasks, self.generator, config, self.lrs, self.share
+        )
+        params, metrics = meta_update(
+            self.policy, self.params, phases, config, self.lrs, config.estimator, **self.reduce
+        )
         finite = all(math.isfinite(value) for value in metrics.values())
         if finite:
             self.params = params
         self.cpu_seconds += time.process_time() - started
-        self.env_steps += sum(phase.episodes.num_steps() for phase in phases)
+        self.env_steps += self._total(sum(phase.episodes.num_steps() for phase in phases))
         return {
             **metrics,
             "skipped": float(not finite),
             "cpu_seconds": round(self.cpu_seconds, 3),
             "env_steps": self.env_steps,
         }
+
+    def _total(self, count: int) -> int:
+        """The sum of ``count`` over the team's ranks."""
+        if not self.team.distributed:
+            return count
+        total = torch.tensor(count, dtype=torch.int64)
+        dist.all_reduce(total, group=self.team.group)
+        return int(total)
 
 
 def _postfix(metrics: Metrics) -> dict[str, str]:
