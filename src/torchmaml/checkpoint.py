@@ -39,6 +39,11 @@ DIGEST_NAMES = {
 }
 
 
+# Config keys added since checkpoints recorded digests, with their defaults: hashed only when set to another
+# value, so a checkpoint of an earlier release still matches its run's configuration.
+ADDED_KEYS = {"policy_dtype": "float32"}
+
+
 class CheckpointError(TorchMAMLError):
     """A checkpoint is missing, truncated, corrupted, or holds something other than plain data."""
 
@@ -83,9 +88,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def config_digest(values: dict[str, Any]) -> str:
-    """sha256 of a configuration (``model_dump()``) without ``RESUMABLE_KEYS``, which a resume may change, its
-    keys named as in ``DIGEST_NAMES``."""
-    kept = {DIGEST_NAMES.get(key, key): value for key, value in values.items() if key not in RESUMABLE_KEYS}
+    """sha256 of a configuration (``model_dump()``) without ``RESUMABLE_KEYS``, which a resume may change, nor
+    ``ADDED_KEYS`` at their defaults, its keys named as in ``DIGEST_NAMES``."""
+    kept = {
+        DIGEST_NAMES.get(key, key): value
+        for key, value in values.items()
+        if key not in RESUMABLE_KEYS and not (key in ADDED_KEYS and ADDED_KEYS[key] == value)
+    }
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 

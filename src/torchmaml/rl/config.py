@@ -105,6 +105,11 @@ class RLConfig(BaseModel):
     )
     # bookkeeping
     seed: int = Field(0, ge=0, description="seed of the policy and the task sampler")
+    policy_dtype: Literal["float32", "float64"] = Field(
+        "float32",
+        description="precision of the policy's parameters and TRPO step (the environments' float32 observations "
+        "are converted); float64 makes runs at different world sizes agree to rounding",
+    )
     checkpoint_every: int = Field(10, ge=1, description="checkpoint every N iterations")
     keep_checkpoints: int = Field(3, ge=1, description="periodic checkpoints kept (the newest)")
 

@@ -30,8 +30,15 @@ class GaussianMLPPolicy(nn.Module):
     """``pi(a | s) = N(a; mu_w(s), diag(exp(2 log_std)))`` with ``mu_w`` an MLP."""
 
     def __init__(
-        self, observation_dim: int, action_dim: int, hidden: Sequence[int] = (100, 100), init_log_std: float = 0.0
+        self,
+        observation_dim: int,
+        action_dim: int,
+        hidden: Sequence[int] = (100, 100),
+        init_log_std: float = 0.0,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
+        """Initialised in float32 whatever ``dtype`` (so a float64 policy starts from the same weights); the
+        environments' observations are converted to the parameters' dtype."""
         super().__init__()
         self.mean = mlp(observation_dim, hidden, action_dim)
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
@@ -39,9 +46,10 @@ class GaussianMLPPolicy(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+        self.to(dtype)
 
     def forward(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mean(observations), self.log_std
+        return self.mean(observations.to(self.log_std.dtype)), self.log_std
 
 
 def distribution(policy: FunctionalModel, params: Params, observations: torch.Tensor):

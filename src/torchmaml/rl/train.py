@@ -89,7 +89,8 @@ def build_policy(config: RLConfig, observation_dim: int, action_dim: int) -> Gau
     """The paper's Gaussian MLP policy, initialised from ``config.seed`` (the global RNG is left untouched)."""
     with torch.random.fork_rng():
         torch.manual_seed(model_seed(config.seed))
-        return GaussianMLPPolicy(observation_dim, action_dim, config.hidden, config.init_log_std)
+        dtype = getattr(torch, config.policy_dtype)
+        return GaussianMLPPolicy(observation_dim, action_dim, config.hidden, config.init_log_std, dtype)
 
 
 def load_run_config(out_dir: str | Path) -> RLConfig:
