@@ -11,8 +11,8 @@ A ``Benchmark`` answers everything that differs between task families, so the ru
 
 ``BENCHMARKS`` maps names to instances: ``sinusoid`` (regression, MSE), ``omniglot`` and ``folder`` (N-way
 K-shot image classification with conv4, accuracy), ``languages`` and ``text_folder`` (N-way K-shot text
-classification with a GRU or a Transformer encoder, accuracy). A new benchmark is one subclass, one line in ``BENCHMARKS``, and
-its tests.
+classification with a GRU or a Transformer encoder, accuracy). A new benchmark is one subclass, one line in
+``BENCHMARKS``, and its tests.
 """
 
 from __future__ import annotations
@@ -232,7 +232,9 @@ class FewShotImages(FewShotClassification):
     def support_examples(self, folder: Path, config: TrainConfig) -> tuple[list[str], list[torch.Tensor]]:
         """The images of ``folder/<class>/<image>``, converted and resized as in training."""
         with tempfile.TemporaryDirectory() as cache:  # a user's folders are read, never written to
-            labelled = load_image_folder(folder, mode=self.image_mode(config), image_size=config.image_size, cache_dir=cache)
+            labelled = load_image_folder(
+                folder, mode=self.image_mode(config), image_size=config.image_size, cache_dir=cache
+            )
         return list(labelled.class_names), [self.image_tensor(images, config) for images in labelled.images]
 
     def query_examples(self, folder: Path, config: TrainConfig) -> tuple[list[str], torch.Tensor, list[str | None]]:

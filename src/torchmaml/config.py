@@ -264,8 +264,7 @@ class TrainConfig(BaseModel):
         default_factory=lambda: [0.7, 0.1, 0.2],
         min_length=3,
         max_length=3,
-        description="folder/text: shares of the classes for training, validation and test (disjoint; a seeded "
-        "shuffle)",
+        description="folder/text: shares of the classes for training, validation and test (disjoint; a seeded shuffle)",
     )
     split_seed: int = Field(0, ge=0, description="folder/text: the seed of the class shuffle behind class_fractions")
     ways: int = Field(5, ge=2, description="classification: classes per task (N-way)")

@@ -81,7 +81,7 @@ def load_text_folder(root: str | Path, *, length: int, cache_dir: str | Path | N
     """
     root = Path(root).expanduser()
     files = _text_files(root)
-    listing = [[str(f.relative_to(root)) if f != root else f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    listing = [[str(f.relative_to(root)) if f != root else f.name, *_stamp(f)] for f in files]
     meta = {"dataset": "text_folder", "length": length, "tokens": "utf-8 bytes + 1"}
     key = hashlib.sha256(json.dumps([meta, listing]).encode()).hexdigest()
     folder = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache(root)
@@ -127,6 +127,11 @@ def read_lines(file: Path) -> list[str]:
         raise DatasetError(f"cannot read the text file {file}: {error}; texts must be UTF-8") from None
 
 
+def _stamp(file: Path) -> tuple[int, int]:
+    stat = file.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
 def _default_cache(root: Path) -> Path:
     return root.parent / CACHE_FOLDER if root.is_file() else root / CACHE_FOLDER
 
@@ -150,7 +155,9 @@ def _text_files(root: Path) -> list[Path]:
     except OSError as error:
         raise DatasetError(f"cannot read the text folder {root}: {error}") from None
     if not files:
-        raise DatasetError(f"no texts in {root}: expected one folder per class, root/<class>/<file>.txt, one text a line")
+        raise DatasetError(
+            f"no texts in {root}: expected one folder per class, root/<class>/<file>.txt, one text a line"
+        )
     return files
 
 
