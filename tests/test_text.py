@@ -3,6 +3,9 @@ models' meta-gradients against central finite differences of a hand-written MAML
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -206,3 +209,18 @@ def test_languages_config_is_reported_in_sections():
     config = TrainConfig(benchmark="text_folder", data_dir="x", text_model="transformer")
     text = to_toml(config)
     assert "[model]\n" in text and 'text_model = "transformer"' in text and "max_length = 16" in text
+
+
+def test_languages_without_wordfreq_is_one_line_naming_the_extra(tmp_path):
+    code = (
+        "import sys; sys.modules['wordfreq'] = None\n"
+        "from torchmaml.cli import main\n"
+        f"sys.exit(main(['train', '--config', 'text-5w5s-gru', '--set', 'cache_dir={tmp_path / 'cache'}', "
+        f"'--set', 'iterations=1', '--out', '{tmp_path / 'run'}']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "torchmaml: error: The languages benchmark needs wordfreq (or use benchmark text_folder with your own "
+        'texts): pip install "torchmaml[text]"'
+    )
