@@ -268,8 +268,8 @@ class TrainConfig(BaseModel):
     )
     split_seed: int = Field(0, ge=0, description="folder/text: the seed of the class shuffle behind class_fractions")
     ways: int = Field(5, ge=2, description="classification: classes per task (N-way)")
-    shots: int = Field(1, ge=1, description="classification: support images per class (K-shot)")
-    queries: int = Field(15, ge=1, description="classification: query images per class")
+    shots: int = Field(1, ge=1, description="classification: support examples per class (K-shot)")
+    queries: int = Field(15, ge=1, description="classification: query examples per class")
     image_size: int = Field(
         28, ge=8, le=512, description="classification: images are resized to image_size × image_size"
     )
