@@ -34,7 +34,7 @@ from torchmaml.data.images import DatasetError, decode_image
 from torchmaml.data.languages import load_languages
 from torchmaml.data.omniglot import load_omniglot
 from torchmaml.data.sinusoid import SinusoidTasks
-from torchmaml.data.text import TEXT_SUFFIX, TextClasses, encode, load_text_folder, read_texts
+from torchmaml.data.text import TEXT_SUFFIX, TextClasses, encode, load_text_folder, numbered_lines, read_texts
 from torchmaml.errors import ConfigError, one_of
 from torchmaml.models.conv4 import conv4
 from torchmaml.models.mlp import mlp
@@ -348,11 +348,10 @@ class FewShotText(FewShotClassification):
         files, classes = _query_files(folder, frozenset({TEXT_SUFFIX}), "texts")
         names, texts, truths = [], [], []
         for file, truth in zip(files, classes, strict=True):
-            for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-                if line.strip():
-                    names.append(f"{file}:{number}")
-                    texts.append(line.strip())
-                    truths.append(truth)
+            for number, line in numbered_lines(file):
+                names.append(f"{file}:{number}")
+                texts.append(line)
+                truths.append(truth)
         if not texts:
             raise DatasetError(f"the .txt files of {folder} hold no texts (one text a line)")
         return names, encode(texts, config.max_length).to(config.device), truths

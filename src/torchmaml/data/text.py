@@ -121,10 +121,16 @@ def read_texts(root: Path) -> dict[str, list[str]]:
 
 def read_lines(file: Path) -> list[str]:
     """The non-empty lines of a UTF-8 text file, stripped."""
+    return [line for _, line in numbered_lines(file)]
+
+
+def numbered_lines(file: Path) -> list[tuple[int, str]]:
+    """``(line number, line)`` for the non-empty lines of a UTF-8 text file, stripped; numbers start at 1."""
     try:
-        return [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = file.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise DatasetError(f"cannot read the text file {file}: {error}; texts must be UTF-8") from None
+    return [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
 
 
 def _stamp(file: Path) -> tuple[int, int]:
