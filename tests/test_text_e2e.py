@@ -2,7 +2,7 @@
 baseline on the same held-out tasks of unseen languages.
 
 The thresholds are set from measured runs (docs/results/text.md): with 1,500 iterations MAML leads by 5.4 points
-at K = 5; this run is shorter (400 iterations, about 3.5 minutes on one loaded CPU thread) and measured on 100 tasks.
+at K = 5; this run is shorter (400 iterations, about 3.5 minutes on one loaded CPU thread), on 100 tasks.
 """
 
 from __future__ import annotations

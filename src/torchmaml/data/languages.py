@@ -5,8 +5,8 @@ and more by Robyn Speer et al.) ships frequency-ranked word lists of 42 language
 benchmark installs with ``pip install "torchmaml[text]"`` and runs offline. A class is a language; its
 examples are its ``words`` most frequent words that are purely alphabetic (``str.isalpha``) and appear in the
 top 5,000 of no other language (``de``, ``a`` or ``no`` name no single language); cut to ``max_length`` bytes, a
-few long words coincide (at 16 bytes one pair of 12,276 words: Bulgarian and Russian ``александ...``). Bengali, Hindi and Tamil have
-short lists (67 to 315 such words); every other language has over 1,300.
+few long words coincide (at 16 bytes one pair of 12,276 words: Bulgarian and Russian ``александ...``). Bengali,
+Hindi and Tamil have short lists (67 to 315 such words); every other language has over 1,300.
 
 ``LANGUAGE_GROUPS`` selects the classes: ``all`` (42 languages, 13 scripts: most tasks can be told apart by
 script alone) or ``latin`` (the 27 written in the Latin alphabet: tasks of similar classes). The encoded words
