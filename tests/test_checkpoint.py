@@ -57,10 +57,10 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path, capsys):
 
 
 def test_a_key_added_since_digests_were_recorded_changes_the_digest_only_away_from_its_default():
-    from torchmaml.checkpoint import ADDED_KEYS, config_digest
+    from torchmaml.checkpoint import DIGEST_ADDED_KEYS, config_digest
     from torchmaml.rl.config import load_config as load_rl_config
 
     values = load_rl_config("navigation2d", []).model_dump()
-    before_the_key = {key: value for key, value in values.items() if key not in ADDED_KEYS}
+    before_the_key = {key: value for key, value in values.items() if key not in DIGEST_ADDED_KEYS}
     assert config_digest(values) == config_digest(before_the_key)  # a run of an earlier release still resumes
     assert config_digest({**values, "policy_dtype": "float64"}) != config_digest(values)

@@ -50,7 +50,7 @@ def test_adapt_writes_predictions_for_new_classes(folder_run):
     write_images(base / "query", (12, 13, 14), 3, seed=2)
     result = torchmaml("adapt", str(run), "--support", str(base / "support"), "--query", str(base / "query"))
     assert result.returncode == 0, result.stderr
-    assert "accuracy on the labelled query images:" in result.stdout
+    assert "accuracy on the labelled query examples:" in result.stdout
     rows = list(csv.DictReader((run / "predictions.csv").open()))
     assert len(rows) == 9
     assert {r["predicted_class"] for r in rows} <= {"class12", "class13", "class14"}

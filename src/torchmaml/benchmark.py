@@ -6,16 +6,19 @@ A ``Benchmark`` answers everything that differs between task families, so the ru
 - the training, validation and test task sources (``tasks``) and the held-out evaluation batches;
 - the network (``model``), its loss and the metric adapted models are scored by;
 - how a report describes the held-out tasks (``held_out``) and which figures it draws (``figures``);
-- for classifiers, how a user's images are read (``image_mode``, ``image_tensor``).
+- for classifiers, how a user's labelled and unlabelled examples are read (``support_examples``,
+  ``query_examples``: images or texts).
 
 ``BENCHMARKS`` maps names to instances: ``sinusoid`` (regression, MSE), ``omniglot`` and ``folder`` (N-way
-K-shot classification with conv4, accuracy). A new benchmark is one subclass, one line in ``BENCHMARKS``, and
-its tests.
+K-shot image classification with conv4, accuracy), ``languages`` and ``text_folder`` (N-way K-shot text
+classification with a GRU or a Transformer encoder, accuracy). A new benchmark is one subclass, one line in
+``BENCHMARKS``, and its tests.
 """
 
 from __future__ import annotations
 
 import functools
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +29,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchmaml.data.fewshot import FewShotTasks
-from torchmaml.data.folder import load_image_folder, split_classes
+from torchmaml.data.folder import IMAGE_SUFFIXES, load_image_folder, split_classes
+from torchmaml.data.images import DatasetError, decode_image
+from torchmaml.data.languages import load_languages
 from torchmaml.data.omniglot import load_omniglot
 from torchmaml.data.sinusoid import SinusoidTasks
+from torchmaml.data.text import TEXT_SUFFIX, TextClasses, encode, load_text_folder, numbered_lines, read_texts
 from torchmaml.errors import ConfigError, one_of
 from torchmaml.models.conv4 import conv4
 from torchmaml.models.mlp import mlp
+from torchmaml.models.sequence import CharGRU, TextTransformer
 from torchmaml.run import seeds
 from torchmaml.run.seeds import evaluation_stream
 from torchmaml.tasks import TaskBatch, TaskSource
@@ -150,35 +157,25 @@ class Sinusoid(Benchmark):
         return [figure] if figure is not None else []
 
 
-class FewShotImages(Benchmark):
-    """N-way K-shot image classification with conv4 and the cross-entropy; accuracy in percent."""
+class FewShotClassification(Benchmark):
+    """N-way K-shot classification with the cross-entropy; accuracy in percent. Subclasses give the examples of
+    each split part (``classes``), the network, and how a user's labelled and unlabelled examples are read
+    (``support_examples``, ``query_examples``: ``torchmaml adapt``)."""
 
     metric = Metric("accuracy", accuracy, higher_is_better=True, scale=100.0, label="accuracy %")
     loss = staticmethod(F.cross_entropy)
     classification = True
-
-    def image_mode(self, config: TrainConfig) -> str:
-        """``L`` (grayscale) or ``RGB``: how images are decoded."""
-        return config.color
-
-    def image_tensor(self, images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-        """Decoded ``uint8`` images as the network's input: ``[0, 1]`` floats of the run's dtype and device."""
-        return (images.to(dtype_of(config)) / 255).to(config.device)
+    examples: ClassVar[str] = "examples"  # what an example is called in messages: images, texts
 
     def classes(self, config: TrainConfig, part: str) -> tuple[list[torch.Tensor], list[str]]:
-        """The images and class names of a split part."""
+        """The examples and class names of a split part."""
         raise NotImplementedError
 
     def tasks(self, config: TrainConfig, part: str = "train") -> TaskSource:
-        images, names = self.classes(config, part)
+        examples, names = self.classes(config, part)
         return FewShotTasks(
-            images, config.ways, config.shots, config.queries, class_names=names, dtype=dtype_of(config)
+            examples, config.ways, config.shots, config.queries, class_names=names, dtype=dtype_of(config)
         )
-
-    def model(self, config: TrainConfig) -> nn.Module:
-        channels = 1 if self.image_mode(config) == "L" else 3
-        bn_steps = config.inner_steps if config.batch_norm == "per_step" else None
-        return conv4(config.ways, channels, config.filters, config.image_size, config.strided, bn_steps)
 
     def evaluation_batches(self, config: TrainConfig, split: str, tasks: int | None) -> dict[int, list[TaskBatch]]:
         """``eval_tasks`` tasks of the part ``test`` (``"validation"``: part ``val``, ``val_tasks`` tasks) with
@@ -204,6 +201,49 @@ class FewShotImages(Benchmark):
     def split_summary(self, config: TrainConfig) -> dict:
         """The split's name and its class counts per part."""
         raise NotImplementedError
+
+    def support_examples(self, folder: Path, config: TrainConfig) -> tuple[list[str], list[torch.Tensor]]:
+        """A user's labelled examples, ``folder/<class>/...``: the class names and each class's network inputs."""
+        raise NotImplementedError
+
+    def query_examples(self, folder: Path, config: TrainConfig) -> tuple[list[str], torch.Tensor, list[str | None]]:
+        """A user's examples to classify: their names, network inputs, and true classes where the folder
+        gives them (``folder/<class>/...``)."""
+        raise NotImplementedError
+
+
+class FewShotImages(FewShotClassification):
+    """N-way K-shot image classification with conv4."""
+
+    examples = "images"
+
+    def image_mode(self, config: TrainConfig) -> str:
+        """``L`` (grayscale) or ``RGB``: how images are decoded."""
+        return config.color
+
+    def image_tensor(self, images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+        """Decoded ``uint8`` images as the network's input: ``[0, 1]`` floats of the run's dtype and device."""
+        return (images.to(dtype_of(config)) / 255).to(config.device)
+
+    def model(self, config: TrainConfig) -> nn.Module:
+        channels = 1 if self.image_mode(config) == "L" else 3
+        bn_steps = config.inner_steps if config.batch_norm == "per_step" else None
+        return conv4(config.ways, channels, config.filters, config.image_size, config.strided, bn_steps)
+
+    def support_examples(self, folder: Path, config: TrainConfig) -> tuple[list[str], list[torch.Tensor]]:
+        """The images of ``folder/<class>/<image>``, converted and resized as in training."""
+        with tempfile.TemporaryDirectory() as cache:  # a user's folders are read, never written to
+            labelled = load_image_folder(
+                folder, mode=self.image_mode(config), image_size=config.image_size, cache_dir=cache
+            )
+        return list(labelled.class_names), [self.image_tensor(images, config) for images in labelled.images]
+
+    def query_examples(self, folder: Path, config: TrainConfig) -> tuple[list[str], torch.Tensor, list[str | None]]:
+        """The images of ``folder`` (flat, or in class sub-folders whose names are the true classes)."""
+        files, truths = _query_files(folder, IMAGE_SUFFIXES, "images")
+        mode = self.image_mode(config)
+        images = torch.stack([_read_image(path, mode, config.image_size) for path in files])
+        return [str(path) for path in files], self.image_tensor(images, config), truths
 
 
 class Omniglot(FewShotImages):
@@ -259,7 +299,94 @@ class Folder(FewShotImages):
         }
 
 
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (Sinusoid(), Omniglot(), Folder())}
+class FewShotText(FewShotClassification):
+    """N-way K-shot classification of short texts, byte tokens padded to ``max_length``
+    (``torchmaml.data.text``), with a GRU or a Transformer encoder (``text_model``); classes shuffled with
+    ``split_seed`` and split into disjoint train / validation / test parts by ``class_fractions``."""
+
+    examples = "texts"
+
+    def texts(self, config: TrainConfig) -> TextClasses:
+        """Every class's encoded texts."""
+        raise NotImplementedError
+
+    def classes(self, config: TrainConfig, part: str) -> tuple[list[torch.Tensor], list[str]]:
+        data = self.texts(config)
+        # the whole set is checked first (ways, texts per class), then split by class
+        FewShotTasks(list(data.ids), config.ways, config.shots, config.queries, class_names=data.class_names)
+        chosen = self.split(config, list(data.class_names))[part]
+        return [data.ids[c] for c in chosen], [data.class_names[c] for c in chosen]
+
+    def split(self, config: TrainConfig, class_names: list[str]) -> dict[str, list[int]]:
+        """The disjoint train/val/test classes (``class_fractions``, ``split_seed``)."""
+        return split_classes(
+            class_names, config.class_fractions, config.split_seed, config.ways, validate=config.validate_every > 0
+        )
+
+    def split_summary(self, config: TrainConfig) -> dict:
+        names = list(self.texts(config).class_names)
+        parts = self.split(config, names)
+        return {
+            "split": "classes",
+            "class_fractions": config.class_fractions,
+            "split_seed": config.split_seed,
+            "classes": {part: len(indices) for part, indices in parts.items()},
+            "test_classes": [names[c] for c in parts["test"]],
+        }
+
+    def model(self, config: TrainConfig) -> nn.Module:
+        return text_model(config, config.ways)
+
+    def support_examples(self, folder: Path, config: TrainConfig) -> tuple[list[str], list[torch.Tensor]]:
+        """The lines of ``folder/<class>/<file>.txt`` (or of a ``class,text`` CSV file), tokenised as in training."""
+        texts = read_texts(Path(folder).expanduser())
+        names = sorted(texts)
+        return names, [encode(texts[name], config.max_length).to(config.device) for name in names]
+
+    def query_examples(self, folder: Path, config: TrainConfig) -> tuple[list[str], torch.Tensor, list[str | None]]:
+        """Every line of the ``.txt`` files of ``folder`` (flat, or in class sub-folders whose names are the true
+        classes), named ``file:line``."""
+        files, classes = _query_files(folder, frozenset({TEXT_SUFFIX}), "texts")
+        names, texts, truths = [], [], []
+        for file, truth in zip(files, classes, strict=True):
+            for number, line in numbered_lines(file):
+                names.append(f"{file}:{number}")
+                texts.append(line)
+                truths.append(truth)
+        if not texts:
+            raise DatasetError(f"the .txt files of {folder} hold no texts (one text a line)")
+        return names, encode(texts, config.max_length).to(config.device), truths
+
+
+class Languages(FewShotText):
+    """Which language is a word? 42 languages (``language_group = "all"``) or the 27 in the Latin alphabet
+    (``"latin"``), ``words_per_class`` words each, from the ``wordfreq`` package (``torchmaml.data.languages``)."""
+
+    name = "languages"
+
+    def texts(self, config: TrainConfig) -> TextClasses:
+        return _languages(config.language_group, config.words_per_class, config.max_length, config.cache_dir)
+
+
+class TextFolder(FewShotText):
+    """A user's texts, ``data_dir/<class>/<file>.txt`` (one text a line) or a ``class,text`` CSV file."""
+
+    name = "text_folder"
+
+    def texts(self, config: TrainConfig) -> TextClasses:
+        return _text_folder(config.data_dir, config.max_length, config.cache_dir)
+
+
+def text_model(config: TrainConfig, classes: int) -> nn.Module:
+    """The ``text_model`` network with ``classes`` outputs."""
+    if config.text_model == "gru":
+        return CharGRU(classes, config.text_embedding, config.text_hidden)
+    return TextTransformer(
+        classes, config.text_embedding, config.text_hidden, config.text_heads, config.text_layers, config.max_length
+    )
+
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (Sinusoid(), Omniglot(), Folder(), Languages(), TextFolder())}
 
 
 def benchmark_named(name: str) -> Benchmark:
@@ -286,9 +413,49 @@ def _omniglot(data_dir: str, download: bool, image_size: int, cache_dir: str | N
 
 
 @functools.lru_cache(maxsize=2)
+def _languages(group: str, words: int, length: int, cache_dir: str | None) -> TextClasses:
+    """The encoded words of the languages benchmark."""
+    return load_languages(group, words=words, length=length, cache_dir=cache_dir)
+
+
+@functools.lru_cache(maxsize=2)
+def _text_folder(data_dir: str, length: int, cache_dir: str | None) -> TextClasses:
+    """The encoded texts of a text-folder benchmark."""
+    return load_text_folder(data_dir, length=length, cache_dir=cache_dir)
+
+
+@functools.lru_cache(maxsize=2)
 def _folder(data_dir: str, color: str, image_size: int, cache_dir: str | None):
     """The decoded images of a folder benchmark."""
     return load_image_folder(data_dir, mode=color, image_size=image_size, cache_dir=cache_dir)
+
+
+def _query_files(folder: Path, suffixes: frozenset[str], what: str) -> tuple[list[Path], list[str | None]]:
+    """Files of ``folder`` with one of ``suffixes`` (flat, or in class sub-folders whose names are the true
+    classes)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"query folder {folder} does not exist or is not a folder")
+    files, truths = [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            for file in sorted(entry.iterdir()):
+                if file.suffix.lower() in suffixes and not file.name.startswith("."):
+                    files.append(file)
+                    truths.append(entry.name)
+        elif entry.suffix.lower() in suffixes:
+            files.append(entry)
+            truths.append(None)
+    if not files:
+        raise DatasetError(f"query folder {folder} holds no {what} ({', '.join(sorted(suffixes))})")
+    return files, truths
+
+
+def _read_image(path: Path, mode: str, size: int) -> torch.Tensor:
+    pixels = torch.from_numpy(decode_image(path, str(path), mode, size).copy())
+    return pixels.unsqueeze(0) if pixels.dim() == 2 else pixels.permute(2, 0, 1)
 
 
 def _chunks(batch: TaskBatch, config: TrainConfig) -> Iterator[TaskBatch]:
@@ -296,4 +463,18 @@ def _chunks(batch: TaskBatch, config: TrainConfig) -> Iterator[TaskBatch]:
         yield chunk.to(device=config.device)
 
 
-__all__ = ["BENCHMARKS", "Benchmark", "FewShotImages", "Folder", "Metric", "Omniglot", "Sinusoid", "benchmark_named"]
+__all__ = [
+    "BENCHMARKS",
+    "Benchmark",
+    "FewShotClassification",
+    "FewShotImages",
+    "FewShotText",
+    "Folder",
+    "Languages",
+    "Metric",
+    "Omniglot",
+    "Sinusoid",
+    "TextFolder",
+    "benchmark_named",
+    "text_model",
+]

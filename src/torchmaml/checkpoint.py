@@ -38,10 +38,20 @@ DIGEST_NAMES = {
     "pretrained_lr_grid": "baseline_lr_grid",
 }
 
-
-# Config keys added since checkpoints recorded digests, with their defaults: hashed only when set to another
-# value, so a checkpoint of an earlier release still matches its run's configuration.
-ADDED_KEYS = {"policy_dtype": "float32"}
+# Config keys added since checkpoints recorded digests, with the values they then implicitly had: left out of the
+# digest while they hold those values, so a checkpoint of an earlier release still matches its run's configuration.
+DIGEST_ADDED_KEYS: dict[str, Any] = {
+    "language_group": "all",
+    "words_per_class": 300,
+    "max_length": 16,
+    "text_model": "gru",
+    "text_embedding": 32,
+    "text_hidden": 64,
+    "text_heads": 2,
+    "text_layers": 1,
+    "policy_dtype": "float32",  # meta-RL
+}
+_ABSENT = object()
 
 
 class CheckpointError(TorchMAMLError):
@@ -88,12 +98,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def config_digest(values: dict[str, Any]) -> str:
-    """sha256 of a configuration (``model_dump()``) without ``RESUMABLE_KEYS``, which a resume may change, nor
-    ``ADDED_KEYS`` at their defaults, its keys named as in ``DIGEST_NAMES``."""
+    """sha256 of a configuration (``model_dump()``) without ``RESUMABLE_KEYS``, which a resume may change, nor the
+    ``DIGEST_ADDED_KEYS`` at their first values, its keys named as in ``DIGEST_NAMES``."""
     kept = {
         DIGEST_NAMES.get(key, key): value
         for key, value in values.items()
-        if key not in RESUMABLE_KEYS and not (key in ADDED_KEYS and ADDED_KEYS[key] == value)
+        if key not in RESUMABLE_KEYS and DIGEST_ADDED_KEYS.get(key, _ABSENT) != value
     }
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 

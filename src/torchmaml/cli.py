@@ -202,7 +202,7 @@ def _adapt(args: argparse.Namespace) -> int:
     if labelled:
         correct = sum(r.predicted == r.true_class for r in labelled)
         print(
-            f"accuracy on the labelled query images: {correct}/{len(labelled)} = {100 * correct / len(labelled):.1f}%"
+            f"accuracy on the labelled query examples: {correct}/{len(labelled)} = {100 * correct / len(labelled):.1f}%"
         )
     print(f"wrote {len(rows)} predictions to {out}")
     return 0

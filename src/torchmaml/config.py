@@ -45,8 +45,21 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "shots",
         "queries",
         "image_size",
+        "language_group",
+        "words_per_class",
+        "max_length",
     ),
-    "model": ("hidden", "filters", "strided", "batch_norm"),
+    "model": (
+        "hidden",
+        "filters",
+        "strided",
+        "batch_norm",
+        "text_model",
+        "text_embedding",
+        "text_hidden",
+        "text_heads",
+        "text_layers",
+    ),
     "inner": ("inner_lr", "inner_steps", "inner_lr_mode", "adapt_only"),
     "outer": (
         "iterations",
@@ -152,8 +165,9 @@ class TrainConfig(BaseModel):
 
     benchmark: str = Field(
         "sinusoid",
-        description="task family (`torchmaml.benchmark.BENCHMARKS`): sinusoid regression, omniglot, or folder "
-        "(your images, `root/<class>/<image>`)",
+        description="task family (`torchmaml.benchmark.BENCHMARKS`): sinusoid regression, omniglot, folder "
+        "(your images, `root/<class>/<image>`), languages (words of 42 languages) or text_folder (your texts, "
+        "`root/<class>/<file>.txt`)",
     )
     # outer loop
     iterations: int = Field(70_000, ge=1, description="meta-training iterations (outer steps)")
@@ -231,13 +245,16 @@ class TrainConfig(BaseModel):
         default_factory=lambda: [40, 40], min_length=1, description="sinusoid: hidden layer widths of the MLP"
     )
     # few-shot classification (benchmark "omniglot" or "folder")
-    data_dir: str = Field("data/omniglot", description="omniglot/folder: where the images are")
+    data_dir: str = Field(
+        "data/omniglot", description="omniglot/folder/text_folder: where the images or texts (a folder or a CSV) are"
+    )
     download: bool = Field(
         False, description="omniglot: fetch the official zips into data_dir when missing (checked against their md5)"
     )
     cache_dir: str | None = Field(
         None,
-        description="omniglot/folder: where the decoded-image cache goes (unset: data_dir, or a cache folder in it)",
+        description="omniglot/folder/text: where the decoded-data cache goes (unset: data_dir, or a cache folder in "
+        "it; languages: ~/.cache/torchmaml)",
     )
     split: Literal["maml", "vinyals"] = Field(
         "maml", description="omniglot: the class split, maml (Finn et al.) or vinyals (Vinyals et al.)"
@@ -247,12 +264,12 @@ class TrainConfig(BaseModel):
         default_factory=lambda: [0.7, 0.1, 0.2],
         min_length=3,
         max_length=3,
-        description="folder: shares of the classes for training, validation and test (disjoint; a seeded shuffle)",
+        description="folder/text: shares of the classes for training, validation and test (disjoint; a seeded shuffle)",
     )
-    split_seed: int = Field(0, ge=0, description="folder: the seed of the class shuffle behind class_fractions")
+    split_seed: int = Field(0, ge=0, description="folder/text: the seed of the class shuffle behind class_fractions")
     ways: int = Field(5, ge=2, description="classification: classes per task (N-way)")
-    shots: int = Field(1, ge=1, description="classification: support images per class (K-shot)")
-    queries: int = Field(15, ge=1, description="classification: query images per class")
+    shots: int = Field(1, ge=1, description="classification: support examples per class (K-shot)")
+    queries: int = Field(15, ge=1, description="classification: query examples per class")
     image_size: int = Field(
         28, ge=8, le=512, description="classification: images are resized to image_size × image_size"
     )
@@ -261,6 +278,25 @@ class TrainConfig(BaseModel):
     batch_norm: Literal["transductive", "per_step"] = Field(
         "transductive", description="classification: transductive batch norm, or MAML++ per-step weights (per_step)"
     )
+    # few-shot text classification (benchmark "languages" or "text_folder")
+    language_group: Literal["all", "latin"] = Field(
+        "all", description="languages: the classes, all 42 languages or the 27 written in the Latin alphabet"
+    )
+    words_per_class: int = Field(
+        300, ge=2, le=5000, description="languages: words per language (its most frequent unambiguous ones)"
+    )
+    max_length: int = Field(
+        16, ge=1, le=512, description="text: tokens (UTF-8 bytes) per text; longer texts are cut, shorter padded"
+    )
+    text_model: Literal["gru", "transformer"] = Field(
+        "gru", description="text: the network, a GRU or a Transformer encoder over byte tokens"
+    )
+    text_embedding: int = Field(32, ge=1, description="text: token embedding width (the Transformer's width)")
+    text_hidden: int = Field(
+        64, ge=1, description="text: the GRU's state size, or the Transformer's feed-forward width"
+    )
+    text_heads: int = Field(2, ge=1, description="text: attention heads of the Transformer (divide text_embedding)")
+    text_layers: int = Field(1, ge=1, le=12, description="text: Transformer encoder layers")
     validate_every: int = Field(
         0, ge=0, description="validate every N iterations on val_tasks tasks and keep the best weights (0: off)"
     )
@@ -453,6 +489,14 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _workable_values(self) -> TrainConfig:
         check_values(self.model_dump())
+        return self
+
+    @model_validator(mode="after")
+    def _attention_heads(self) -> TrainConfig:
+        if self.text_model == "transformer" and self.text_embedding % self.text_heads:
+            raise ValueError(
+                f"text_heads: {self.text_heads} attention heads must divide text_embedding = {self.text_embedding}"
+            )
         return self
 
     @model_validator(mode="after")

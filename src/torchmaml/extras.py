@@ -2,7 +2,8 @@
 
 ``pip install torchmaml`` runs every supervised command. The extras add: ``plots`` (matplotlib: the
 learning curve and the sinusoid fits), ``tensorboard`` (TensorBoard event files), ``rl`` (gymnasium:
-meta-reinforcement learning) and ``mujoco`` (gymnasium's MuJoCo environments: half-cheetah).
+meta-reinforcement learning), ``mujoco`` (gymnasium's MuJoCo environments: half-cheetah) and ``text`` (wordfreq:
+the word lists of the ``languages`` benchmark).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ WHAT = {
     "rl": "Meta-reinforcement learning needs gymnasium",
     "mujoco": "The half-cheetah environments need MuJoCo",
     "safetensors": "Exporting .safetensors needs safetensors (or export to a .pt file)",
+    "text": "The languages benchmark needs wordfreq (or use benchmark text_folder with your own texts)",
 }
 
 

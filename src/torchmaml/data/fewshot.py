@@ -26,7 +26,8 @@ class FewShotTasks:
     Args:
         images: ``[classes, examples, C, H, W]`` (the same number of examples in every class) or a
             sequence of ``[examples_c, C, H, W]`` tensors, one per class. uint8 images are scaled to
-            ``[0, 1]`` (divided by 255) as they are drawn; floating-point images are used as they are.
+            ``[0, 1]`` (divided by 255) as they are drawn; floating-point images are used as they are. int64
+            examples (token ids ``[examples, L]``, ``torchmaml.data.text``) are drawn as they are.
         ways: classes per task ``N``.
         shots: support examples per class ``K``.
         queries: query examples per class ``Q``.
@@ -90,9 +91,12 @@ class FewShotTasks:
         return TaskBatch(support_x, support_y, query_x, query_y)
 
     def _gather(self, index: torch.Tensor) -> torch.Tensor:
-        """The examples at ``index [B, N, M]`` (flat positions) as ``[B, N*M, C, H, W]`` floats, a new tensor."""
+        """The examples at ``index [B, N, M]`` (flat positions) as ``[B, N*M, C, H, W]`` floats (token ids: int64),
+        a new tensor."""
         flat_index = index.reshape(-1)  # index_select: faster than advanced indexing on uint8
         images = self._flat.index_select(0, flat_index).view(index.shape[0], -1, *self._flat.shape[1:])
+        if self._flat.dtype == torch.int64:  # token ids are indices, never scaled or cast
+            return images
         images = images.to(self.dtype)
         return images.div_(255) if self._flat.dtype == torch.uint8 else images
 
