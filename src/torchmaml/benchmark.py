@@ -120,7 +120,8 @@ class Sinusoid(Benchmark):
     supports_pretrained_baseline = True
 
     def tasks(self, config: TrainConfig, part: str = "train") -> TaskSource:
-        return SinusoidTasks(config.support_size, config.query_size, dtype=dtype_of(config))
+        hessian = config.hessian_size if part == "train" else 0
+        return SinusoidTasks(config.support_size, config.query_size, hessian, dtype=dtype_of(config))
 
     def model(self, config: TrainConfig) -> nn.Module:
         return mlp(1, config.hidden, 1)
@@ -171,8 +172,9 @@ class FewShotImages(Benchmark):
 
     def tasks(self, config: TrainConfig, part: str = "train") -> TaskSource:
         images, names = self.classes(config, part)
+        hessian = config.hessian_size if part == "train" else 0  # per class, like shots and queries
         return FewShotTasks(
-            images, config.ways, config.shots, config.queries, class_names=names, dtype=dtype_of(config)
+            images, config.ways, config.shots, config.queries, names, dtype_of(config), hessian_shots=hessian
         )
 
     def model(self, config: TrainConfig) -> nn.Module:

@@ -214,6 +214,9 @@ class MetaLearner(nn.Module):
         ``finite``: 0.0 if the meta-loss or the meta-gradient was not finite (it is added all the same, as
         ``loss.backward()`` would). With a ``process_group``, all of these are over every rank's tasks.
         """
+        prepare = getattr(self.estimator, "prepare", None)  # a user's TaskGradient may have none
+        if prepare is not None:
+            prepare(self, batch)
         grads, metrics = self.meta_gradient(batch, loss_before)
         if self.process_group is not None:
             grads, metrics = task_mean((grads, metrics), batch.num_tasks, self.process_group)

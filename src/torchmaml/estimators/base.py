@@ -15,13 +15,17 @@ import dataclasses
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 
 from torchmaml.context import VECTORISED, ExecutionContext
 from torchmaml.functional import FunctionalModel, Params
 from torchmaml.inner import InnerLR, LossFn, inner_step, inner_trajectory, step_lr
+
+if TYPE_CHECKING:
+    from torchmaml.learner import MetaLearner
+    from torchmaml.tasks import TaskBatch
 
 MetaParams = dict[str, Params]
 Task = dict[str, torch.Tensor]
@@ -103,6 +107,10 @@ class Estimator:
     supports_per_step_layers: ClassVar[bool] = False
     theory_step_constant: ClassVar[float | None] = None
     hessian_set: ClassVar[str] = "unused"
+
+    def prepare(self, learner: MetaLearner, batch: TaskBatch) -> None:
+        """Called by ``MetaLearner.backward`` before the meta-gradient of ``batch``: an estimator that tracks
+        something along the run (HF-MAML's estimated ``rho``) updates it here. Nothing by default."""
 
     def diagnose(self, metrics: Mapping[str, float]) -> str | None:
         """A one-line warning about this iteration's batch-averaged ``metrics`` (e.g. an inner solve that did
