@@ -17,12 +17,22 @@ Both halves are solved only approximately, and the estimate is as good as the tw
 ``tolerance``, or ``solver_steps`` steps were tried. Each step tries ``phi - t grad P(phi)`` and keeps it only
 if it passes Armijo's test ``P(phi - t g) <= P(phi) - 1e-4 t ||g||^2``: then ``t`` doubles (up to ``1/lambda``,
 the step that solves the proximal term alone), otherwise ``phi`` stays and ``t`` halves. So ``P`` never
-increases, whatever the inner rate; the first trial step is the problem's inner rate. ``"fixed"`` takes
+increases, whatever the inner rate; the first trial step is the problem's inner rate. (Function values limit
+the attainable residual to about the square root of the dtype's precision: ``tolerance`` below ``1e-7`` in
+float64, ``1e-3`` in float32, is not reached.) ``"fixed"`` takes
 ``problem.steps`` plain steps ``phi_{s+1} = phi_s - alpha_s grad P(phi_s)`` at the inner rates (the original
 recipe: with a large ``alpha`` it can increase ``P``; with a small one it stops far from ``phi_i``). Under
 ``vmap`` every task runs all ``solver_steps`` trials (converged tasks stop moving); one task at a time
 (strategy ``loop``) stops at convergence. The steps are taken without a graph: memory does not depend on
 the number of steps.
+
+**The strength** ``lambda`` (``lam``). The trained initialisation is deployed by ``K`` plain gradient steps at
+the inner rate ``alpha`` (``evaluate``, ``adapt``). For a quadratic, ``K`` small steps move as far as the
+proximal solution with ``lambda = 1 / (K alpha)``, so that is the default: the proximal problem matches the
+adaptation the model will get (sinusoid: ``alpha = 0.01``, ``K = 1``: ``lambda = 100``; Omniglot 5-way
+1-shot: ``alpha = 0.4``: ``2.5``). A much smaller ``lambda`` learns an initialisation for a long, far
+adaptation that a few small SGD steps do not reach, and with ``lambda = 1`` on the sinusoid the plain SGD
+evaluation even diverges (measured in docs/results/estimators.md).
 
 **The linear system** (``curvature``, ``damping``, ``cg_iterations``). On ReLU networks ``H_i`` has large
 negative eigenvalues and ``I + H_i/lambda`` is indefinite, where conjugate gradient has no meaning.
@@ -77,7 +87,8 @@ class Implicit(Estimator):
     """The iMAML gradient of one task (see the module docstring).
 
     Args:
-        lam: the proximal regularisation strength ``lambda > 0``.
+        lam: the proximal regularisation strength ``lambda > 0``; unset: ``1 / (K alpha)`` from the problem's
+            ``K`` inner steps at rate ``alpha`` (module docstring).
         solver: ``"backtracking"`` (gradient descent with Armijo steps to ``tolerance``) or ``"fixed"`` (the
             problem's ``steps`` plain steps at the inner rates).
         solver_steps: the backtracking solver's cap on trial steps (``>= 1``).
@@ -89,16 +100,16 @@ class Implicit(Estimator):
 
     warning_residual: ClassVar[float] = 0.5  # diagnose: a residual above this many times the initial one
 
-    lam: float = 1.0
+    lam: float | None = None
     solver: str = "backtracking"
-    solver_steps: int = 20
+    solver_steps: int = 10
     tolerance: float = 0.05
     curvature: str = "gauss_newton"
     cg_iterations: int = 5
     damping: float = 0.0
 
     def __post_init__(self) -> None:
-        if not _finite_number(self.lam) or not self.lam > 0:
+        if self.lam is not None and (not _finite_number(self.lam) or not self.lam > 0):
             raise ConfigError(f"estimator_options: lam must be a finite number > 0, got {self.lam!r}")
         for name in ("cg_iterations", "solver_steps"):
             value = getattr(self, name)
@@ -126,8 +137,9 @@ class Implicit(Estimator):
 
         start = {name: p.detach() for name, p in meta["params"].items()}
         adapted = [name for name in start if problem.adapted is None or name in problem.adapted]
+        lam = self.strength(problem, meta)
         solve = self._backtracking if self.solver == "backtracking" else self._fixed
-        phi, metrics = solve(problem, meta, support_loss, start, adapted)
+        phi, metrics = solve(problem, meta, support_loss, start, adapted, lam)
 
         def padded(vector: Params) -> Params:
             return {name: vector[name] if name in vector else torch.zeros_like(p) for name, p in phi.items()}
@@ -144,7 +156,7 @@ class Implicit(Estimator):
 
         def system(vector: Params) -> Params:
             product = curved(vector)
-            return {name: (1 + self.damping) * v + product[name] / self.lam for name, v in vector.items()}
+            return {name: (1 + self.damping) * v + product[name] / lam for name, v in vector.items()}
 
         query_grad, loss_after = grad_and_value(query_loss)(phi)
         report = truncated_conjugate_gradient(system, {name: query_grad[name] for name in adapted}, self.cg_iterations)
@@ -152,7 +164,7 @@ class Implicit(Estimator):
         fixed = [name for name in phi if name not in report.solution]
         if fixed:  # parameters the inner loop holds fixed still move the minimiser
             coupling = curved(report.solution)
-            grads.update({name: query_grad[name] - coupling[name] / self.lam for name in fixed})
+            grads.update({name: query_grad[name] - coupling[name] / lam for name in fixed})
 
         metrics.update(
             loss_after=loss_after,
@@ -165,13 +177,19 @@ class Implicit(Estimator):
         lr_grads = {name: torch.zeros_like(t) for name, t in meta["lrs"].items()}
         return {"params": grads, "lrs": lr_grads}, metrics
 
-    def _fixed(self, problem, meta, support_loss, start, adapted) -> tuple[Params, Metrics]:
+    def strength(self, problem: InnerProblem, meta: MetaParams) -> float:
+        """``lambda``: the option, or ``1 / (K alpha)`` with ``alpha`` the largest first-step rate."""
+        if self.lam is not None:
+            return self.lam
+        return 1 / (max(problem.steps, 1) * float(_largest(step_lr(problem.rates(meta["lrs"]), 0))))
+
+    def _fixed(self, problem, meta, support_loss, start, adapted, lam) -> tuple[Params, Metrics]:
         """``problem.steps`` steps ``phi_{s+1} = phi_s - alpha_s grad P(phi_s)`` at the inner rates."""
         rates = problem.rates(meta["lrs"])
         phi = start
         initial = None
         for step in range(problem.steps + 1):
-            gradient = self._proximal_grad(support_loss, phi, start, adapted)
+            gradient = self._proximal_grad(support_loss, phi, start, adapted, lam)
             initial = norm(gradient) if initial is None else initial
             if step == problem.steps:
                 break
@@ -179,20 +197,20 @@ class Implicit(Estimator):
         residual = _relative(norm(gradient), initial)
         return phi, {"inner_residual": residual, "inner_steps": torch.full_like(residual, problem.steps)}
 
-    def _backtracking(self, problem, meta, support_loss, start, adapted) -> tuple[Params, Metrics]:
+    def _backtracking(self, problem, meta, support_loss, start, adapted, lam) -> tuple[Params, Metrics]:
         """Gradient descent on ``P`` with Armijo backtracking (module docstring), to ``tolerance`` or
         ``solver_steps`` trials."""
         rate = step_lr(problem.rates(meta["lrs"]), 0)
 
         def proximal(fast: Params) -> torch.Tensor:
             distance = sum(torch.sum((fast[name] - start[name]) ** 2) for name in adapted)
-            return support_loss({**start, **fast}) + self.lam / 2 * distance
+            return support_loss({**start, **fast}) + lam / 2 * distance
 
         fast = {name: start[name] for name in adapted}
         gradient, objective = grad_and_value(proximal)(fast)
         initial = norm(gradient)
         scale = torch.ones_like(objective)  # the trial step is scale * rate
-        largest = 1 / (self.lam * _largest(rate))
+        largest = 1 / (lam * _largest(rate))
         kept = torch.zeros_like(objective)
         converged = initial == 0
         for _ in range(self.solver_steps):
@@ -211,10 +229,10 @@ class Implicit(Estimator):
         residual = _relative(norm(gradient), initial)
         return {**start, **fast}, {"inner_residual": residual, "inner_steps": kept}
 
-    def _proximal_grad(self, support_loss, phi: Params, start: Params, adapted: list[str]) -> Params:
+    def _proximal_grad(self, support_loss, phi: Params, start: Params, adapted: list[str], lam: float) -> Params:
         """``grad P(phi) = grad f(phi; D_in) + lambda (phi - w)`` on the adapted parameters."""
         support_grad = partial_grad(support_loss, phi, adapted)
-        return {name: g + self.lam * (phi[name] - start[name]) for name, g in support_grad.items()}
+        return {name: g + lam * (phi[name] - start[name]) for name, g in support_grad.items()}
 
     def diagnose(self, metrics: dict[str, float]) -> str | None:
         """A warning when this iteration's solves were poor: the inner residual above ``warning_residual``,
