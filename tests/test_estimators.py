@@ -17,8 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchmaml import ConfigError, MetaLearner, TaskBatch
+from torchmaml.benchmark import benchmark_of
 from torchmaml.config import load_config
+from torchmaml.data.fewshot import FewShotTasks
+from torchmaml.data.sinusoid import SinusoidTasks
 from torchmaml.estimators import ESTIMATORS, get_estimator
+from torchmaml.theory.constants import estimate_hessian_lipschitz
+from torchmaml.theory.step_size import STEP_SIZE_CONSTANTS
 
 DIM = 4
 RATE = 0.3
@@ -268,7 +273,7 @@ def test_estimator_options_are_defaults_or_validated():
     assert get_estimator("hessian_free").delta == 1e-3
     assert get_estimator("hessian_free", {"rho": 2.0}).delta is None
     assert get_estimator("implicit") == ESTIMATORS["implicit"](
-        lam=1.0, solver="backtracking", solver_steps=20, tolerance=0.05, curvature="gauss_newton", cg_iterations=5
+        lam=None, solver="backtracking", solver_steps=10, tolerance=0.05, curvature="gauss_newton", cg_iterations=5
     )
     assert get_estimator("implicit", {"lam": 3, "cg_iterations": 8, "damping": 0.1}).cg_iterations == 8
     assert get_estimator("reptile", {"use_query": False}).use_query is False
@@ -333,3 +338,61 @@ def test_a_stationary_point_gives_zero_not_nan(estimator, options):
     nn.init.zeros_(model.weight)  # zero targets: every gradient, difference direction and CG residual is 0
     batch = TaskBatch(batch.support_x, 0 * batch.support_y, batch.query_x, 0 * batch.query_y)
     assert torch.equal(estimate(model, batch, estimator, 2, **options), torch.zeros(DIM, dtype=torch.float64))
+
+
+# -- the Hessian set D_h from data ------------------------------------------------------------------------
+
+
+def test_task_sources_draw_an_independent_hessian_set_when_asked():
+    generator = torch.Generator().manual_seed(0)
+    batch = SinusoidTasks(5, 6, hessian_size=7, dtype=torch.float64).sample(3, generator)
+    assert batch.hessian_x.shape == (3, 7, 1) and not torch.equal(batch.hessian_x[:, :5], batch.support_x)
+    assert SinusoidTasks(5, 6).sample(3, generator).hessian_x is None
+    images = torch.arange(4 * 6, dtype=torch.float32).view(4, 6, 1, 1, 1)  # 4 classes of 6 distinct images
+    few = FewShotTasks(images, ways=2, shots=1, queries=2, hessian_shots=3).sample(5, generator)
+    assert few.hessian_x.shape == (5, 6, 1, 1, 1) and torch.equal(few.hessian_y[0], torch.tensor([0, 0, 0, 1, 1, 1]))
+    for i in range(5):  # same classes as the support set, disjoint examples
+        support, query, hessian = (set(t[i].flatten().tolist()) for t in (few.support_x, few.query_x, few.hessian_x))
+        assert not (hessian & support) and not (hessian & query)
+        assert {int(v) // 6 for v in hessian} == {int(v) // 6 for v in support}
+    with pytest.raises(ConfigError, match="shots \\+ queries \\+ hessian_size = 1 \\+ 2 \\+ 4"):
+        FewShotTasks(images, ways=2, shots=1, queries=2, hessian_shots=4)
+
+
+def test_three_batch_needs_hessian_size_in_a_config_and_trains_on_d_h():
+    with pytest.raises(ConfigError, match="takes the Hessian on an independent set D_h: set hessian_size"):
+        load_config("sinusoid", ["estimator=three_batch"])
+    with pytest.raises(ConfigError, match="hessian_size: estimator 'unrolled' takes no Hessian set"):
+        load_config("sinusoid", ["hessian_size=5"])
+    config = load_config("sinusoid", ["estimator=three_batch", "hessian_size=5", "theory_c=0.1"])
+    assert benchmark_of(config).tasks(config).sample(2, torch.Generator()).hessian_x.shape == (2, 5, 1)
+    assert benchmark_of(config).tasks(config, "test").sample(2, torch.Generator()).hessian_x is None
+    assert STEP_SIZE_CONSTANTS["three_batch"] == pytest.approx(1 / 12)
+
+
+# -- HF-MAML with an estimated rho ------------------------------------------------------------------------
+
+
+def test_hessian_free_theory_delta_uses_the_estimated_rho_on_its_schedule():
+    """``delta = "theory"``: rho is ``estimate_hessian_lipschitz``'s maximum over the batch, re-estimated every
+    ``rho_every`` meta-steps and logged; the difference step is the paper's ``1 / (6 rho alpha ||v||)``."""
+    model = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    batch = SinusoidTasks(5, 5, hessian_size=5, dtype=torch.float64).sample(3, torch.Generator().manual_seed(1))
+    options = {"delta": "theory", "rho_every": 2}
+    learner = MetaLearner(model, F.mse_loss, 0.1, 1, "hessian_free", estimator_options=options)
+    optimizer = torch.optim.SGD(learner.parameters(), lr=0.05)
+    logged, estimated = [], []
+    for _ in range(4):
+        estimated.append(float(estimate_hessian_lipschitz(learner, batch).max()))
+        logged.append(learner.meta_step(batch, optimizer)["hf_rho"])
+    assert logged[0] == pytest.approx(estimated[0]) and logged[2] == pytest.approx(estimated[2])
+    assert logged[1] == logged[0] and logged[3] == logged[2] and logged[2] != logged[0]
+    rho = learner.estimator.current_rho()
+    step = learner.estimator.difference_step(torch.tensor(2.0), torch.tensor(0.2))  # alpha = 0.1, ||v|| = 2
+    assert float(step) == pytest.approx(
+        (1 / 0.1) / (6 * rho * 0.2)
+    )  # h ||u|| = delta ||v||, delta = 1/(6 rho alpha ||v||)
+    same = get_estimator("hessian_free", {"rho": rho})
+    assert float(same.difference_step(torch.tensor(2.0), torch.tensor(0.2))) == pytest.approx(float(step))
+    with pytest.raises(ConfigError, match="no estimate of rho yet"):
+        MetaLearner(model, F.mse_loss, 0.1, 1, "hessian_free", estimator_options=options).meta_gradient(batch)
