@@ -138,8 +138,7 @@ class Implicit(Estimator):
         start = {name: p.detach() for name, p in meta["params"].items()}
         adapted = [name for name in start if problem.adapted is None or name in problem.adapted]
         lam = self.strength(problem, meta)
-        solve = self._backtracking if self.solver == "backtracking" else self._fixed
-        phi, metrics = solve(problem, meta, support_loss, start, adapted, lam)
+        phi, metrics = self.solve(problem, meta, task)
 
         def padded(vector: Params) -> Params:
             return {name: vector[name] if name in vector else torch.zeros_like(p) for name, p in phi.items()}
@@ -176,6 +175,18 @@ class Implicit(Estimator):
                 metrics["loss_before"] = query_loss(start)
         lr_grads = {name: torch.zeros_like(t) for name, t in meta["lrs"].items()}
         return {"params": grads, "lrs": lr_grads}, metrics
+
+    def solve(self, problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[Params, Metrics]:
+        """iMAML's adaptation of one task: the approximate proximal minimiser ``phi`` from ``w = meta["params"]``
+        on the support set (detached), and the solver's metrics ``inner_residual``, ``inner_steps``."""
+
+        def support_loss(params: Params) -> torch.Tensor:
+            return problem.loss(params, task["support_x"], task["support_y"])
+
+        start = {name: p.detach() for name, p in meta["params"].items()}
+        adapted = [name for name in start if problem.adapted is None or name in problem.adapted]
+        solve = self._backtracking if self.solver == "backtracking" else self._fixed
+        return solve(problem, meta, support_loss, start, adapted, self.strength(problem, meta))
 
     def strength(self, problem: InnerProblem, meta: MetaParams) -> float:
         """``lambda``: the option, or ``1 / (K alpha)`` with ``alpha`` the largest first-step rate."""
