@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from torchmaml.distributed import gather_tasks
 from torchmaml.errors import ConfigError
 from torchmaml.estimators.base import Estimator, InnerProblem, MetaParams, Metrics, Task
 from torchmaml.estimators.hvp import ScalarFunction, finite_difference_hvp, norm
@@ -127,13 +128,16 @@ class HessianFree(Estimator):
         return grads, metrics
 
     def prepare(self, learner: MetaLearner, batch: TaskBatch) -> None:
-        """With ``delta = "theory"``: estimate ``rho`` on ``batch`` (maximum over its tasks) before the first and
-        every ``rho_every``-th meta-step."""
+        """With ``delta = "theory"``: estimate ``rho`` on ``batch`` (maximum over its tasks; with a process group,
+        over every rank's tasks) before the first and every ``rho_every``-th meta-step."""
         if self.delta != THEORY or (self.estimate.value is not None and learner.meta_gradient_calls % self.rho_every):
             return
         from torchmaml.theory.constants import estimate_hessian_lipschitz  # theory builds on the learner
 
-        self.estimate.value = float(estimate_hessian_lipschitz(learner, batch).max())
+        values = estimate_hessian_lipschitz(learner, batch)
+        if learner.process_group is not None:  # every rank uses the maximum over all ranks' tasks
+            values = gather_tasks(values, learner.process_group)
+        self.estimate.value = float(values.max())
 
     def current_rho(self) -> float:
         """The Hessian-Lipschitz constant the paper's rule uses: ``rho``, or the latest estimate."""

@@ -64,6 +64,7 @@ or on the command line ``--set estimator=implicit --set 'estimator_options={lam=
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -72,9 +73,16 @@ from torch.func import grad_and_value
 
 from torchmaml.errors import ConfigError
 from torchmaml.estimators.base import Estimator, InnerProblem, MetaParams, Metrics, Task
-from torchmaml.estimators.hvp import gauss_newton_product, hessian_vector_product, norm, partial_grad, rate_times
+from torchmaml.estimators.hvp import (
+    ScalarFunction,
+    gauss_newton_product,
+    hessian_vector_product,
+    norm,
+    partial_grad,
+    rate_times,
+)
 from torchmaml.functional import Params
-from torchmaml.inner import sgd_step, step_lr
+from torchmaml.inner import StepLR, sgd_step, step_lr
 from torchmaml.linalg import dot, truncated_conjugate_gradient
 
 SOLVERS = ("backtracking", "fixed")
@@ -194,7 +202,15 @@ class Implicit(Estimator):
             return self.lam
         return 1 / (max(problem.steps, 1) * float(_largest(step_lr(problem.rates(meta["lrs"]), 0))))
 
-    def _fixed(self, problem, meta, support_loss, start, adapted, lam) -> tuple[Params, Metrics]:
+    def _fixed(
+        self,
+        problem: InnerProblem,
+        meta: MetaParams,
+        support_loss: ScalarFunction,
+        start: Params,
+        adapted: list[str],
+        lam: float,
+    ) -> tuple[Params, Metrics]:
         """``problem.steps`` steps ``phi_{s+1} = phi_s - alpha_s grad P(phi_s)`` at the inner rates."""
         rates = problem.rates(meta["lrs"])
         phi = start
@@ -208,7 +224,15 @@ class Implicit(Estimator):
         residual = _relative(norm(gradient), initial)
         return phi, {"inner_residual": residual, "inner_steps": torch.full_like(residual, problem.steps)}
 
-    def _backtracking(self, problem, meta, support_loss, start, adapted, lam) -> tuple[Params, Metrics]:
+    def _backtracking(
+        self,
+        problem: InnerProblem,
+        meta: MetaParams,
+        support_loss: ScalarFunction,
+        start: Params,
+        adapted: list[str],
+        lam: float,
+    ) -> tuple[Params, Metrics]:
         """Gradient descent on ``P`` with Armijo backtracking (module docstring), to ``tolerance`` or
         ``solver_steps`` trials."""
         rate = step_lr(problem.rates(meta["lrs"]), 0)
@@ -240,7 +264,9 @@ class Implicit(Estimator):
         residual = _relative(norm(gradient), initial)
         return {**start, **fast}, {"inner_residual": residual, "inner_steps": kept}
 
-    def _proximal_grad(self, support_loss, phi: Params, start: Params, adapted: list[str], lam: float) -> Params:
+    def _proximal_grad(
+        self, support_loss: ScalarFunction, phi: Params, start: Params, adapted: list[str], lam: float
+    ) -> Params:
         """``grad P(phi) = grad f(phi; D_in) + lambda (phi - w)`` on the adapted parameters."""
         support_grad = partial_grad(support_loss, phi, adapted)
         return {name: g + lam * (phi[name] - start[name]) for name, g in support_grad.items()}
@@ -269,9 +295,9 @@ def _relative(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return torch.where(reference > 0, value / reference.clamp_min(torch.finfo(reference.dtype).tiny), 0.0)
 
 
-def _largest(rate) -> float | torch.Tensor:
+def _largest(rate: StepLR) -> float | torch.Tensor:
     """The largest entry of a step rate (a number, a tensor, or one per parameter)."""
-    if isinstance(rate, dict):
+    if isinstance(rate, Mapping):
         return torch.stack([torch.as_tensor(r).max() for r in rate.values()]).max()
     return torch.as_tensor(rate).max() if isinstance(rate, torch.Tensor) else rate
 
