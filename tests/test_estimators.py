@@ -273,7 +273,7 @@ def test_estimator_options_are_defaults_or_validated():
     assert get_estimator("hessian_free").delta == 1e-3
     assert get_estimator("hessian_free", {"rho": 2.0}).delta is None
     assert get_estimator("implicit") == ESTIMATORS["implicit"](
-        lam=None, solver="backtracking", solver_steps=10, tolerance=0.05, curvature="gauss_newton", cg_iterations=5
+        lam=1.0, solver="backtracking", solver_steps=10, tolerance=0.05, curvature="gauss_newton", cg_iterations=5
     )
     assert get_estimator("implicit", {"lam": 3, "cg_iterations": 8, "damping": 0.1}).cg_iterations == 8
     assert get_estimator("reptile", {"use_query": False}).use_query is False

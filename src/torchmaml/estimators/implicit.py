@@ -26,13 +26,12 @@ recipe: with a large ``alpha`` it can increase ``P``; with a small one it stops 
 (strategy ``loop``) stops at convergence. The steps are taken without a graph: memory does not depend on
 the number of steps.
 
-**The strength** ``lambda`` (``lam``). The trained initialisation is deployed by ``K`` plain gradient steps at
-the inner rate ``alpha`` (``evaluate``, ``adapt``). For a quadratic, ``K`` small steps move as far as the
-proximal solution with ``lambda = 1 / (K alpha)``, so that is the default: the proximal problem matches the
-adaptation the model will get (sinusoid: ``alpha = 0.01``, ``K = 1``: ``lambda = 100``; Omniglot 5-way
-1-shot: ``alpha = 0.4``: ``2.5``). A much smaller ``lambda`` learns an initialisation for a long, far
-adaptation that a few small SGD steps do not reach, and with ``lambda = 1`` on the sinusoid the plain SGD
-evaluation even diverges (measured in docs/results/estimators.md).
+**The strength** ``lambda`` (``lam``, default 1). The trained initialisation is for *this* adaptation: with
+the proximal solve a sharp initialisation adapts well (the solve is a damped Newton-like step), so nothing in
+the meta-gradient keeps the curvature below ``2 / alpha``, where the plain SGD steps of ``evaluate``/``adapt``
+are stable. Measured on the sinusoid (docs/results/estimators.md): ``lambda = 10`` and ``100`` learned
+initialisations whose SGD adaptation diverges on some held-out tasks, ``lambda = 1`` one that stays finite;
+``Implicit.solve`` adapts with the proximal solve instead.
 
 **The linear system** (``curvature``, ``damping``, ``cg_iterations``). On ReLU networks ``H_i`` has large
 negative eigenvalues and ``I + H_i/lambda`` is indefinite, where conjugate gradient has no meaning.
@@ -95,8 +94,7 @@ class Implicit(Estimator):
     """The iMAML gradient of one task (see the module docstring).
 
     Args:
-        lam: the proximal regularisation strength ``lambda > 0``; unset: ``1 / (K alpha)`` from the problem's
-            ``K`` inner steps at rate ``alpha`` (module docstring).
+        lam: the proximal regularisation strength ``lambda > 0``.
         solver: ``"backtracking"`` (gradient descent with Armijo steps to ``tolerance``) or ``"fixed"`` (the
             problem's ``steps`` plain steps at the inner rates).
         solver_steps: the backtracking solver's cap on trial steps (``>= 1``).
@@ -108,7 +106,7 @@ class Implicit(Estimator):
 
     warning_residual: ClassVar[float] = 0.5  # diagnose: a residual above this many times the initial one
 
-    lam: float | None = None
+    lam: float = 1.0
     solver: str = "backtracking"
     solver_steps: int = 10
     tolerance: float = 0.05
@@ -117,7 +115,7 @@ class Implicit(Estimator):
     damping: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.lam is not None and (not _finite_number(self.lam) or not self.lam > 0):
+        if not _finite_number(self.lam) or not self.lam > 0:
             raise ConfigError(f"estimator_options: lam must be a finite number > 0, got {self.lam!r}")
         for name in ("cg_iterations", "solver_steps"):
             value = getattr(self, name)
@@ -145,7 +143,7 @@ class Implicit(Estimator):
 
         start = {name: p.detach() for name, p in meta["params"].items()}
         adapted = [name for name in start if problem.adapted is None or name in problem.adapted]
-        lam = self.strength(problem, meta)
+        lam = self.lam
         phi, metrics = self.solve(problem, meta, task)
 
         def padded(vector: Params) -> Params:
@@ -194,13 +192,7 @@ class Implicit(Estimator):
         start = {name: p.detach() for name, p in meta["params"].items()}
         adapted = [name for name in start if problem.adapted is None or name in problem.adapted]
         solve = self._backtracking if self.solver == "backtracking" else self._fixed
-        return solve(problem, meta, support_loss, start, adapted, self.strength(problem, meta))
-
-    def strength(self, problem: InnerProblem, meta: MetaParams) -> float:
-        """``lambda``: the option, or ``1 / (K alpha)`` with ``alpha`` the largest first-step rate."""
-        if self.lam is not None:
-            return self.lam
-        return 1 / (max(problem.steps, 1) * float(_largest(step_lr(problem.rates(meta["lrs"]), 0))))
+        return solve(problem, meta, support_loss, start, adapted, self.lam)
 
     def _fixed(
         self,
