@@ -27,8 +27,8 @@ Estimators: ``unrolled`` (exact MAML), ``first_order`` (FO-MAML), ``hessian_free
 ``delta``), ``implicit`` (iMAML with its defaults: ``lam`` 1, the backtracking proximal solver, 5 CG
 iterations on the Gauss-Newton system) and ``reptile``. ``three_batch`` is left out: it needs an independent
 Hessian set (``hessian_size``), which the others would not use. Reptile is not trained with the MAML
-recipe; its settings are ``REPTILE_SETTINGS`` below (5 SGD inner steps on the support images, plain SGD outer step with the
-paper's ``epsilon = 1`` annealed towards 0, here by a cosine schedule). Its meta-test uses the
+recipe; its settings are ``REPTILE_SETTINGS`` below (5 SGD inner steps on the support images, plain SGD
+outer step with the paper's ``epsilon = 1`` annealed towards 0, here by a cosine schedule). Its meta-test uses the
 same protocol as the others (inner_lr 0.4, 1 and 3 steps on the support set).
 
 Run from the repository root (about ``len(estimators) * (budget + 1-2 min)``)::
