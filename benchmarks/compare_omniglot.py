@@ -24,11 +24,11 @@ peak resident set size of the training child is read from ``os.wait4`` on that c
 would not separate the runs).
 
 Estimators: ``unrolled`` (exact MAML), ``first_order`` (FO-MAML), ``hessian_free`` (HF-MAML, default
-``delta``), ``implicit`` (iMAML, default ``lam`` 1 and 5 CG iterations, the preset's 1 inner step) and
-``reptile``. ``three_batch`` is left out: without a separate Hessian batch it takes ``D_h = D_in`` and is
-then exactly ``unrolled``. Reptile is not trained with the MAML recipe; its settings are
-``REPTILE_SETTINGS`` below (5 SGD inner steps on the support images, plain SGD outer step with the
-paper's ``epsilon = 1`` annealed towards 0, here by a cosine schedule). Its meta-test uses the
+``delta``), ``implicit`` (iMAML with its defaults: ``lam`` 1, the backtracking proximal solver, 5 CG
+iterations on the Gauss-Newton system) and ``reptile``. ``three_batch`` is left out: it needs an independent
+Hessian set (``hessian_size``), which the others would not use. Reptile is not trained with the MAML
+recipe; its settings are ``REPTILE_SETTINGS`` below (5 SGD inner steps on the support images, plain SGD
+outer step with the paper's ``epsilon = 1`` annealed towards 0, here by a cosine schedule). Its meta-test uses the
 same protocol as the others (inner_lr 0.4, 1 and 3 steps on the support set).
 
 Run from the repository root (about ``len(estimators) * (budget + 1-2 min)``)::

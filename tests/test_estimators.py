@@ -17,8 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchmaml import ConfigError, MetaLearner, TaskBatch
+from torchmaml.benchmark import benchmark_of
 from torchmaml.config import load_config
+from torchmaml.data.fewshot import FewShotTasks
+from torchmaml.data.sinusoid import SinusoidTasks
 from torchmaml.estimators import ESTIMATORS, get_estimator
+from torchmaml.theory.constants import estimate_hessian_lipschitz
+from torchmaml.theory.step_size import STEP_SIZE_CONSTANTS
 
 DIM = 4
 RATE = 0.3
@@ -90,12 +95,19 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float 
 
 
 @pytest.mark.parametrize("steps", [1, 3])
-def test_unrolled_and_three_batch_without_hessian_set_give_the_maml_closed_form(steps):
+def test_unrolled_and_three_batch_with_d_h_equal_to_d_in_give_the_maml_closed_form(steps):
     model, batch = linear_model(), quadratic_batch(hessian_set=False)
     w = model.weight.detach().reshape(-1)
     expected = batch_mean(batch, lambda q: closed_form_maml(w, q, steps, hessian="support"))
     assert_close(estimate(model, batch, "unrolled", steps), expected)
-    assert_close(estimate(model, batch, "three_batch", steps), expected)
+    same = TaskBatch(*batch.tensors().values(), batch.support_x, batch.support_y)
+    assert_close(estimate(model, same, "three_batch", steps), expected)
+
+
+def test_three_batch_refuses_a_batch_without_a_hessian_set_in_one_line():
+    with pytest.raises(ConfigError, match="independent set D_h but the batch has none") as error:
+        estimate(linear_model(), quadratic_batch(hessian_set=False), "three_batch", 1)
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("steps", [1, 3])
@@ -136,7 +148,8 @@ def test_implicit_matches_the_closed_form_of_the_same_inner_steps(steps, lam, da
     model, batch = linear_model(), quadratic_batch()
     w = model.weight.detach().reshape(-1)
     expected = batch_mean(batch, lambda q: closed_form_imaml(w, q, steps, lam, damping=damping))
-    got = estimate(model, batch, "implicit", steps, lam=lam, cg_iterations=DIM, damping=damping)
+    options = {"lam": lam, "cg_iterations": DIM, "damping": damping, "solver": "fixed", "curvature": "hessian"}
+    got = estimate(model, batch, "implicit", steps, **options)
     assert_close(got, expected, tolerance=1e-10)  # CG is exact in DIM iterations
 
 
@@ -144,8 +157,56 @@ def test_implicit_with_many_inner_steps_gives_the_implicit_gradient_at_the_minim
     model, batch = linear_model(), quadratic_batch()
     w = model.weight.detach().reshape(-1)
     expected = batch_mean(batch, lambda q: closed_form_imaml(w, q, 0, lam=1.0, exact_minimiser=True))
-    got = estimate(model, batch, "implicit", 300, rate=0.2, lam=1.0, cg_iterations=DIM)
+    options = {"lam": 1.0, "cg_iterations": DIM, "solver": "fixed", "curvature": "hessian"}
+    got = estimate(model, batch, "implicit", 300, rate=0.2, **options)
     assert_close(got, expected, tolerance=1e-10)
+
+
+@pytest.mark.parametrize("curvature", ["gauss_newton", "hessian"])
+@pytest.mark.parametrize("rate,damping", [(0.2, 0.0), (50.0, 0.0), (1e-3, 0.3)])
+def test_the_backtracking_solver_reaches_the_minimiser_whatever_the_rate(rate, damping, curvature):
+    """From a tiny rate (the step grows) or a huge one (``rate = 50`` would diverge as plain steps: Armijo halves
+    it), the solver reaches the proximal minimiser, and the estimate is the implicit gradient there with the
+    damped system; Gauss-Newton equals the Hessian on a linear model."""
+    model, batch = linear_model(), quadratic_batch()
+    w = model.weight.detach().reshape(-1)
+    expected = batch_mean(batch, lambda q: closed_form_imaml(w, q, 0, 1.0, damping=damping, exact_minimiser=True))
+    options = {"lam": 1.0, "cg_iterations": DIM, "tolerance": 1e-12, "solver_steps": 400, "damping": damping}
+    learner = MetaLearner(model, half_mse, rate, 1, "implicit", estimator_options={**options, "curvature": curvature})
+    grads, metrics = learner.meta_gradient(batch)
+    assert_close(grads["params"]["weight"].reshape(-1), expected, tolerance=1e-8)  # Armijo's limit: sqrt(eps)
+    assert metrics["inner_residual"] < 1e-7 and metrics["cg_residual"] < 1e-9
+    assert metrics["cg_negative_curvature"] == 0
+
+
+def test_damping_shrinks_the_implicit_gradient_as_its_closed_form_says():
+    model, batch = linear_model(), quadratic_batch()
+    w = model.weight.detach().reshape(-1)
+    options = {"lam": 0.5, "cg_iterations": DIM, "tolerance": 1e-12, "solver_steps": 400}
+    plain, damped = (estimate(model, batch, "implicit", 1, **options, damping=d) for d in (0.0, 1.0))
+    expected = batch_mean(batch, lambda q: closed_form_imaml(w, q, 0, 0.5, damping=1.0, exact_minimiser=True))
+    assert_close(damped, expected, tolerance=1e-8)
+    assert damped.norm() < plain.norm()
+
+
+def test_the_backtracking_solver_never_raises_the_proximal_objective():
+    """One trial step at a rate that overshoots is refused: phi stays at w, where plain steps would diverge."""
+    model, batch = linear_model(), quadratic_batch()
+    options = {"lam": 1.0, "solver_steps": 1}
+    learner = MetaLearner(model, half_mse, 100.0, 1, "implicit", estimator_options=options)
+    _, metrics = learner.meta_gradient(batch)
+    assert metrics["inner_steps"] == 0 and metrics["inner_residual"] == 1.0
+    fixed = MetaLearner(model, half_mse, 100.0, 1, "implicit", estimator_options={"solver": "fixed"})
+    assert fixed.meta_gradient(batch)[1]["inner_residual"] > 10
+
+
+def test_poor_solves_warn_once_they_persist():
+    model, batch = linear_model(), quadratic_batch()
+    learner = MetaLearner(model, half_mse, 100.0, 1, "implicit", estimator_options={"solver_steps": 1})
+    optimizer = torch.optim.SGD(learner.parameters(), lr=0.0)
+    with pytest.warns(RuntimeWarning, match="the inner problem is not solved.*10 meta-steps in a row"):
+        for _ in range(10):
+            learner.meta_step(batch, optimizer)
 
 
 def test_implicit_converges_to_the_exact_solve_as_cg_iterations_grow():
@@ -155,7 +216,8 @@ def test_implicit_converges_to_the_exact_solve_as_cg_iterations_grow():
     expected = batch_mean(batch, lambda q: closed_form_imaml(w, q, 2, lam=0.5, rate=0.1))
     errors = []
     for iterations in range(1, dim + 1):
-        got = estimate(model, batch, "implicit", 2, rate=0.1, lam=0.5, cg_iterations=iterations)
+        options = {"lam": 0.5, "cg_iterations": iterations, "solver": "fixed", "curvature": "hessian"}
+        got = estimate(model, batch, "implicit", 2, rate=0.1, **options)
         errors.append(((got - expected).norm() / expected.norm()).item())
     assert all(later < earlier for earlier, later in itertools.pairwise(errors)), errors
     assert errors[0] > 1e-3 and errors[-1] < 1e-9, errors
@@ -210,7 +272,9 @@ def test_every_estimator_is_registered_and_reports_the_query_losses():
 def test_estimator_options_are_defaults_or_validated():
     assert get_estimator("hessian_free").delta == 1e-3
     assert get_estimator("hessian_free", {"rho": 2.0}).delta is None
-    assert get_estimator("implicit") == ESTIMATORS["implicit"](lam=1.0, cg_iterations=5, damping=0.0)
+    assert get_estimator("implicit") == ESTIMATORS["implicit"](
+        lam=1.0, solver="backtracking", solver_steps=10, tolerance=0.05, curvature="gauss_newton", cg_iterations=5
+    )
     assert get_estimator("implicit", {"lam": 3, "cg_iterations": 8, "damping": 0.1}).cg_iterations == 8
     assert get_estimator("reptile", {"use_query": False}).use_query is False
 
@@ -230,6 +294,12 @@ def test_estimator_options_are_defaults_or_validated():
         ("implicit", {"cg_iterations": 2.5}, "cg_iterations must be an integer >= 1"),
         ("implicit", {"damping": -0.1}, "damping must be a finite number >= 0"),
         ("implicit", {"lambda": 1.0}, "'lambda' is not an option of 'implicit'"),
+        ("implicit", {"solver": "newton"}, "solver must be one of backtracking, fixed"),
+        ("implicit", {"curvature": "fisher"}, "curvature must be one of gauss_newton, hessian"),
+        ("implicit", {"tolerance": 0}, "tolerance must be a finite number > 0"),
+        ("implicit", {"solver_steps": 0}, "solver_steps must be an integer >= 1"),
+        ("hessian_free", {"delta": "auto"}, 'delta must be a finite number > 0 or "theory"'),
+        ("hessian_free", {"delta": "theory", "rho_every": 0}, "rho_every must be an integer >= 1"),
         ("reptile", {"use_query": 1}, "use_query must be true or false"),
         ("three_batch", {"delta": 1e-3}, "'delta' is not an option of 'three_batch' (its options: none)"),
     ],
@@ -268,3 +338,78 @@ def test_a_stationary_point_gives_zero_not_nan(estimator, options):
     nn.init.zeros_(model.weight)  # zero targets: every gradient, difference direction and CG residual is 0
     batch = TaskBatch(batch.support_x, 0 * batch.support_y, batch.query_x, 0 * batch.query_y)
     assert torch.equal(estimate(model, batch, estimator, 2, **options), torch.zeros(DIM, dtype=torch.float64))
+
+
+# -- the Hessian set D_h from data ------------------------------------------------------------------------
+
+
+def test_task_sources_draw_an_independent_hessian_set_when_asked():
+    generator = torch.Generator().manual_seed(0)
+    batch = SinusoidTasks(5, 6, hessian_size=7, dtype=torch.float64).sample(3, generator)
+    assert batch.hessian_x.shape == (3, 7, 1) and not torch.equal(batch.hessian_x[:, :5], batch.support_x)
+    assert SinusoidTasks(5, 6).sample(3, generator).hessian_x is None
+    images = torch.arange(4 * 6, dtype=torch.float32).view(4, 6, 1, 1, 1)  # 4 classes of 6 distinct images
+    few = FewShotTasks(images, ways=2, shots=1, queries=2, hessian_shots=3).sample(5, generator)
+    assert few.hessian_x.shape == (5, 6, 1, 1, 1) and torch.equal(few.hessian_y[0], torch.tensor([0, 0, 0, 1, 1, 1]))
+    for i in range(5):  # same classes as the support set, disjoint examples
+        support, query, hessian = (set(t[i].flatten().tolist()) for t in (few.support_x, few.query_x, few.hessian_x))
+        assert not (hessian & support) and not (hessian & query)
+        assert {int(v) // 6 for v in hessian} == {int(v) // 6 for v in support}
+    with pytest.raises(ConfigError, match="shots \\+ queries \\+ hessian_size = 1 \\+ 2 \\+ 4"):
+        FewShotTasks(images, ways=2, shots=1, queries=2, hessian_shots=4)
+
+
+def test_three_batch_needs_hessian_size_in_a_config_and_trains_on_d_h():
+    with pytest.raises(ConfigError, match="takes the Hessian on an independent set D_h: set hessian_size"):
+        load_config("sinusoid", ["estimator=three_batch"])
+    with pytest.raises(ConfigError, match="hessian_size: estimator 'unrolled' takes no Hessian set"):
+        load_config("sinusoid", ["hessian_size=5"])
+    config = load_config("sinusoid", ["estimator=three_batch", "hessian_size=5", "theory_c=0.1"])
+    assert benchmark_of(config).tasks(config).sample(2, torch.Generator()).hessian_x.shape == (2, 5, 1)
+    assert benchmark_of(config).tasks(config, "test").sample(2, torch.Generator()).hessian_x is None
+    assert STEP_SIZE_CONSTANTS["three_batch"] == pytest.approx(1 / 12)
+
+
+# -- HF-MAML with an estimated rho ------------------------------------------------------------------------
+
+
+def test_hessian_free_theory_delta_uses_the_estimated_rho_on_its_schedule():
+    """``delta = "theory"``: rho is ``estimate_hessian_lipschitz``'s maximum over the batch, re-estimated every
+    ``rho_every`` meta-steps and logged; the difference step is the paper's ``1 / (6 rho alpha ||v||)``."""
+    model = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    batch = SinusoidTasks(5, 5, hessian_size=5, dtype=torch.float64).sample(3, torch.Generator().manual_seed(1))
+    options = {"delta": "theory", "rho_every": 2}
+    learner = MetaLearner(model, F.mse_loss, 0.1, 1, "hessian_free", estimator_options=options)
+    optimizer = torch.optim.SGD(learner.parameters(), lr=0.05)
+    logged, estimated = [], []
+    for _ in range(4):
+        estimated.append(float(estimate_hessian_lipschitz(learner, batch).max()))
+        logged.append(learner.meta_step(batch, optimizer)["hf_rho"])
+    assert logged[0] == pytest.approx(estimated[0]) and logged[2] == pytest.approx(estimated[2])
+    assert logged[1] == logged[0] and logged[3] == logged[2] and logged[2] != logged[0]
+    rho = learner.estimator.current_rho()
+    step = learner.estimator.difference_step(torch.tensor(2.0), torch.tensor(0.2))  # alpha = 0.1, ||v|| = 2
+    assert float(step) == pytest.approx(
+        (1 / 0.1) / (6 * rho * 0.2)
+    )  # h ||u|| = delta ||v||, delta = 1/(6 rho alpha ||v||)
+    same = get_estimator("hessian_free", {"rho": float(rho)})
+    assert float(same.difference_step(torch.tensor(2.0), torch.tensor(0.2))) == pytest.approx(float(step))
+    with pytest.raises(ConfigError, match="no estimate of rho yet"):
+        MetaLearner(model, F.mse_loss, 0.1, 1, "hessian_free", estimator_options=options).meta_gradient(batch)
+
+
+def test_hessian_free_theory_delta_resumes_with_its_estimate_on_the_same_schedule(tmp_path):
+    """A run extended from its final checkpoint continues with the saved rho (re-estimating it there would
+    change the numbers), so it ends bit-identical to the run trained in one go."""
+    from torchmaml.checkpoint import load_checkpoint
+    from torchmaml.config import load_config
+    from torchmaml.train import train_run
+
+    settings = ["estimator=hessian_free", 'estimator_options={delta="theory", rho_every=4}', "dtype=float64"]
+    settings += ["pretrained_baseline=false", "meta_batch_size=3", "hidden=[8]", "checkpoint_every=3"]
+    train_run(load_config("sinusoid", [*settings, "iterations=10"]), tmp_path / "whole", progress=False)
+    train_run(load_config("sinusoid", [*settings, "iterations=6"]), tmp_path / "parts", progress=False)
+    train_run(load_config("sinusoid", [*settings, "iterations=10"]), tmp_path / "parts", progress=False, resume=True)
+    whole, parts = (load_checkpoint(tmp_path / run / "checkpoint-maml.pt") for run in ("whole", "parts"))
+    assert float(parts["estimator"]["rho"]) == float(whole["estimator"]["rho"]) > 0
+    assert all(torch.equal(whole["learner"][name], parts["learner"][name]) for name in whole["learner"])

@@ -97,9 +97,12 @@ def reference_hessian_free(task: FlatTask, w, rate, steps, delta=None, rho=None)
 
 
 def matrix_conjugate_gradient(matrix: torch.Tensor, rhs: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Truncated CG: stop at a direction of non-positive curvature (at the first step: return ``rhs``)."""
     x, r = torch.zeros_like(rhs), rhs.clone()
     p = r.clone()
-    for _ in range(iterations):
+    for iteration in range(iterations):
+        if p @ matrix @ p <= 0:
+            return rhs if iteration == 0 else x
         step = (r @ r) / (p @ matrix @ p)
         x, r_next = x + step * p, r - step * matrix @ p
         p = r_next + (r_next @ r_next) / (r @ r) * p
@@ -184,7 +187,8 @@ def test_hessian_free_matches_the_papers_finite_difference(workload, options):
 @pytest.mark.parametrize("workload", ["mlp", "convnet"])
 def test_implicit_matches_conjugate_gradient_on_the_explicit_hessian(workload):
     options = {"lam": 2.0, "cg_iterations": 4, "damping": 0.1}
-    model, loss_fn, batch, rate, results = estimates(workload, "implicit", steps=3, options=options)
+    fixed = {**options, "solver": "fixed", "curvature": "hessian"}
+    model, loss_fn, batch, rate, results = estimates(workload, "implicit", steps=3, options=fixed)
     reference = batch_reference(model, loss_fn, batch, reference_implicit, rate, 3, **options)
     assert_matches(results, reference, 1e-10)
 
@@ -199,9 +203,9 @@ def test_reptile_matches_sgd_on_support_and_query(workload):
 
 
 @pytest.mark.parametrize("learner_options,step_weights", INNER_LOOP_VARIANTS)
-def test_three_batch_without_hessian_set_is_unrolled_and_hessian_free_approximates_it(learner_options, step_weights):
+def test_three_batch_with_d_h_equal_to_d_in_is_unrolled_and_hessian_free_approximates_it(learner_options, step_weights):
     model, batch = small_mlp(), regression_batch()
-    batch = TaskBatch(batch.support_x, batch.support_y, batch.query_x, batch.query_y)  # D_h = D_in
+    batch = TaskBatch(batch.support_x, batch.support_y, batch.query_x, batch.query_y, batch.support_x, batch.support_y)
     results = {}
     for estimator, options in [("unrolled", {}), ("three_batch", {}), ("hessian_free", {"delta": 1e-5})]:
         learner = MetaLearner(
@@ -237,8 +241,9 @@ def test_implicit_and_reptile_with_anil():
     )
     options = {"lam": 2.0, "cg_iterations": 3}
     for strategy in STRATEGIES:
+        fixed = {**options, "solver": "fixed", "curvature": "hessian"}
         learner = MetaLearner(
-            model, F.mse_loss, 0.1, 3, "implicit", strategy, estimator_options=options, adapt_only=["4"]
+            model, F.mse_loss, 0.1, 3, "implicit", strategy, estimator_options=fixed, adapt_only=["4"]
         )
         got = flat(learner.meta_gradient(batch)[0]["params"].values())
         reference = batch_reference(model, F.mse_loss, batch, reference_implicit, 0.1, 3, adapted=adapted, **options)
@@ -255,7 +260,7 @@ def test_implicit_approaches_the_exact_solve_as_cg_iterations_grow(workload):
     exact = batch_reference(model, loss_fn, batch, reference_implicit, rate, 2, lam=20.0, cg_iterations=None)
     errors = []
     for iterations in (1, 3, 10):
-        options = {"lam": 20.0, "cg_iterations": iterations}
+        options = {"lam": 20.0, "cg_iterations": iterations, "solver": "fixed", "curvature": "hessian"}
         learner = MetaLearner(model, loss_fn, rate, 2, "implicit", "vmap", estimator_options=options)
         errors.append(relative_error(flat(learner.meta_gradient(batch)[0]["params"].values()), exact))
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-6, errors

@@ -13,6 +13,7 @@ from torch import nn
 
 from torchmaml import MetaLearner, TaskBatch
 from torchmaml.config import load_config
+from torchmaml.data.sinusoid import SinusoidTasks
 from torchmaml.theory import (
     estimate_hessian_lipschitz,
     estimate_smoothness,
@@ -20,6 +21,7 @@ from torchmaml.theory import (
     task_gradient_norms,
     theory_step_size,
 )
+from torchmaml.theory.step_size import TheoryStepSize
 from torchmaml.train import train_run
 
 
@@ -81,3 +83,21 @@ def test_theory_step_size_trains_and_stop_at_epsilon_stops(tmp_path):
     expected = (1 / 12) / (4 * rows[0]["theory_L"] + 2 * rows[0]["theory_rho"] * 0.01 * rows[0]["mean_grad_norm"])
     assert rows[0]["outer_lr"] == pytest.approx(expected, rel=1e-5)
     assert "grad_norm" in rows[-1] and rows[-1]["grad_norm_se"] > 0
+
+
+def test_the_theory_step_re_estimates_l_and_rho_on_its_schedule():
+    """``every = 2``: L and rho are estimated at steps 0 and 2 on fresh independent batches (logged values change
+    there and only there); a constant that was given is never estimated; ``every = 0`` estimates once."""
+    learner = MetaLearner(small_mlp(), F.mse_loss, inner_lr=0.01, inner_steps=1)
+    optimizer = torch.optim.SGD(learner.parameters(), lr=0.1)
+
+    def logged(**options):
+        rule = TheoryStepSize(SinusoidTasks(5, 5, dtype=torch.float64), 4, 1 / 12, seed=0, **options)
+        return [rule.update(learner, optimizer) for _ in range(4)]
+
+    rows = logged(every=2)
+    for key in ("theory_L", "theory_rho"):
+        values = [row[key] for row in rows]
+        assert values[0] == values[1] and values[2] == values[3] and values[2] != values[0], (key, values)
+    assert len({row["theory_L"] for row in logged(every=0)}) == 1
+    assert {row["theory_L"] for row in logged(every=2, smoothness=3.0)} == {3.0}

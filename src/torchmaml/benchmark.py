@@ -127,7 +127,8 @@ class Sinusoid(Benchmark):
     supports_pretrained_baseline = True
 
     def tasks(self, config: TrainConfig, part: str = "train") -> TaskSource:
-        return SinusoidTasks(config.support_size, config.query_size, dtype=dtype_of(config))
+        hessian = config.hessian_size if part == "train" else 0
+        return SinusoidTasks(config.support_size, config.query_size, hessian, dtype=dtype_of(config))
 
     def model(self, config: TrainConfig) -> nn.Module:
         return mlp(1, config.hidden, 1)
@@ -173,8 +174,9 @@ class FewShotClassification(Benchmark):
 
     def tasks(self, config: TrainConfig, part: str = "train") -> TaskSource:
         examples, names = self.classes(config, part)
+        hessian = config.hessian_size if part == "train" else 0  # per class, like shots and queries
         return FewShotTasks(
-            examples, config.ways, config.shots, config.queries, class_names=names, dtype=dtype_of(config)
+            examples, config.ways, config.shots, config.queries, names, dtype_of(config), hessian_shots=hessian
         )
 
     def evaluation_batches(self, config: TrainConfig, split: str, tasks: int | None) -> dict[int, list[TaskBatch]]:

@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from torchmaml.errors import ConfigError, one_of
-from torchmaml.estimators import DEFAULT_ESTIMATOR, estimator_class, estimators_with, get_estimator
+from torchmaml.estimators import DEFAULT_ESTIMATOR, ESTIMATORS, estimator_class, estimators_with, get_estimator
 from torchmaml.execution import STRATEGIES
 from torchmaml.presets import supervised_presets as preset_names
 from torchmaml.run.config_io import (
@@ -48,6 +48,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "language_group",
         "words_per_class",
         "max_length",
+        "hessian_size",
     ),
     "model": (
         "hidden",
@@ -79,6 +80,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "theory_hessian_lipschitz",
         "theory_c",
         "theory_batch_size",
+        "theory_every",
         "stationarity_every",
         "stationarity_tasks",
         "stop_at_epsilon",
@@ -169,6 +171,12 @@ class TrainConfig(BaseModel):
         "(your images, `root/<class>/<image>`), languages (words of 42 languages) or text_folder (your texts, "
         "`root/<class>/<file>.txt`)",
     )
+    hessian_size: int = Field(
+        0,
+        ge=0,
+        description="examples per task (classification: per class) of the independent Hessian set D_h that "
+        "training tasks draw for the estimators that take one (three_batch, hessian_free); 0: none",
+    )
     # outer loop
     iterations: int = Field(70_000, ge=1, description="meta-training iterations (outer steps)")
     time_limit_minutes: float | None = Field(
@@ -208,13 +216,19 @@ class TrainConfig(BaseModel):
     alpha_hyper_lr: float = Field(1e-4, ge=0, description="alpha_maml: hypergradient rate of the inner step size")
     beta_hyper_lr: float = Field(1e-6, ge=0, description="alpha_maml: hypergradient rate of the outer step size")
     theory_smoothness: float | None = Field(
-        None, gt=0, description="theory step size: the smoothness L (unset: estimated at the start)"
+        None, gt=0, description="theory step size: the smoothness L (unset: estimated, see theory_every)"
     )
     theory_hessian_lipschitz: float | None = Field(
-        None, ge=0, description="theory step size: the Hessian Lipschitz constant ρ (unset: estimated at the start)"
+        None, ge=0, description="theory step size: the Hessian Lipschitz constant ρ (unset: estimated; theory_every)"
     )
     theory_c: float | None = Field(
         None, gt=0, description="theory step size: the constant c (unset: the paper's for the estimator)"
+    )
+    theory_every: int = Field(
+        100,
+        ge=0,
+        description="theory step size: re-estimate the unset L and ρ every this many iterations on an independent "
+        "batch, so β follows the local smoothness (0: once, at the start)",
     )
     theory_batch_size: int = Field(
         25, ge=1, description="theory step size: tasks of the batch that re-estimates E‖∇f‖ each iteration"
@@ -409,6 +423,21 @@ class TrainConfig(BaseModel):
             get_estimator(self.estimator, self.estimator_options)
         except ConfigError as error:
             raise ValueError(str(error)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _hessian_set(self) -> TrainConfig:
+        uses = estimator_class(self.estimator).hessian_set
+        if uses == "required" and self.hessian_size == 0:
+            raise ValueError(
+                f"estimator {self.estimator!r} takes the Hessian on an independent set D_h: set hessian_size "
+                "(examples per task, e.g. 10), or use estimator 'unrolled'"
+            )
+        if uses == "unused" and self.hessian_size > 0:
+            raise ValueError(
+                f"hessian_size: estimator {self.estimator!r} takes no Hessian set; set hessian_size = 0 or use "
+                f"estimator {one_of([name for name, cls in ESTIMATORS.items() if cls.hessian_set != 'unused'])}"
+            )
         return self
 
     @model_validator(mode="after")

@@ -82,6 +82,7 @@ def build_step_rule(config: TrainConfig, kind: str, team: Team = SOLO) -> Theory
         smoothness=config.theory_smoothness,
         hessian_lipschitz=config.theory_hessian_lipschitz,
         process_group=team.group if team.distributed else None,
+        every=config.theory_every,
     )
 
 

@@ -31,7 +31,7 @@ from torchmaml.compilation import MetaGradientRunner
 from torchmaml.context import VECTORISED, ExecutionContext
 from torchmaml.distributed import ProcessGroup, task_mean
 from torchmaml.errors import ConfigError, ModelError, first_line
-from torchmaml.estimators import InnerProblem, MetaParams, Metrics, Task, get_estimator
+from torchmaml.estimators import InnerProblem, MetaParams, Metrics, SolverWatch, Task, get_estimator
 from torchmaml.execution import map_tasks_in_context, resolve_strategy
 from torchmaml.functional import BATCH_NORM_TYPES, FunctionalModel, Params, model_arguments
 from torchmaml.inner import InnerLR, LossFn, inner_trajectory
@@ -114,6 +114,7 @@ class MetaLearner(nn.Module):
         self.loss = loss
         self.inner_steps = inner_steps
         self.estimator = get_estimator(estimator, estimator_options)
+        self._solver_watch = SolverWatch()
         self.step_weights: tuple[float, ...] | None = None
         self._functional = FunctionalModel(model)
         self.strategy = resolve_strategy(strategy, self._functional)
@@ -213,13 +214,19 @@ class MetaLearner(nn.Module):
         ``finite``: 0.0 if the meta-loss or the meta-gradient was not finite (it is added all the same, as
         ``loss.backward()`` would). With a ``process_group``, all of these are over every rank's tasks.
         """
+        prepare = getattr(self.estimator, "prepare", None)  # a user's TaskGradient may have none
+        if prepare is not None:
+            prepare(self, batch)
         grads, metrics = self.meta_gradient(batch, loss_before)
         if self.process_group is not None:
             grads, metrics = task_mean((grads, metrics), batch.num_tasks, self.process_group)
         finite = _all_finite(grads, metrics["loss_after"])
         scale = None if grad_scaler is None else grad_scaler.scale(torch.ones((), device=batch.device))
         self._accumulate_grads(grads, scale)
-        return {**{name: float(value) for name, value in metrics.items()}, "finite": float(finite)}
+        floats = {name: float(value) for name, value in metrics.items()}
+        diagnose = getattr(self.estimator, "diagnose", None)  # a user's TaskGradient may have none
+        self._solver_watch.observe(diagnose(floats) if diagnose is not None else None)
+        return {**floats, "finite": float(finite)}
 
     def meta_step(
         self, batch: TaskBatch, optimizer: torch.optim.Optimizer, loss_before: bool = False

@@ -226,6 +226,7 @@ class PhaseTrainer:
             "task_generator": self.generator.get_state(),
             "step_rule": self.step_rule.state_dict() if self.step_rule is not None else {},
             "compile_calls": self.learner.meta_gradient_calls,
+            "estimator": self.estimator.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
@@ -238,6 +239,7 @@ class PhaseTrainer:
         if self.step_rule is not None:
             self.step_rule.load_state_dict(state["step_rule"])
         self.learner.meta_gradient_calls = state.get("compile_calls", state["iteration"])
+        self.estimator.load_state_dict(state.get("estimator", {}))  # checkpoints of earlier releases have none
 
     # -- one iteration ----------------------------------------------------------------------------
 

@@ -2,9 +2,11 @@
 
 A task picks ``ways`` distinct classes, gives them the labels ``0..ways-1`` in a random order (so a class
 has no fixed label and the model must learn it from the support set), and draws for each class
-``shots + queries`` distinct examples: the first ``shots`` form the support set, the other ``queries``
-the query set. The whole batch is drawn with a few vectorised calls (random keys and ``topk``), and the
-images are gathered by one indexing operation, with no Python loop over tasks or examples.
+``shots + queries (+ hessian_shots)`` distinct examples: the first ``shots`` form the support set, the next
+``queries`` the query set, and the last ``hessian_shots`` (when not 0) the independent Hessian set ``D_h`` of
+the estimators that take one: the same classes, disjoint from the other two. The whole batch is drawn with
+a few vectorised calls (random keys and ``topk``), and the images are gathered by one indexing operation,
+with no Python loop over tasks or examples.
 
     tasks = FewShotTasks(images, ways=5, shots=1, queries=15)   # images: [classes, examples, C, H, W]
     batch = tasks.sample(32, torch.Generator().manual_seed(0))  # support_x [32, 5, C, H, W], ...
@@ -33,6 +35,7 @@ class FewShotTasks:
         queries: query examples per class ``Q``.
         class_names: names that error messages use for the classes (default: their indices).
         dtype: the floating-point dtype of the drawn images.
+        hessian_shots: Hessian-set examples per class (``0``: no Hessian set).
 
     ``sample`` returns ``support_x [B, N*K, C, H, W]``, ``support_y [B, N*K]`` (int64), ``query_x
     [B, N*Q, C, H, W]`` and ``query_y [B, N*Q]``, grouped by label: ``support_y[b] = [0]*K + [1]*K + ...``.
@@ -48,11 +51,15 @@ class FewShotTasks:
         queries: int,
         class_names: Sequence[str] | None = None,
         dtype: torch.dtype = torch.float32,
+        hessian_shots: int = 0,
     ) -> None:
         for name, value in (("ways", ways), ("shots", shots), ("queries", queries)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}: must be an integer >= 1, got {value!r}")
+        if isinstance(hessian_shots, bool) or not isinstance(hessian_shots, int) or hessian_shots < 0:
+            raise ConfigError(f"hessian_size: must be an integer >= 0, got {hessian_shots!r}")
         self.ways, self.shots, self.queries, self.dtype = ways, shots, queries, dtype
+        self.hessian_shots = hessian_shots
         self._flat, counts = _flatten(images)
         self.num_classes = len(counts)
         if class_names is not None and len(class_names) != self.num_classes:
@@ -60,14 +67,16 @@ class FewShotTasks:
         names = list(class_names) if class_names is not None else [str(c) for c in range(self.num_classes)]
         if ways > self.num_classes:
             raise ConfigError(f"ways={ways} but the image set has only {self.num_classes} classes")
-        needed = shots + queries
+        needed = shots + queries + hessian_shots
         short = [c for c, count in enumerate(counts) if count < needed]
         if short:
             listed = ", ".join(f"{names[c]!r} ({counts[c]})" for c in short[:5])
             more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+            parts = {"shots": shots, "queries": queries, "hessian_size": hessian_shots}
+            used = {name: count for name, count in parts.items() if count or name != "hessian_size"}
             raise ConfigError(
-                f"shots + queries = {shots} + {queries} = {needed} examples per class are needed, but "
-                f"{len(short)} of {self.num_classes} classes have fewer: {listed}{more}"
+                f"{' + '.join(used)} = {' + '.join(map(str, used.values()))} = {needed} examples per class are "
+                f"needed, but {len(short)} of {self.num_classes} classes have fewer: {listed}{more}"
             )
         self._counts = torch.tensor(counts)
         self._offsets = torch.cumsum(self._counts, 0) - self._counts
@@ -75,7 +84,7 @@ class FewShotTasks:
 
     def sample(self, num_tasks: int, generator: torch.Generator) -> TaskBatch:
         """A batch of ``num_tasks`` tasks (see the class docstring for the shapes)."""
-        ways, per_class = self.ways, self.shots + self.queries
+        ways, per_class = self.ways, self.shots + self.queries + self.hessian_shots
         # Label j of task b is the class with the j-th largest key: a uniformly random class order.
         classes = torch.rand(num_tasks, self.num_classes, generator=generator).topk(ways, dim=1).indices
         keys = torch.rand(num_tasks, ways, int(self._counts.max()), generator=generator)
@@ -84,11 +93,15 @@ class FewShotTasks:
         picks = keys.topk(per_class, dim=-1).indices  # [B, N, K+Q], distinct within each class
         index = (self._offsets[classes].unsqueeze(-1) + picks).to(self._flat.device)
         support_x = self._gather(index[:, :, : self.shots])
-        query_x = self._gather(index[:, :, self.shots :])
+        query_x = self._gather(index[:, :, self.shots : self.shots + self.queries])
         labels = torch.arange(ways, device=self._flat.device)
         support_y = labels.repeat_interleave(self.shots).repeat(num_tasks, 1)
         query_y = labels.repeat_interleave(self.queries).repeat(num_tasks, 1)
-        return TaskBatch(support_x, support_y, query_x, query_y)
+        if not self.hessian_shots:
+            return TaskBatch(support_x, support_y, query_x, query_y)
+        hessian_x = self._gather(index[:, :, self.shots + self.queries :])
+        hessian_y = labels.repeat_interleave(self.hessian_shots).repeat(num_tasks, 1)
+        return TaskBatch(support_x, support_y, query_x, query_y, hessian_x, hessian_y)
 
     def _gather(self, index: torch.Tensor) -> torch.Tensor:
         """The examples at ``index [B, N, M]`` (flat positions) as ``[B, N*M, C, H, W]`` floats (token ids: int64),

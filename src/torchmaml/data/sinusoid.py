@@ -1,7 +1,8 @@
 """Sinusoid regression (Finn et al. 2017, section 5.1).
 
 A task is ``y = A sin(x - phi)`` with amplitude ``A ~ U[0.1, 5]`` and phase ``phi ~ U[0, pi]``; inputs
-``x ~ U[-5, 5]``. Support and query sets are drawn independently from the same task.
+``x ~ U[-5, 5]``. Support and query sets are drawn independently from the same task, and so is the
+Hessian set ``D_h`` (``hessian_size`` points, when it is not 0) of the estimators that take one.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from torchmaml.tasks import TaskBatch
 
 @dataclass(frozen=True)
 class SinusoidTasks:
-    """Draws sinusoid tasks with ``support_size`` and ``query_size`` points each."""
+    """Draws sinusoid tasks with ``support_size`` and ``query_size`` points each, and ``hessian_size`` points of
+    an independent Hessian set (``0``: none)."""
 
     support_size: int = 10
     query_size: int = 10
+    hessian_size: int = 0
     amplitude: tuple[float, float] = (0.1, 5.0)
     phase: tuple[float, float] = (0.0, math.pi)
     x_range: tuple[float, float] = (-5.0, 5.0)
@@ -30,6 +33,8 @@ class SinusoidTasks:
         for name in ("support_size", "query_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.hessian_size < 0:
+            raise ConfigError(f"hessian_size: must be >= 0, got {self.hessian_size}")
 
     def sample_functions(self, num_tasks: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Amplitudes and phases of ``num_tasks`` tasks, each ``[num_tasks]``."""
@@ -40,7 +45,11 @@ class SinusoidTasks:
     def sample(self, num_tasks: int, generator: torch.Generator) -> TaskBatch:
         """A batch of ``num_tasks`` new tasks."""
         amplitude, phase = self.sample_functions(num_tasks, generator)
-        return self.batch_for(amplitude, phase, self.support_size, self.query_size, generator)
+        batch = self.batch_for(amplitude, phase, self.support_size, self.query_size, generator)
+        if not self.hessian_size:
+            return batch
+        hx = _uniform((num_tasks, self.hessian_size, 1), self.x_range, generator, self.dtype)
+        return TaskBatch(**batch.tensors(), hessian_x=hx, hessian_y=self.target(hx, amplitude, phase))
 
     def batch_for(
         self,

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from torchmaml.errors import ConfigError
-from torchmaml.estimators.base import Estimator, InnerProblem, MetaParams, Metrics, Task, TaskGradient
+from torchmaml.estimators.base import Estimator, InnerProblem, MetaParams, Metrics, SolverWatch, Task, TaskGradient
 from torchmaml.estimators.hessian_free import HessianFree
 from torchmaml.estimators.implicit import Implicit
 from torchmaml.estimators.reptile import Reptile
@@ -69,6 +69,7 @@ __all__ = [
     "InnerProblem",
     "MetaParams",
     "Metrics",
+    "SolverWatch",
     "Task",
     "TaskGradient",
     "estimator_class",

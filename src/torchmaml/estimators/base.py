@@ -12,15 +12,20 @@ runs the task in (``torchmaml.context``) into the task's ``InnerProblem``, which
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
 from torchmaml.context import VECTORISED, ExecutionContext
 from torchmaml.functional import FunctionalModel, Params
 from torchmaml.inner import InnerLR, LossFn, inner_step, inner_trajectory, step_lr
+
+if TYPE_CHECKING:
+    from torchmaml.learner import MetaLearner
+    from torchmaml.tasks import TaskBatch
 
 MetaParams = dict[str, Params]
 Task = dict[str, torch.Tensor]
@@ -93,12 +98,45 @@ class Estimator:
             weights need (MAML++ per-step batch norm).
         theory_step_constant: the published constant ``c`` of the theory-guided outer step size
             ``beta = c / (4 L + 2 rho alpha E||grad f||)`` for this estimator (Fallah et al. 2019), or ``None``.
+        hessian_set: whether it takes the Hessian on an independent set ``D_h`` (the batch's
+            ``hessian_x``/``hessian_y``): ``"unused"``, ``"optional"`` (``D_in`` when absent) or ``"required"``.
     """
 
     differentiates_inner_loop: ClassVar[bool] = False
     supports_step_weights: ClassVar[bool] = False
     supports_per_step_layers: ClassVar[bool] = False
     theory_step_constant: ClassVar[float | None] = None
+    hessian_set: ClassVar[str] = "unused"
+
+    def prepare(self, learner: MetaLearner, batch: TaskBatch) -> None:
+        """Called by ``MetaLearner.backward`` before the meta-gradient of ``batch``: an estimator that tracks
+        something along the run (HF-MAML's estimated ``rho``) updates it here. Nothing by default."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the estimator tracks along a run (kept in checkpoints, so a resume continues it). None by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()``'s value."""
+
+    def diagnose(self, metrics: Mapping[str, float]) -> str | None:
+        """A one-line warning about this iteration's batch-averaged ``metrics`` (e.g. an inner solve that did
+        not converge), or ``None``; ``SolverWatch`` decides when to show it."""
+        return None
+
+
+class SolverWatch:
+    """Shows an estimator's ``diagnose`` warning once ``patience`` meta-steps in a row were flagged (a poor
+    solve on one batch is noise; one that persists is a setting to change), then again only after a meta-step
+    that was not flagged."""
+
+    def __init__(self, patience: int = 10) -> None:
+        self.patience, self.streak = patience, 0
+
+    def observe(self, warning: str | None) -> None:
+        self.streak = self.streak + 1 if warning is not None else 0
+        if self.streak == self.patience:
+            warnings.warn(f"{warning} ({self.patience} meta-steps in a row)", RuntimeWarning, stacklevel=3)
 
 
 class TaskGradient(Protocol):

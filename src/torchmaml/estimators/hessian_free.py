@@ -28,7 +28,15 @@ Step size ``delta`` (the options are mutually exclusive):
 
 - ``delta``: a fixed ``delta > 0`` (``1e-3`` when neither option is given);
 - ``rho``: the paper's rule ``delta_i = 1 / (6 rho alpha ||v||)``, with ``rho`` an estimate of the
-  Lipschitz constant of the Hessian; this keeps the error of ``alpha d`` below ``||v|| / 12``.
+  Lipschitz constant of the Hessian; this keeps the error of ``alpha d`` below ``||v|| / 12``;
+- ``delta = "theory"``: the paper's rule with ``rho`` estimated along the run: before every ``rho_every``-th
+  meta-step (counted by ``MetaLearner.meta_gradient_calls``) ``torchmaml.theory.constants.
+  estimate_hessian_lipschitz`` (8 random direction pairs, radius ``1e-2``, two Hessian-vector products per
+  pair and task) runs on that meta-step's tasks and the maximum over tasks becomes ``rho``; the value in use is
+  logged as the metric ``hf_rho``. Cost: 16 Hessian-vector products per task per estimate, a few meta-gradients'
+  worth, so ``rho_every = 100`` adds a few percent (measured in docs/results/estimators.md). It is a lower bound
+  on ``rho`` (a larger ``delta``); it needs double backward (not the first-order-only property of HF-MAML) at
+  the estimates only.
 
 With ``K`` inner steps the same difference replaces each Hessian-vector product of the exact
 reverse-mode product (``three_batch``): going backwards from ``v_K = grad f_i(w_K; D_o)``,
@@ -52,18 +60,38 @@ or on the command line ``--set estimator=hessian_free --set 'estimator_options={
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from torchmaml.distributed import gather_tasks
 from torchmaml.errors import ConfigError
 from torchmaml.estimators.base import Estimator, InnerProblem, MetaParams, Metrics, Task
 from torchmaml.estimators.hvp import ScalarFunction, finite_difference_hvp, norm
 from torchmaml.estimators.three_batch import reverse_mode_estimate
 from torchmaml.functional import Params
 
+if TYPE_CHECKING:
+    from torchmaml.learner import MetaLearner
+    from torchmaml.tasks import TaskBatch
+
 DEFAULT_DELTA = 1e-3
+THEORY = "theory"
+
+
+class RhoEstimate:
+    """The Hessian-Lipschitz estimate ``delta = "theory"`` uses: a float64 scalar tensor (``None`` before the first
+    estimate), updated in place, so a compiled meta-gradient reads the new value without recompiling."""
+
+    def __init__(self) -> None:
+        self.value: torch.Tensor | None = None
+
+    def set(self, value: float) -> None:
+        if self.value is None:
+            self.value = torch.tensor(value, dtype=torch.float64)
+        else:
+            self.value.fill_(value)
 
 
 @dataclass(frozen=True)
@@ -71,29 +99,71 @@ class HessianFree(Estimator):
     """The HF-MAML gradient of one task (see the module docstring).
 
     Args:
-        delta: the fixed finite-difference step (``> 0``); ``1e-3`` when ``rho`` is not given either.
+        delta: the fixed finite-difference step (``> 0``), or ``"theory"`` for the paper's step with ``rho``
+            estimated every ``rho_every`` meta-steps; ``1e-3`` when ``rho`` is not given either.
         rho: use the paper's step ``1 / (6 rho alpha ||v||)`` with this Hessian-Lipschitz estimate (``> 0``).
+        rho_every: with ``delta = "theory"``, meta-steps between estimates of ``rho`` (``>= 1``).
     """
 
     differentiates_inner_loop: ClassVar[bool] = True
     supports_step_weights: ClassVar[bool] = True
     theory_step_constant: ClassVar[float | None] = 1 / 25
+    hessian_set: ClassVar[str] = "optional"
 
-    delta: float | None = None
+    delta: float | str | None = None
     rho: float | None = None
+    rho_every: int = 100
+    estimate: RhoEstimate = field(default_factory=RhoEstimate, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.delta is not None and self.rho is not None:
             raise ConfigError("estimator_options: 'hessian_free' takes delta or rho, not both")
         for name in ("delta", "rho"):
             value = getattr(self, name)
-            if value is not None and not _positive_number(value):
-                raise ConfigError(f"estimator_options: {name} must be a finite number > 0, got {value!r}")
+            if value is not None and value != THEORY and not _positive_number(value):
+                choices = "a finite number > 0" + (' or "theory"' if name == "delta" else "")
+                raise ConfigError(f"estimator_options: {name} must be {choices}, got {value!r}")
+        if isinstance(self.rho_every, bool) or not isinstance(self.rho_every, int) or self.rho_every < 1:
+            raise ConfigError(f"estimator_options: rho_every must be an integer >= 1, got {self.rho_every!r}")
         if self.delta is None and self.rho is None:
             object.__setattr__(self, "delta", DEFAULT_DELTA)
 
     def __call__(self, problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[MetaParams, Metrics]:
-        return reverse_mode_estimate(problem, meta, task, self.finite_difference_curvature)
+        grads, metrics = reverse_mode_estimate(problem, meta, task, self.finite_difference_curvature)
+        if self.delta == THEORY:
+            metrics["hf_rho"] = torch.zeros_like(metrics["loss_after"]) + self.current_rho()
+        return grads, metrics
+
+    def prepare(self, learner: MetaLearner, batch: TaskBatch) -> None:
+        """With ``delta = "theory"``: estimate ``rho`` on ``batch`` (maximum over its tasks; with a process group,
+        over every rank's tasks) before the first and every ``rho_every``-th meta-step."""
+        if self.delta != THEORY or (self.estimate.value is not None and learner.meta_gradient_calls % self.rho_every):
+            return
+        from torchmaml.theory.constants import estimate_hessian_lipschitz  # theory builds on the learner
+
+        values = estimate_hessian_lipschitz(learner, batch)
+        if learner.process_group is not None:  # every rank uses the maximum over all ranks' tasks
+            values = gather_tasks(values, learner.process_group)
+        self.estimate.set(float(values.max()))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The current estimate of ``rho`` (a resumed run continues with it, on the same schedule)."""
+        return {"rho": self.estimate.value.clone()} if self.estimate.value is not None else {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if "rho" in state:
+            self.estimate.set(float(state["rho"]))
+
+    def current_rho(self) -> torch.Tensor:
+        """The Hessian-Lipschitz constant the paper's rule uses: ``rho``, or the latest estimate (a scalar tensor)."""
+        if self.delta != THEORY:
+            return torch.tensor(max(self.rho, torch.finfo(torch.float64).tiny), dtype=torch.float64)
+        if self.estimate.value is None:
+            raise ConfigError(
+                "estimator 'hessian_free' with delta 'theory' has no estimate of rho yet: compute meta-gradients "
+                "through MetaLearner.backward/meta_step (which estimate it), or give rho"
+            )
+        return self.estimate.value.clamp_min(torch.finfo(torch.float64).tiny)
 
     def finite_difference_curvature(
         self, loss: ScalarFunction, point: Params, adjoint: Params, vector: Params
@@ -109,7 +179,10 @@ class HessianFree(Estimator):
         """
         safe_norm = vector_norm.clamp_min(torch.finfo(vector_norm.dtype).tiny)
         inverse_rate = adjoint_norm / safe_norm
-        step = self.delta * inverse_rate if self.rho is None else inverse_rate / (6 * self.rho * safe_norm)
+        if self.delta is not None and self.delta != THEORY:
+            step = self.delta * inverse_rate
+        else:
+            step = inverse_rate / (6 * self.current_rho().to(safe_norm.dtype) * safe_norm)
         return torch.where(vector_norm > 0, step, torch.ones_like(step))
 
 

@@ -8,7 +8,11 @@ The estimators that use curvature never form a Hessian; they only apply it to a 
 
       H(w) u  ~=  [grad f(w + h u) - grad f(w - h u)] / (2 h),
 
-  exact for a quadratic ``f``, with error ``O(h^2)`` for a smooth one (see ``hessian_free`` for ReLU nets).
+  exact for a quadratic ``f``, with error ``O(h^2)`` for a smooth one (see ``hessian_free`` for ReLU nets);
+- or the Gauss-Newton matrix ``G(w) = J^T H_l J`` in place of ``H`` (``J`` the Jacobian of the model's output
+  in ``w``, ``H_l`` the Hessian of the loss in the output): positive semi-definite whenever the loss is convex
+  in the output (MSE, cross-entropy), equal to ``H`` for a linear model; one jvp, one loss Hessian-vector
+  product and one vjp (iMAML's ``curvature = "gauss_newton"``).
 
 Vectors are parameter dictionaries ``{name: tensor}``; everything here works under ``torch.func.vmap``.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import torch
-from torch.func import grad, vjp
+from torch.func import grad, jvp, vjp
 
 from torchmaml.functional import Params
 from torchmaml.inner import StepLR
@@ -31,6 +35,21 @@ def hessian_vector_product(loss: ScalarFunction, point: Params, vector: Params) 
     """``H(point) vector`` with ``H`` the Hessian of ``loss``: the vjp of ``grad loss`` at ``point``."""
     _, grad_vjp = vjp(grad(loss), point)
     return grad_vjp(vector)[0]
+
+
+def gauss_newton_product(
+    output: Callable[[Params], torch.Tensor],
+    loss: Callable[[torch.Tensor], torch.Tensor],
+    point: Params,
+    vector: Params,
+) -> Params:
+    """``J^T H_l J vector``: ``J`` the Jacobian of ``output`` at ``point``, ``H_l`` the Hessian of ``loss`` (a
+    function of the output) at ``output(point)``."""
+    prediction, tangent = jvp(output, (point,), (vector,))
+    _, loss_hessian = vjp(grad(loss), prediction)
+    (curved,) = loss_hessian(tangent)
+    _, output_vjp = vjp(output, point)
+    return output_vjp(curved)[0]
 
 
 def partial_grad(loss: ScalarFunction, point: Params, names: list[str]) -> Params:

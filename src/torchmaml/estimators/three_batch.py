@@ -19,8 +19,10 @@ formed Hessian: the adjoint ``v_K = grad f_i(w_K; D_o)``, ``v_s = v_{s+1} - H_i(
 are kept), so memory grows by two parameter copies per step instead of one activation graph per step as
 in ``unrolled``.
 
-With ``D_h = D_in`` this is exactly the ``unrolled`` MAML gradient (up to round-off). A batch without
-``hessian_x``/``hessian_y`` uses ``D_h = D_in``. Like ``unrolled`` it also handles per-parameter and
+With ``D_h = D_in`` this is exactly the ``unrolled`` MAML gradient (up to round-off), so a batch without
+``hessian_x``/``hessian_y`` is refused (a ``ConfigError``) rather than silently computing ``unrolled``; the
+training task sources draw ``D_h`` when the configuration sets ``hessian_size``. (``hessian_free`` still falls
+back to ``D_h = D_in``.) Like ``unrolled`` it also handles per-parameter and
 learned inner rates (the rate gradient is ``-sum_s <v_{s+1}, d(alpha_s ⊙ g_s)/d lrs>`` with
 ``g_s = grad f_i(w_s; D_in)``), inner loops that adapt only some parameters (ANIL: the product then
 involves the Hessian's columns of the adapted parameters), and MAML++'s multi-step loss
@@ -46,6 +48,7 @@ from typing import ClassVar
 import torch
 from torch.func import grad, grad_and_value
 
+from torchmaml.errors import ConfigError
 from torchmaml.estimators.base import Estimator, InnerProblem, MetaParams, Metrics, Task
 from torchmaml.estimators.hvp import ScalarFunction, hessian_vector_product, partial_grad, rate_times, scaled
 from torchmaml.functional import Params
@@ -64,8 +67,15 @@ class ThreeBatch(Estimator):
 
     differentiates_inner_loop: ClassVar[bool] = True
     supports_step_weights: ClassVar[bool] = True
+    theory_step_constant: ClassVar[float | None] = 1 / 12
+    hessian_set: ClassVar[str] = "required"
 
     def __call__(self, problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[MetaParams, Metrics]:
+        if "hessian_x" not in task:
+            raise ConfigError(
+                "estimator 'three_batch' takes the Hessian on an independent set D_h but the batch has none: give "
+                "TaskBatch hessian_x/hessian_y (in a config: hessian_size), or use estimator 'unrolled'"
+            )
         return reverse_mode_estimate(problem, meta, task, exact_curvature)
 
 
