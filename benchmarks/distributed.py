@@ -8,7 +8,7 @@ Workloads:
 * ``navigation2d``: meta-RL, the preset's MAML-TRPO iteration (20 tasks x 20 trajectories), through
   ``torchmaml train`` (seconds per iteration from the run's metrics log; the all-reduce share is not
   separated there);
-* ``half-cheetah-dir``: the same for half-cheetah (MuJoCo), with 8 tasks x 5 trajectories of 200 steps.
+* ``half-cheetah-dir``: the same for half-cheetah (MuJoCo), with 16 tasks x 10 trajectories of 200 steps.
 
 W1 and W2 run ``MetaLearner`` in a loop a user would write (``examples/data_parallel.py``): every rank draws
 the same global batch, keeps its ``shard``, computes its meta-gradient, then ``task_mean`` (one bucketed
@@ -36,7 +36,7 @@ BIN = Path(sys.executable).parent
 ITERATIONS = {"W1": (10, 100), "W2": (1, 4)}  # (warm-up, timed)
 RL_WORKLOADS = {  # preset: (iterations, overrides)
     "navigation2d": (6, []),
-    "half-cheetah-dir": (4, ["meta_batch_size=8", "trajectories=5", "tasks_per_round=4"]),
+    "half-cheetah-dir": (3, ["meta_batch_size=16", "trajectories=10"]),
 }
 
 

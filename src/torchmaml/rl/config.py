@@ -95,8 +95,8 @@ class RLConfig(BaseModel):
         None,
         ge=1,
         description=(
-            "half-cheetah: tasks per vectorised sampling round (unset: all tasks of a batch, or of a process's share, "
-            "at once)"
+            "half-cheetah: tasks per vectorised sampling round, at most a process's share of a meta-batch (unset: "
+            "the whole share at once)"
         ),
     )
     vector: Literal["sync", "async"] = Field(

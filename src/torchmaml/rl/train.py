@@ -66,8 +66,9 @@ MAX_CONSECUTIVE_SKIPS = 20  # as the supervised default; not a config key, so sa
 
 
 def make_sampler(config: RLConfig, processes: int = 1) -> Sampler:
-    """The sampler of ``config.env``: batched tensors for navigation, ``gymnasium.vector`` for half-cheetah,
-    by default as many tasks per round as a process's largest share of a meta-batch (``processes``)."""
+    """The sampler of ``config.env``: batched tensors for navigation, ``gymnasium.vector`` for half-cheetah with
+    ``tasks_per_round`` tasks per round, at most a process's largest share of a meta-batch (``processes``), so
+    no round simulates padding copies."""
     if config.env == "navigation2d":
         return BatchedNavigationSampler(config.horizon or NAVIGATION_HORIZON)
     from torchmaml.extras import require
@@ -76,10 +77,11 @@ def make_sampler(config: RLConfig, processes: int = 1) -> Sampler:
     from torchmaml.rl.half_cheetah import HalfCheetahDirEnv, HalfCheetahVelEnv  # needs gymnasium[mujoco]
 
     env_class = HalfCheetahDirEnv if config.env == "half-cheetah-dir" else HalfCheetahVelEnv
+    share = -(-config.meta_batch_size // processes)  # a process's largest share of a meta-batch
     return VectorEnvSampler(
         env_class,
         config.trajectories,
-        tasks_per_round=config.tasks_per_round or -(-config.meta_batch_size // processes),
+        tasks_per_round=min(config.tasks_per_round or share, share),  # a round never larger than the share
         asynchronous=config.vector == "async",
         env_kwargs={"horizon": config.horizon} if config.horizon else None,
     )
