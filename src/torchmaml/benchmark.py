@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -270,54 +270,21 @@ class Omniglot(FewShotImages):
         return {"split": config.split, "classes": counts}
 
 
-class Folder(FewShotImages):
-    """A user's images, ``data_dir/<class>/<image>``: classes shuffled with ``split_seed`` and split into
-    disjoint train / validation / test parts by ``class_fractions``."""
+class SplitByClassFractions:
+    """A classification benchmark over one set of labelled classes (a user's folder, a package's word lists),
+    shuffled with ``split_seed`` and split into disjoint train / validation / test parts by ``class_fractions``.
+    A subclass gives every class's examples (``labelled``)."""
 
-    name = "folder"
-
-    def classes(self, config: TrainConfig, part: str) -> tuple[list[torch.Tensor], list[str]]:
-        data = _folder(config.data_dir, config.color, config.image_size, config.cache_dir)
-        # the whole folder is checked first (ways, images per class), then split by class
-        FewShotTasks(list(data.images), config.ways, config.shots, config.queries, class_names=data.class_names)
-        chosen = self.split(config, list(data.class_names))[part]
-        return [data.images[c] for c in chosen], [data.class_names[c] for c in chosen]
-
-    def split(self, config: TrainConfig, class_names: list[str]) -> dict[str, list[int]]:
-        """The disjoint train/val/test classes (``class_fractions``, ``split_seed``)."""
-        return split_classes(
-            class_names, config.class_fractions, config.split_seed, config.ways, validate=config.validate_every > 0
-        )
-
-    def split_summary(self, config: TrainConfig) -> dict:
-        data = _folder(config.data_dir, config.color, config.image_size, config.cache_dir)
-        parts = self.split(config, list(data.class_names))
-        return {
-            "split": "classes",
-            "class_fractions": config.class_fractions,
-            "split_seed": config.split_seed,
-            "classes": {part: len(indices) for part, indices in parts.items()},
-            "test_classes": [data.class_names[c] for c in parts["test"]],
-        }
-
-
-class FewShotText(FewShotClassification):
-    """N-way K-shot classification of short texts, byte tokens padded to ``max_length``
-    (``torchmaml.data.text``), with a GRU or a Transformer encoder (``text_model``); classes shuffled with
-    ``split_seed`` and split into disjoint train / validation / test parts by ``class_fractions``."""
-
-    examples = "texts"
-
-    def texts(self, config: TrainConfig) -> TextClasses:
-        """Every class's encoded texts."""
+    def labelled(self, config: TrainConfig) -> tuple[Sequence[torch.Tensor], Sequence[str]]:
+        """Every class's examples and the class names."""
         raise NotImplementedError
 
     def classes(self, config: TrainConfig, part: str) -> tuple[list[torch.Tensor], list[str]]:
-        data = self.texts(config)
-        # the whole set is checked first (ways, texts per class), then split by class
-        FewShotTasks(list(data.ids), config.ways, config.shots, config.queries, class_names=data.class_names)
-        chosen = self.split(config, list(data.class_names))[part]
-        return [data.ids[c] for c in chosen], [data.class_names[c] for c in chosen]
+        examples, names = self.labelled(config)
+        # the whole set is checked first (ways, examples per class), then split by class
+        FewShotTasks(list(examples), config.ways, config.shots, config.queries, class_names=names)
+        chosen = self.split(config, list(names))[part]
+        return [examples[c] for c in chosen], [names[c] for c in chosen]
 
     def split(self, config: TrainConfig, class_names: list[str]) -> dict[str, list[int]]:
         """The disjoint train/val/test classes (``class_fractions``, ``split_seed``)."""
@@ -326,7 +293,7 @@ class FewShotText(FewShotClassification):
         )
 
     def split_summary(self, config: TrainConfig) -> dict:
-        names = list(self.texts(config).class_names)
+        names = list(self.labelled(config)[1])
         parts = self.split(config, names)
         return {
             "split": "classes",
@@ -335,6 +302,32 @@ class FewShotText(FewShotClassification):
             "classes": {part: len(indices) for part, indices in parts.items()},
             "test_classes": [names[c] for c in parts["test"]],
         }
+
+
+class Folder(SplitByClassFractions, FewShotImages):
+    """A user's images, ``data_dir/<class>/<image>``, split by class (``SplitByClassFractions``)."""
+
+    name = "folder"
+
+    def labelled(self, config: TrainConfig) -> tuple[Sequence[torch.Tensor], Sequence[str]]:
+        data = _folder(config.data_dir, config.color, config.image_size, config.cache_dir)
+        return data.images, data.class_names
+
+
+class FewShotText(SplitByClassFractions, FewShotClassification):
+    """N-way K-shot classification of short texts, byte tokens padded to ``max_length``
+    (``torchmaml.data.text``), with a GRU or a Transformer encoder (``text_model``); split by class
+    (``SplitByClassFractions``)."""
+
+    examples = "texts"
+
+    def texts(self, config: TrainConfig) -> TextClasses:
+        """Every class's encoded texts."""
+        raise NotImplementedError
+
+    def labelled(self, config: TrainConfig) -> tuple[Sequence[torch.Tensor], Sequence[str]]:
+        data = self.texts(config)
+        return data.ids, data.class_names
 
     def model(self, config: TrainConfig) -> nn.Module:
         return text_model(config, config.ways)
@@ -476,6 +469,7 @@ __all__ = [
     "Metric",
     "Omniglot",
     "Sinusoid",
+    "SplitByClassFractions",
     "TextFolder",
     "benchmark_named",
     "text_model",
