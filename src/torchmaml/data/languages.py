@@ -23,9 +23,6 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from torchmaml.data.images import load_cache, save_cache
 from torchmaml.data.text import TextClasses, classes_from_texts
 from torchmaml.extras import require
@@ -49,18 +46,11 @@ def load_languages(group: str, *, words: int, length: int, cache_dir: str | Path
     cache = folder / f"languages-{version}-{words}-{length}.npz"
     arrays = load_cache(cache, meta)
     if arrays is None:
-        every = word_lists(words)
-        data = classes_from_texts(every, length)
-        arrays = {
-            "ids": torch.cat(data.ids).numpy(),
-            "counts": np.array([len(t) for t in data.ids], dtype=np.int64),
-            "class_names": np.array(data.class_names),
-        }
+        arrays = classes_from_texts(word_lists(words), length).arrays()
         save_cache(cache, arrays, meta)
-    names = arrays["class_names"].tolist()
-    ids = torch.from_numpy(arrays["ids"]).split(arrays["counts"].tolist())
-    keep = [names.index(language) for language in languages]
-    return TextClasses(tuple(names[c] for c in keep), tuple(ids[c] for c in keep))
+    every = TextClasses.from_arrays(arrays)
+    keep = [every.class_names.index(language) for language in languages]
+    return TextClasses(tuple(every.class_names[c] for c in keep), tuple(every.ids[c] for c in keep))
 
 
 def word_lists(words: int) -> dict[str, list[str]]:

@@ -66,6 +66,20 @@ class TextClasses:
     class_names: tuple[str, ...]
     ids: tuple[torch.Tensor, ...]
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """As the arrays of a cache file: every class's ids concatenated, the counts, the names."""
+        return {
+            "ids": torch.cat(self.ids).numpy(),
+            "counts": np.array([len(t) for t in self.ids], dtype=np.int64),
+            "class_names": np.array(self.class_names),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> TextClasses:
+        """The inverse of :meth:`arrays`."""
+        ids = torch.from_numpy(arrays["ids"]).split(arrays["counts"].tolist())
+        return cls(tuple(arrays["class_names"].tolist()), tuple(ids))
+
 
 def classes_from_texts(texts: dict[str, list[str]], length: int) -> TextClasses:
     """Encode ``{class name: texts}`` (classes in sorted order)."""
@@ -89,21 +103,12 @@ def load_text_folder(root: str | Path, *, length: int, cache_dir: str | Path | N
     cache = folder / f"text-{place}-{length}-{key[:16]}.npz"
     arrays = load_cache(cache, {**meta, "key": key})
     if arrays is None:
-        texts = read_texts(root)
-        data = classes_from_texts(texts, length)
-        arrays = {
-            "ids": torch.cat(data.ids).numpy(),
-            "counts": np.array([len(t) for t in data.ids], dtype=np.int64),
-            "class_names": np.array(data.class_names),
-        }
+        arrays = classes_from_texts(read_texts(root), length).arrays()
         if save_cache(cache, arrays, {**meta, "key": key}):
             for stale in folder.glob(f"text-{place}-{length}-*.npz"):
                 if stale != cache:
                     stale.unlink(missing_ok=True)
-    return TextClasses(
-        tuple(arrays["class_names"].tolist()),
-        tuple(torch.from_numpy(arrays["ids"]).split(arrays["counts"].tolist())),
-    )
+    return TextClasses.from_arrays(arrays)
 
 
 def read_texts(root: Path) -> dict[str, list[str]]:
