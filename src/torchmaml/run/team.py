@@ -137,8 +137,9 @@ class Team:
         )
 
     def _missing_ranks(self) -> list[int]:
+        guess = [1 - self.rank] if self.size == 2 else []  # without a store: of two ranks, the other one
         if "MASTER_ADDR" not in os.environ:
-            return [1 - self.rank] if self.size == 2 else []
+            return guess
         try:
             store = dist.TCPStore(
                 os.environ["MASTER_ADDR"],
@@ -156,7 +157,7 @@ class Team:
                 time.sleep(0.2)
             return missing
         except RuntimeError:  # the store is gone too (torchrun's agent stopped)
-            return [1 - self.rank] if self.size == 2 else []
+            return guess
 
 
 SOLO = Team()
