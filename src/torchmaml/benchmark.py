@@ -128,7 +128,7 @@ class Sinusoid(Benchmark):
 
     def tasks(self, config: TrainConfig, part: str = "train") -> TaskSource:
         hessian = config.hessian_size if part == "train" else 0
-        return SinusoidTasks(config.support_size, config.query_size, hessian, dtype=dtype_of(config))
+        return sinusoid_tasks(config, config.support_size, config.query_size, hessian)
 
     def model(self, config: TrainConfig) -> nn.Module:
         return mlp(1, config.hidden, 1)
@@ -137,10 +137,10 @@ class Sinusoid(Benchmark):
         """The same ``eval_tasks`` functions for every size in ``eval_support_sizes``; ``split =
         "validation"`` draws a different, equally sized set."""
         generator = seeds.generator(evaluation_stream(config.eval_seed, split))
-        source = SinusoidTasks(dtype=dtype_of(config))
-        amplitude, phase = source.sample_functions(tasks or config.eval_tasks, generator)
+        source = sinusoid_tasks(config)
+        functions = source.sample_functions(tasks or config.eval_tasks, generator)
         return {
-            k: list(_chunks(source.batch_for(amplitude, phase, k, config.eval_query_size, generator), config))
+            k: list(_chunks(source.batch_for(functions, k, config.eval_query_size, generator), config))
             for k in config.eval_support_sizes
         }
 
@@ -150,8 +150,12 @@ class Sinusoid(Benchmark):
     def figures(
         self, learners: dict[str, tuple[MetaLearner, float | None]], run: RunDir, config: TrainConfig
     ) -> list[Path]:
-        """The paper's Figure 2: fits before and after adaptation on two held-out functions."""
+        """The paper's Figure 2: fits before and after adaptation on two held-out functions; for a particle
+        ensemble its posterior predictive on three."""
         from torchmaml.plots import plot_sinusoid_fits
+
+        if config.particles:
+            return _posterior_predictive_figure(learners["maml"][0], run, config)
 
         steps = tuple(sorted({min(config.eval_steps), max(config.eval_steps)} - {0}))  # the paper: 1 and 10
         figure = plot_sinusoid_fits(learners, run.fits, support_size=min(config.eval_support_sizes), steps=steps)
@@ -382,6 +386,38 @@ def text_model(config: TrainConfig, classes: int) -> nn.Module:
 
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (Sinusoid(), Omniglot(), Folder(), Languages(), TextFolder())}
+
+
+def _posterior_predictive_figure(learner: MetaLearner, run: RunDir, config: TrainConfig) -> list[Path]:
+    """The adapted ensemble's mean and 90% band against the truth on three held-out functions (fixed seed 3)."""
+    from torchmaml.bayesian.evaluation import posterior_predictive_panels
+    from torchmaml.bayesian.figures import plot_posterior_predictive
+
+    source = sinusoid_tasks(config)
+    functions = source.sample_functions(3, torch.Generator().manual_seed(3))
+    batch = source.batch_for(functions, min(config.eval_support_sizes), 1, torch.Generator().manual_seed(4))
+    low, high = source.x_range
+    grid = torch.linspace(low, high, 200, dtype=dtype_of(config)).view(-1, 1)
+    truth = source.target(grid.view(1, -1, 1), *functions[:2], functions.frequency).squeeze(-1)
+    device = config.device
+    panels = posterior_predictive_panels(
+        learner, batch.to(device=device), grid.to(device), truth, steps=max(config.eval_steps)
+    )
+    path = plot_posterior_predictive(panels, run.posterior_predictive)
+    return [path] if path is not None else []
+
+
+def sinusoid_tasks(config: TrainConfig, support_size: int = 10, query_size: int = 10, hessian_size: int = 0):
+    """The configuration's sinusoid family (phase, frequency and noise) with the given set sizes."""
+    return SinusoidTasks(
+        support_size,
+        query_size,
+        hessian_size,
+        phase=tuple(config.phase_range),
+        frequency=tuple(config.frequency_range),
+        noise=config.noise_fraction,
+        dtype=dtype_of(config),
+    )
 
 
 def benchmark_named(name: str) -> Benchmark:

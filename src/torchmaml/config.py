@@ -7,6 +7,7 @@ Every problem with a configuration (unknown key, wrong type, value out of range)
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Any, Literal
@@ -49,6 +50,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "words_per_class",
         "max_length",
         "hessian_size",
+        "phase_range",
+        "frequency_range",
+        "noise_fraction",
     ),
     "model": (
         "hidden",
@@ -61,7 +65,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "text_heads",
         "text_layers",
     ),
-    "inner": ("inner_lr", "inner_steps", "inner_lr_mode", "adapt_only"),
+    "inner": ("inner_lr", "inner_steps", "inner_lr_mode", "adapt_only", "inner_update"),
+    "bayesian": ("particles", "prior_std", "noise_std"),
     "outer": (
         "iterations",
         "meta_batch_size",
@@ -252,7 +257,44 @@ class TrainConfig(BaseModel):
         "auto",
         description="torch.compile the meta-gradient: true, false or auto (from the 6000th meta-gradient on; MLPs)",
     )
+    # Bayesian MAML
+    particles: int = Field(
+        0,
+        ge=0,
+        description="Bayesian MAML and the ensemble of MAMLs: particles M of the model, meta-learned together "
+        "(0: one model, plain MAML; docs/bayesian.md)",
+    )
+    inner_update: Literal["gradient", "svgd"] = Field(
+        "gradient",
+        description="the inner steps: gradient descent (MAML, an ensemble of MAMLs) or Stein variational gradient "
+        "descent over the particles (Bayesian MAML; needs particles >= 1)",
+    )
+    prior_std: float | None = Field(
+        1.0,
+        gt=0,
+        description="svgd: standard deviation of the Gaussian prior on every particle coordinate (unset: flat)",
+    )
+    noise_std: float | None = Field(
+        None,
+        gt=0,
+        description="particles, regression: the Gaussian noise of the likelihood (unset: learned per particle)",
+    )
     # task family
+    phase_range: list[float] = Field(
+        default_factory=lambda: [0.0, math.pi],
+        min_length=2,
+        max_length=2,
+        description="sinusoid: the phase range of y = A sin(ωx - φ) (Bayesian MAML's setting: [0, 2π])",
+    )
+    frequency_range: list[float] = Field(
+        default_factory=lambda: [1.0, 1.0],
+        min_length=2,
+        max_length=2,
+        description="sinusoid: the frequency range of ω (Bayesian MAML's setting: [0.5, 2])",
+    )
+    noise_fraction: float = Field(
+        0.0, ge=0, description="sinusoid: observation noise N(0, (noise_fraction A)²) (Bayesian MAML's setting: 0.01)"
+    )
     support_size: int = Field(10, ge=1, description="sinusoid: support (training) points per task")
     query_size: int = Field(10, ge=1, description="sinusoid: query points per task")
     hidden: list[int] = Field(
@@ -526,6 +568,38 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"text_heads: {self.text_heads} attention heads must divide text_embedding = {self.text_embedding}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _particles(self) -> TrainConfig:
+        ensemble_only = ("chaser", "bfa")
+        if self.particles == 0:
+            if self.inner_update == "svgd":
+                raise ValueError("inner_update 'svgd' moves a particle ensemble: set particles (e.g. 5)")
+            if self.estimator in ensemble_only:
+                raise ValueError(
+                    f"estimator {self.estimator!r} meta-learns a particle ensemble: set particles (e.g. 5)"
+                )
+            return self
+        if self.inner_update == "svgd" and not estimator_class(self.estimator).supports_inner_update:
+            raise ValueError(
+                f"inner_update 'svgd': estimator {self.estimator!r} assumes gradient inner steps; use estimator "
+                f"{one_of(estimators_with('supports_inner_update'))}"
+            )
+        if self.pretrained_baseline:
+            raise ValueError("particles: the pretrained baseline is a single network; set pretrained_baseline = false")
+        if self.batch_norm == "per_step":
+            raise ValueError(
+                "particles: per-step batch norm is not available for particles; use batch_norm 'transductive'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sinusoid_ranges(self) -> TrainConfig:
+        for name in ("phase_range", "frequency_range"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ValueError(f"{name}: [low, high] with low <= high, got [{low}, {high}]")
         return self
 
     @model_validator(mode="after")

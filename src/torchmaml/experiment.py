@@ -6,9 +6,12 @@ What differs between task families (data, network, loss, metric) comes from the 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from torchmaml.benchmark import benchmark_of, dtype_of
+from torchmaml.bayesian import SVGD, CategoricalLikelihood, GaussianLikelihood, Likelihood, Particles
+from torchmaml.benchmark import Metric, benchmark_of, dtype_of
 from torchmaml.config import TrainConfig
 from torchmaml.learner import MetaLearner
 from torchmaml.optim import HypergradientSGD
@@ -31,10 +34,13 @@ def build_learner(config: TrainConfig, kind: str = MAML) -> MetaLearner:
     benchmark = benchmark_of(config)
     with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
         torch.manual_seed(model_seed(config.seed))
-        model = benchmark.model(config).to(dtype=dtype_of(config), device=config.device)
+        model = benchmark.model(config)
+        if config.particles:  # the other particles are drawn after the model, from the same seeded generator
+            model = Particles(model, config.particles, likelihood_of(config))
+        model = model.to(dtype=dtype_of(config), device=config.device)
     return MetaLearner(
         model,
-        loss=benchmark.loss,
+        loss=model.likelihood if config.particles else benchmark.loss,
         inner_lr=config.inner_lr,
         inner_steps=config.inner_steps if kind == MAML else 0,
         estimator=config.estimator,
@@ -44,7 +50,36 @@ def build_learner(config: TrainConfig, kind: str = MAML) -> MetaLearner:
         inner_lr_mode=config.inner_lr_mode if kind == MAML else "fixed",
         adapt_only=config.adapt_only,
         compile=config.compile,
+        inner_update=SVGD(config.prior_std) if config.inner_update == "svgd" else None,
     )
+
+
+def likelihood_of(config: TrainConfig) -> Likelihood:
+    """The likelihood of a particle ensemble on the configured benchmark: categorical for classifiers, else
+    Gaussian (noise ``noise_std``, or learned per particle)."""
+    if benchmark_of(config).classification:
+        return CategoricalLikelihood()
+    return GaussianLikelihood(config.noise_std)
+
+
+def metric_of(config: TrainConfig) -> Metric:
+    """The benchmark's metric; for a particle ensemble, of its point prediction (the predictive mixture's mean, or
+    its most probable class)."""
+    metric = benchmark_of(config).metric
+    if not config.particles:
+        return metric
+    return dataclasses.replace(metric, fn=_PointMetric(likelihood_of(config), metric.fn))
+
+
+@dataclasses.dataclass(frozen=True)
+class _PointMetric:
+    """``metric(likelihood.point(prediction), target)``: a pointwise metric of an ensemble's prediction."""
+
+    likelihood: Likelihood
+    metric: object
+
+    def __call__(self, prediction: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        return self.metric(self.likelihood.point(prediction), target)
 
 
 def build_optimizer(config: TrainConfig, learner: MetaLearner) -> torch.optim.Optimizer:

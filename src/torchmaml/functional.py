@@ -60,9 +60,11 @@ class FunctionalModel:
         if any(isinstance(m, BATCH_NORM_TYPES) for m in evaluated.modules()):
             evaluated = batch_statistics_view(evaluated)
         modules = list(evaluated.modules())
-        self.has_fused_batch_norm = any(isinstance(m, BATCH_NORM_TYPES) for m in modules)
-        self.has_convolution = any(isinstance(m, CONV_TYPES) for m in modules)
-        self.has_recurrent = any(isinstance(m, RECURRENT_TYPES) for m in modules)
+        # the layers evaluated inside a module that runs its own functional calls (``Particles``) count for the kinds
+        kinds = modules + [n for m in modules if hasattr(m, "nested_modules") for n in m.nested_modules()]
+        self.has_fused_batch_norm = any(isinstance(m, BATCH_NORM_TYPES) for m in kinds)
+        self.has_convolution = any(isinstance(m, CONV_TYPES) for m in kinds)
+        self.has_recurrent = any(isinstance(m, RECURRENT_TYPES) for m in kinds)
         self._buffer_names = frozenset(name for name, _ in evaluated.named_buffers())
         per_step = [m.inner_steps for m in modules if isinstance(m, ContextDependent) and m.inner_steps is not None]
         self._last_step = max(per_step, default=None)  # steps past it use the weights of step _last_step

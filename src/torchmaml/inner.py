@@ -12,14 +12,20 @@ second-order MAML gradient. With ``first_order=True`` each inner gradient is det
 The model is evaluated in an explicit ``torchmaml.context.ExecutionContext``, at inner step ``s`` for step
 ``s``; the context's ``differentiation`` also says how the inner gradients are taken (``torch.func.grad``, or
 ``torch.autograd.grad`` for an outer ``torch.autograd.grad`` outside any ``torch.func`` transform).
+
+An ``InnerUpdate`` replaces the gradient in the step by another direction computed from it,
+``w_{s+1} = w_s - alpha_s * d(w_s, grad f(w_s; D_in))``: SVGD's kernel-smoothed scores for a particle ensemble
+(``torchmaml.bayesian.SVGD``). ``None`` is plain gradient descent, ``d = grad f``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch.func import grad
+from torch.utils._pytree import tree_leaves
 
 from torchmaml.context import VECTORISED, ExecutionContext
 from torchmaml.functional import FunctionalModel, Params
@@ -29,6 +35,18 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepLR = float | torch.Tensor | Mapping[str, float | torch.Tensor]
 # Either one learning rate for every step, or a sequence with one entry per step.
 InnerLR = StepLR | Sequence[StepLR]
+
+
+class InnerUpdate(Protocol):
+    """``d(params, grads, examples)``: the direction of the inner step ``w - alpha * d`` from the adapted
+    parameters, their gradients and the number of support examples (module docstring)."""
+
+    def __call__(self, params: Params, grads: Params, examples: int) -> Params: ...
+
+
+def example_count(x: Any) -> int:
+    """The number of examples in one task's inputs ``x`` (a tensor or a pytree of tensors: the leading axis)."""
+    return tree_leaves(x)[0].shape[0]
 
 
 def step_lr(lr: InnerLR, step: int) -> StepLR:
@@ -57,6 +75,7 @@ def inner_trajectory(
     first_order: bool = False,
     adapted: Collection[str] | None = None,
     context: ExecutionContext = VECTORISED,
+    update: InnerUpdate | None = None,
 ) -> list[Params]:
     """Run ``steps`` inner gradient steps from ``params`` on one task's ``(x, y)``.
 
@@ -65,7 +84,8 @@ def inner_trajectory(
     adapts only the head); the others are passed through as the very same tensors. Works inside
     ``torch.func.vmap`` (one task per call) and under an outer ``torch.func.grad``; in a context differentiated
     by ``"autograd"`` the inner gradients are ``torch.autograd.grad`` calls instead, for an outer
-    ``torch.autograd.grad`` outside any ``torch.func`` transform.
+    ``torch.autograd.grad`` outside any ``torch.func`` transform. ``update``: the step's direction
+    (``InnerUpdate``; ``None``: the gradient).
     """
     trajectory = [params]
     for step in range(steps):
@@ -81,6 +101,7 @@ def inner_trajectory(
                 first_order=first_order,
                 adapted=adapted,
                 context=context,
+                update=update,
             )
         )
     return trajectory
@@ -98,11 +119,13 @@ def inner_step(
     first_order: bool = False,
     adapted: Collection[str] | None = None,
     context: ExecutionContext = VECTORISED,
+    update: InnerUpdate | None = None,
 ) -> Params:
     """Inner step number ``step`` (0-based; the model runs in ``context`` at that step):
     ``w - lr * grad f(w; (x, y))`` on the parameters in ``adapted`` (all when ``None``), the others passed
     through unchanged. The gradient is ``torch.func.grad``'s, or in a context differentiated by ``"autograd"``
-    ``torch.autograd.grad``'s (with a graph unless ``first_order``)."""
+    ``torch.autograd.grad``'s (with a graph unless ``first_order``). With an ``update`` the step is
+    ``w - lr * update(w, grad f, N)`` (computed at the detached point when ``first_order``)."""
     names = [name for name in params if adapted is None or name in adapted]
     fast = {name: params[name] for name in names}
     fixed = {name: p for name, p in params.items() if name not in fast}
@@ -119,6 +142,8 @@ def inner_step(
         grads = grad(support_loss)(_detached(fast), _detached(fixed))
     else:
         grads = grad(support_loss)(fast, fixed)
+    if update is not None:
+        grads = update(_detached(fast) if first_order else fast, grads, example_count(x))
     return {**params, **sgd_step(fast, grads, lr)}
 
 

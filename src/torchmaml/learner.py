@@ -31,10 +31,10 @@ from torchmaml.compilation import MetaGradientRunner
 from torchmaml.context import VECTORISED, ExecutionContext
 from torchmaml.distributed import ProcessGroup, task_mean
 from torchmaml.errors import ConfigError, ModelError, first_line
-from torchmaml.estimators import InnerProblem, MetaParams, Metrics, SolverWatch, Task, get_estimator
+from torchmaml.estimators import InnerProblem, MetaParams, Metrics, SolverWatch, Task, estimators_with, get_estimator
 from torchmaml.execution import map_tasks_in_context, resolve_strategy
 from torchmaml.functional import BATCH_NORM_TYPES, FunctionalModel, Params, model_arguments
-from torchmaml.inner import InnerLR, LossFn, inner_trajectory
+from torchmaml.inner import InnerLR, InnerUpdate, LossFn, inner_trajectory
 from torchmaml.learning_rates import make_inner_lr
 from torchmaml.models.conv4 import MetaBatchNorm2d
 from torchmaml.tasks import TaskBatch
@@ -74,6 +74,10 @@ class MetaLearner(nn.Module):
             :meth:`backward` averages: each rank passes its own tasks (``torchmaml.distributed.shard``) and every
             rank gets the meta-gradient and metrics of all of them, weighted by task counts
             (``torchmaml.distributed``). ``None`` (default): this process's batch only.
+        inner_update: the direction of the inner steps, ``w - alpha * update(w, grad f, N)``
+            (``torchmaml.inner.InnerUpdate``): ``torchmaml.bayesian.SVGD`` adapts a ``Particles`` ensemble by Stein
+            variational gradient descent (Bayesian MAML). ``None`` (default): gradient descent. Used in training,
+            :meth:`adapt` and the evaluation alike.
 
     Attributes that may be changed between meta-steps (the MAML++ schedules do): ``estimator`` (a
     ``TaskGradient``, e.g. ``get_estimator("first_order")``) and ``step_weights`` (multi-step loss weights,
@@ -94,6 +98,7 @@ class MetaLearner(nn.Module):
         adapt_only: Sequence[str] | None = None,
         compile: bool | str = "auto",
         process_group: ProcessGroup | None = None,
+        inner_update: InnerUpdate | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -125,6 +130,12 @@ class MetaLearner(nn.Module):
         adapted_params = {n: p for n, p in trainable.items() if self.adapted is None or n in self.adapted}
         self.inner_rate = make_inner_lr(inner_lr_mode, inner_lr, adapted_params, inner_steps)
         self.process_group = process_group
+        self.inner_update = inner_update
+        if inner_update is not None and not getattr(self.estimator, "supports_inner_update", True):
+            raise ConfigError(
+                f"estimator {estimator!r} assumes gradient inner steps; an inner_update (SVGD) needs one of "
+                f"{', '.join(estimators_with('supports_inner_update'))}"
+            )
 
     # -- the meta-gradient ------------------------------------------------------------------------
 
@@ -180,6 +191,7 @@ class MetaLearner(nn.Module):
             adapted=self.adapted,
             step_weights=step_weights,
             track_loss_before=track_loss_before,
+            update=self.inner_update,
         )
 
     def meta_gradient(self, batch: TaskBatch, loss_before: bool = False) -> tuple[MetaParams, Metrics]:
@@ -358,6 +370,7 @@ class MetaLearner(nn.Module):
             first_order=first_order,
             adapted=self.adapted,
             context=context,
+            update=self.inner_update,
         )
 
     def query_losses(self, batch: TaskBatch, steps: int, inner_lr: float | None = None) -> torch.Tensor:

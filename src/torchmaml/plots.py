@@ -110,8 +110,9 @@ def plot_sinusoid_fits(
     first = next(iter(learners.values()))[0]
     dtype = next(first.parameters()).dtype
     tasks = SinusoidTasks(dtype=dtype)
-    amplitude, phase = tasks.sample_functions(2, generator)
-    batch = tasks.batch_for(amplitude, phase, support_size, 1, generator)
+    functions = tasks.sample_functions(2, generator)
+    amplitude, phase = functions.amplitude, functions.phase
+    batch = tasks.batch_for(functions, support_size, 1, generator)
     grid = torch.linspace(-5, 5, 200, dtype=dtype).view(1, -1, 1)
     fig = new_figure(figsize=(5 * len(learners), 7))
     axes = fig.subplots(2, len(learners), squeeze=False)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from torchmaml.bayesian.evaluation import format_uncertainty_table, uncertainty_results
+from torchmaml.bayesian.figures import plot_reliability_diagram
 from torchmaml.benchmark import benchmark_of
 from torchmaml.checkpoint import atomic_write_bytes, load_checkpoint, load_module_state
 from torchmaml.config import TrainConfig
 from torchmaml.evaluate import AdaptationResult, evaluate_adaptation, format_table, tune_fine_tuning_lr
-from torchmaml.experiment import MAML, PRETRAINED, build_learner
+from torchmaml.experiment import MAML, PRETRAINED, build_learner, likelihood_of, metric_of
 from torchmaml.learner import MetaLearner
 from torchmaml.run.files import WriteError
 from torchmaml.rundir import RunDir
@@ -36,7 +38,7 @@ def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
     if eval_tasks is not None:
         config = config.model_copy(update={"eval_tasks": eval_tasks})
     benchmark = benchmark_of(config)
-    metric = benchmark.metric
+    metric = metric_of(config)
     batches = benchmark.evaluation_batches(config, "test", None)
     maml, source = load_learner(run, config, MAML)
     learners: dict[str, tuple[MetaLearner, float | None]] = {MAML: (maml, None)}
@@ -51,6 +53,9 @@ def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
     for name, (learner, rate) in learners.items():
         for chunks in batches.values():
             results += evaluate_adaptation(learner, chunks, config.eval_steps, name, metric.fn, inner_lr=rate)
+    calibration: dict = {}
+    if config.particles:
+        rows, calibration = uncertainty_results(maml, batches, config.eval_steps, likelihood_of(config), MAML)
     report = {
         "schema_version": SCHEMA_VERSION,
         "benchmark": config.benchmark,
@@ -64,11 +69,15 @@ def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
         "table": format_table(results, metric.label, metric.scale),
         **benchmark.held_out(config),
     }
+    if config.particles:
+        report.update(uncertainty=rows, uncertainty_table=format_uncertainty_table(rows))
     report["written"] = []
     try:  # a read-only run folder: the table is still worth printing
         atomic_write_bytes(run.evaluation, (json.dumps(report, indent=2) + "\n").encode())
         report["written"].append(str(run.evaluation))
         report["written"] += [str(path) for path in benchmark.figures(learners, run, config)]
+        if calibration and plot_reliability_diagram(calibration, run.reliability) is not None:
+            report["written"].append(str(run.reliability))
     except WriteError as error:
         report["not_written"] = str(error)
     return report

@@ -59,6 +59,14 @@ class RunDir:
     def fits(self) -> Path:
         return self.root / "adaptation.png"
 
+    @property
+    def posterior_predictive(self) -> Path:
+        return self.root / "posterior_predictive.png"
+
+    @property
+    def reliability(self) -> Path:
+        return self.root / "reliability.png"
+
     def load_config(self) -> TrainConfig:
         """The resolved supervised configuration saved by ``train``; a clear error if this is not a run folder.
         It is read as saved, whatever machine it was trained on (see :meth:`config_for_this_machine`)."""

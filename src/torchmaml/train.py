@@ -47,6 +47,7 @@ from torchmaml.experiment import (
     build_optimizer,
     build_scheduler,
     build_step_rule,
+    metric_of,
     stationarity_batch,
 )
 from torchmaml.learner import MetaLearner
@@ -165,7 +166,7 @@ class PhaseTrainer:
         self.monitored = stationarity_batch(config) if config.stationarity_every else None
         benchmark = benchmark_of(config)
         self.validation = benchmark.evaluation_batches(config, "validation", None) if config.validate_every else None
-        self.metric = benchmark.metric
+        self.metric = metric_of(config)
         self.tasks = benchmark.tasks(config)
         self.generator = seeds.generator(task_stream(config.seed, kind))
         self.guard = DivergenceGuard(

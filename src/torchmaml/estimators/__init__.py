@@ -15,6 +15,7 @@ from typing import Any
 
 from torchmaml.errors import ConfigError
 from torchmaml.estimators.base import Estimator, InnerProblem, MetaParams, Metrics, SolverWatch, Task, TaskGradient
+from torchmaml.estimators.chaser import Chaser, PredictiveLikelihood
 from torchmaml.estimators.hessian_free import HessianFree
 from torchmaml.estimators.implicit import Implicit
 from torchmaml.estimators.reptile import Reptile
@@ -28,6 +29,8 @@ ESTIMATORS: dict[str, type[Estimator]] = {
     "hessian_free": HessianFree,
     "implicit": Implicit,
     "reptile": Reptile,
+    "chaser": Chaser,
+    "bfa": PredictiveLikelihood,
 }
 DEFAULT_ESTIMATOR = "unrolled"
 

@@ -21,7 +21,7 @@ import torch
 
 from torchmaml.context import VECTORISED, ExecutionContext
 from torchmaml.functional import FunctionalModel, Params
-from torchmaml.inner import InnerLR, LossFn, inner_step, inner_trajectory, step_lr
+from torchmaml.inner import InnerLR, InnerUpdate, LossFn, inner_step, inner_trajectory, step_lr
 
 if TYPE_CHECKING:
     from torchmaml.learner import MetaLearner
@@ -40,7 +40,8 @@ class InnerProblem:
     ``v_1..v_K`` (``None``: only the last step's query loss counts). ``track_loss_before``: also report the
     query loss at ``w`` (metric ``loss_before``), one extra forward pass over the query set that the
     meta-gradient does not need. ``context``: the execution context the model is evaluated in (set by the
-    execution strategy, :meth:`in_context`; the default is correct anywhere)."""
+    execution strategy, :meth:`in_context`; the default is correct anywhere). ``update``: the direction of the
+    inner steps (``torchmaml.inner.InnerUpdate``, e.g. SVGD for a particle ensemble; ``None``: the gradient)."""
 
     model: FunctionalModel
     loss_fn: LossFn
@@ -50,6 +51,7 @@ class InnerProblem:
     step_weights: tuple[float, ...] | None = None
     track_loss_before: bool = True
     context: ExecutionContext = VECTORISED
+    update: InnerUpdate | None = None
 
     def in_context(self, context: ExecutionContext) -> InnerProblem:
         """This problem with the model evaluated in ``context``."""
@@ -71,13 +73,23 @@ class InnerProblem:
             first_order=first_order,
             adapted=self.adapted,
             context=self.context,
+            update=self.update,
         )
 
     def step(self, params: Params, lrs: Params, x: torch.Tensor, y: torch.Tensor, step: int) -> Params:
         """Inner step ``step`` (0-based) from ``params``, at the rate the learned-rate tensors ``lrs`` give."""
         rate = step_lr(self.rates(lrs), step)
         return inner_step(
-            self.model, params, x, y, self.loss_fn, rate, step, adapted=self.adapted, context=self.context
+            self.model,
+            params,
+            x,
+            y,
+            self.loss_fn,
+            rate,
+            step,
+            adapted=self.adapted,
+            context=self.context,
+            update=self.update,
         )
 
     def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int | None = None) -> torch.Tensor:
@@ -100,6 +112,8 @@ class Estimator:
             ``beta = c / (4 L + 2 rho alpha E||grad f||)`` for this estimator (Fallah et al. 2019), or ``None``.
         hessian_set: whether it takes the Hessian on an independent set ``D_h`` (the batch's
             ``hessian_x``/``hessian_y``): ``"unused"``, ``"optional"`` (``D_in`` when absent) or ``"required"``.
+        supports_inner_update: its inner steps may take another direction than the gradient
+            (``InnerProblem.update``: SVGD); estimators whose formula assumes gradient steps declare ``False``.
     """
 
     differentiates_inner_loop: ClassVar[bool] = False
@@ -107,6 +121,7 @@ class Estimator:
     supports_per_step_layers: ClassVar[bool] = False
     theory_step_constant: ClassVar[float | None] = None
     hessian_set: ClassVar[str] = "unused"
+    supports_inner_update: ClassVar[bool] = False
 
     def prepare(self, learner: MetaLearner, batch: TaskBatch) -> None:
         """Called by ``MetaLearner.backward`` before the meta-gradient of ``batch``: an estimator that tracks

@@ -53,6 +53,7 @@ class Unrolled(Estimator):
     differentiates_inner_loop: ClassVar[bool] = True
     supports_step_weights: ClassVar[bool] = True
     supports_per_step_layers: ClassVar[bool] = True
+    supports_inner_update: ClassVar[bool] = True
     theory_step_constant: ClassVar[float | None] = 1 / 12
 
     first_order: ClassVar[bool] = False

@@ -45,7 +45,7 @@ class SinusoidFamily:
 
     def sample_tasks(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         """``[num_tasks, 2]``: amplitude and phase of each task."""
-        return torch.stack(self.tasks.sample_functions(num_tasks, generator), dim=1)
+        return torch.stack(self.tasks.sample_functions(num_tasks, generator)[:2], dim=1)
 
     def batch_for(
         self, tasks: torch.Tensor, support_size: int, query_size: int, hessian_size: int, generator: torch.Generator
