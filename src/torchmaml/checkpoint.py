@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,13 @@ DIGEST_ADDED_KEYS: dict[str, Any] = {
     "policy_dtype": "float32",  # meta-RL
     "hessian_size": 0,
     "theory_every": 100,  # runs of earlier releases, which estimated L and rho once, continue with the refresh
+    "particles": 0,
+    "inner_update": "gradient",
+    "prior_std": 1.0,
+    "noise_std": None,
+    "phase_range": [0.0, math.pi],
+    "frequency_range": [1.0, 1.0],
+    "noise_fraction": 0.0,
 }
 _ABSENT = object()
 

@@ -91,6 +91,10 @@ class FunctionalModel:
         """``module(*args, **kwargs)`` at ``params`` (default context): the module's own call signature."""
         return self._call(params, args, kwargs, self._buffer_clones(), VECTORISED)
 
+    def apply_in(self, context: ExecutionContext, params: Params, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """``module(*args, **kwargs)`` at ``params``, evaluated in ``context``."""
+        return self._call(params, args, kwargs, self._buffer_clones(), context)
+
     def updated_buffers(self, params: Params, x: Any) -> list[str]:
         """The names of the buffers that a forward pass at ``params`` on ``x`` changes in place: updates that the
         meta-learner discards (each call gets fresh clones)."""

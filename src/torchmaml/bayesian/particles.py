@@ -8,7 +8,9 @@ evaluates all particles at once:
 
     particles(x) = {"outputs": [model(theta_m, x) for m = 1..M] stacked, **the likelihood's per-particle values}
 
-(``torch.func.vmap`` over the particle axis; one particle at a time for layers whose batching rules vmap lacks).
+(``torch.func.vmap`` over the particle axis where tasks are vectorised; one particle at a time, each in the
+execution context of the task, where tasks run one at a time, so that a convolutional network keeps its fast
+kernels, and for layers whose batching rules vmap lacks).
 Because it is a plain module, ``MetaLearner(particles, loss=particles.likelihood, ...)`` meta-learns it with any
 estimator, strategy or schedule, and an inner update (``torchmaml.bayesian.SVGD``) turns its inner loop into
 Bayesian inference. Particle 1 is the model's own initialisation, the others are drawn by the ``reset_parameters()``
@@ -26,12 +28,13 @@ from torch import nn
 from torch.func import vmap
 
 from torchmaml.bayesian.likelihood import Likelihood, ParticlePrediction
-from torchmaml.context import VECTORISED
+from torchmaml.context import VECTORISED, ExecutionContext
 from torchmaml.errors import ConfigError, ModelError
 from torchmaml.functional import FunctionalModel, Params
+from torchmaml.models.layers import ContextDependent
 
 
-class Particles(nn.Module):
+class Particles(ContextDependent, nn.Module):
     """``count`` particles of ``model`` with the likelihood ``likelihood`` (module docstring).
 
     Args:
@@ -66,7 +69,8 @@ class Particles(nn.Module):
                 "layers, or set different weights on the Particles' members.* parameters before training"
             )
         self.members = _parameter_tree(stacked)
-        noise = {name: value.expand(count).clone() for name, value in likelihood.particle_parameters().items()}
+        like = stacked[self._names[0]]  # the likelihood's parameters take the model's dtype and device
+        noise = {name: value.to(like).expand(count).clone() for name, value in likelihood.particle_parameters().items()}
         self.noise = _parameter_tree(noise)
         self.loops_over_particles = self._functional.has_fused_batch_norm or self._functional.has_recurrent
 
@@ -79,14 +83,19 @@ class Particles(nn.Module):
         """The weights of particle ``index`` by the model's parameter names (detached)."""
         return {name: _get(self.members, name)[index].detach() for name in self._names}
 
+    def specialise(self, context: ExecutionContext) -> None:
+        """Evaluate the particles in ``context`` (``ContextDependent``: the view ``FunctionalModel`` makes for it)."""
+        self.context = context.at_step(None)
+
     def forward(self, *args: Any, **kwargs: Any) -> ParticlePrediction:
         stacked = {name: _get(self.members, name) for name in self._names}
         extras = {name: _get(self.noise, name) for name, _ in self.noise.named_parameters()}
+        context = getattr(self, "context", VECTORISED)
 
         def one(params: Params) -> Any:
-            return self._functional.apply(params, *args, **kwargs)
+            return self._functional.apply_in(context, params, args, kwargs)
 
-        if self.loops_over_particles:
+        if self.loops_over_particles or not context.vectorised:
             outputs = torch.stack([one({n: t[m] for n, t in stacked.items()}) for m in range(self.count)])
         else:
             outputs = vmap(one, randomness="different")(stacked)

@@ -60,7 +60,9 @@ def median_bandwidth(distances: torch.Tensor) -> torch.Tensor:
     if count == 1:
         return torch.ones((), dtype=distances.dtype, device=distances.device)
     rows, columns = torch.triu_indices(count, count, offset=1, device=distances.device)
-    median = distances[rows, columns].median()
+    ordered = distances[rows, columns].sort().values
+    pairs = ordered.shape[0]
+    median = (ordered[(pairs - 1) // 2] + ordered[pairs // 2]) / 2  # the two middle values' midpoint for an even count
     return (median / math.log(count + 1)).clamp(min=MIN_BANDWIDTH)
 
 

@@ -7,7 +7,8 @@ meta-RL, the adaptation rollouts of the evaluation. Each stream's seed is a fixe
 saved run evaluates to the same numbers, only because they never change), so they live here and nowhere else.
 
 With ``s = seed`` and ``e = eval_seed``: the phases' task streams are ``2s`` (``maml``) and ``2s + 1``
-(``pretrained``); the held-out, validation and stationarity streams ``2e``, ``2e + 1`` and ``2e + 7``; the
+(``pretrained``); the held-out, validation and stationarity streams ``2e``, ``2e + 1`` and ``2e + 7``, the tasks of the active-learning
+experiment ``2e + 9``; the
 theory batches ``2s + 1000003``; meta-RL's evaluation streams ``e``, ``e + 1``, ``e + 2`` and ``e + 3``.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 
 PHASE_OFFSETS = {"maml": 0, "pretrained": 1}
-EVALUATION_OFFSETS = {"test": 0, "validation": 1, "stationarity": 7}
+EVALUATION_OFFSETS = {"test": 0, "validation": 1, "stationarity": 7, "active_learning": 9}
 THEORY_OFFSET = 1_000_003
 RL_EVALUATION_OFFSETS = {"tasks": 0, "validation_tasks": 1, "adaptation": 2, "validation_adaptation": 3}
 
@@ -32,8 +33,9 @@ def task_stream(seed: int, phase: str) -> int:
 
 
 def evaluation_stream(eval_seed: int, purpose: str) -> int:
-    """The seed of the held-out tasks (``test``), the validation tasks (``validation``) or the stationarity
-    monitor's fixed batch (``stationarity``): ``2 eval_seed + offset(purpose)``."""
+    """The seed of the held-out tasks (``test``), the validation tasks (``validation``), the stationarity
+    monitor's fixed batch (``stationarity``) or the active-learning tasks (``active_learning``):
+    ``2 eval_seed + offset(purpose)``."""
     return 2 * eval_seed + EVALUATION_OFFSETS[purpose]
 
 
