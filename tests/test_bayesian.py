@@ -377,7 +377,7 @@ def test_sinusoid_family_with_frequency_and_noise():
     torch.testing.assert_close(batch.support_x, x)
     torch.testing.assert_close(batch.support_y, amplitude.view(-1, 1, 1) * torch.sin(x - phase.view(-1, 1, 1)))
     functions = wide.sample_functions(2000, torch.Generator().manual_seed(1))
-    assert 0.5 <= float(functions.frequency.min()) and float(functions.frequency.max()) <= 2.0
+    assert float(functions.frequency.min()) >= 0.5 and float(functions.frequency.max()) <= 2.0
     assert float(functions.phase.max()) > math.pi  # the wider phase range is used
     x = torch.zeros(2000, 50, 1)
     noisy = wide.observe(x, functions, torch.Generator().manual_seed(2))

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
-
 from test_text_cli import write_texts
+
 from torchmaml.checkpoint import load_checkpoint
 
 SINUSOID = [

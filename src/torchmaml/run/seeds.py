@@ -7,9 +7,9 @@ meta-RL, the adaptation rollouts of the evaluation. Each stream's seed is a fixe
 saved run evaluates to the same numbers, only because they never change), so they live here and nowhere else.
 
 With ``s = seed`` and ``e = eval_seed``: the phases' task streams are ``2s`` (``maml``) and ``2s + 1``
-(``pretrained``); the held-out, validation and stationarity streams ``2e``, ``2e + 1`` and ``2e + 7``, the tasks of the active-learning
-experiment ``2e + 9``; the
-theory batches ``2s + 1000003``; meta-RL's evaluation streams ``e``, ``e + 1``, ``e + 2`` and ``e + 3``.
+(``pretrained``); the held-out, validation and stationarity streams ``2e``, ``2e + 1`` and ``2e + 7``; the tasks
+of the active-learning experiment ``2e + 9``; the theory batches ``2s + 1000003``; meta-RL's evaluation streams
+``e``, ``e + 1``, ``e + 2`` and ``e + 3``.
 """
 
 from __future__ import annotations
