@@ -30,7 +30,7 @@ def evaluate(run_dir: Path, *, tasks: int | None) -> Evaluation:
         lines.append(f"held out: {report['held_out']}")
     lines.append(report["table"])
     if "uncertainty_table" in report:
-        lines += ["Uncertainty of the particle ensemble's predictive distribution:", report["uncertainty_table"]]
+        lines += ["Uncertainty of the predictive distribution:", report["uncertainty_table"]]
     return Evaluation(lines, written=report.get("written", []), not_written=report.get("not_written"))
 
 

@@ -54,7 +54,8 @@ def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
         for chunks in batches.values():
             results += evaluate_adaptation(learner, chunks, config.eval_steps, name, metric.fn, inner_lr=rate)
     calibration: dict = {}
-    if config.particles:
+    scored = config.particles or benchmark.classification  # a classifier's softmax is a distribution too
+    if scored:
         rows, calibration = uncertainty_results(maml, batches, config.eval_steps, likelihood_of(config), MAML)
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -69,7 +70,7 @@ def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
         "table": format_table(results, metric.label, metric.scale),
         **benchmark.held_out(config),
     }
-    if config.particles:
+    if scored:
         report.update(uncertainty=rows, uncertainty_table=format_uncertainty_table(rows))
     report["written"] = []
     try:  # a read-only run folder: the table is still worth printing

@@ -2,7 +2,7 @@
 
     particles = Particles(model, count=5, likelihood=GaussianLikelihood())
     learner = MetaLearner(particles, loss=particles.likelihood, inner_lr=1e-3, inner_steps=1,
-                          estimator="chaser", inner_update=SVGD(prior_std=1.0))
+                          estimator="bfa", inner_update=SVGD(prior_std=1.0))
 
 - ``Particles``: ``M`` stacked copies of the model, evaluated together (the meta-parameters ``Theta_0``);
 - ``GaussianLikelihood`` / ``CategoricalLikelihood``: the ensemble's loss and predictive distribution;

@@ -1,6 +1,7 @@
 """Meta-test of a particle ensemble's uncertainty: predictive NLL, interval coverage, calibration.
 
-On every held-out task the ensemble adapts to the support set (the learner's inner update: SVGD for Bayesian MAML,
+A classifier of one network is scored the same way, as an ensemble of one (its softmax), so MAML's calibration
+can be compared with Bayesian MAML's. On every held-out task the ensemble adapts to the support set (the learner's inner update: SVGD for Bayesian MAML,
 gradient steps for an ensemble of MAMLs) for ``0..K`` steps and its predictive mixture is scored on the query set
 (``torchmaml.bayesian.likelihood``'s ``scores``):
 
@@ -27,11 +28,14 @@ from torchmaml.tasks import TaskBatch
 def uncertainty_scores(
     learner: MetaLearner, batches: Sequence[TaskBatch], steps: int, likelihood: Likelihood
 ) -> dict[str, torch.Tensor]:
-    """Every task's ``likelihood.scores`` after ``0..steps`` inner steps: name -> ``[tasks, steps + 1, ...]``."""
+    """Every task's ``likelihood.scores`` after ``0..steps`` inner steps: name -> ``[tasks, steps + 1, ...]``. A
+    learner of one network (no ``Particles``) is scored as an ensemble of one (a classifier's softmax)."""
     names: list[str] = []
     sizes: list[int] = []
 
-    def flat(prediction: ParticlePrediction, y: torch.Tensor) -> torch.Tensor:
+    def flat(prediction: ParticlePrediction | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if isinstance(prediction, torch.Tensor):  # one network's logits: an ensemble of one
+            prediction = {"outputs": prediction.unsqueeze(0)}
         scores = likelihood.scores(prediction, y)
         names[:], sizes[:] = list(scores), [value.numel() for value in scores.values()]
         return torch.cat([value.reshape(-1) for value in scores.values()])
