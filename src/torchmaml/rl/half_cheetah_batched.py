@@ -18,12 +18,14 @@ bit for bit (``tests/test_half_cheetah_batched.py``): ``mujoco.batch`` is bit-id
 derived force fields that the next step recomputes.
 
 ``BatchedHalfCheetahSampler`` is the sampler (``rl.sampler.Sampler``) on the twin: the noise ``[T, N, H, A]``
-and one reset seed per trajectory are drawn from the generator as ``VectorEnvSampler`` draws them, the whole
-share of the batch runs as one round, and the policy is evaluated once per time step for every copy.
+and one reset seed per trajectory are drawn from the generator as ``VectorEnvSampler`` draws them, the tasks
+run in the gymnasium sampler's rounds (by default a whole share of the batch as one round), and the policy
+is evaluated once per time step for every copy of a round.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import mujoco
@@ -35,7 +37,7 @@ from gymnasium.utils.seeding import np_random
 from torchmaml.functional import FunctionalModel, Params
 from torchmaml.rl.episodes import Episodes
 from torchmaml.rl.half_cheetah import CONTROL_COST, HORIZON, HalfCheetahDirEnv, HalfCheetahVelEnv
-from torchmaml.rl.sampler import _ClosingContext, act
+from torchmaml.rl.sampler import _ClosingContext, act, in_rounds
 
 RESET_NOISE = 0.1  # HalfCheetah-v5's reset_noise_scale
 ForwardReward = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -170,14 +172,20 @@ class BatchedHalfCheetah:
 
 
 class BatchedHalfCheetahSampler(_ClosingContext):
-    """Rollouts on ``BatchedHalfCheetah``: a whole share of the meta-batch (``tasks x N`` copies) per round,
-    equal to ``VectorEnvSampler(env_class, N, ...)`` given the same generator state.
+    """Rollouts on ``BatchedHalfCheetah``, ``tasks_per_round`` tasks (times ``N`` copies) per round (unset: a
+    whole share of the meta-batch at once), equal to ``VectorEnvSampler(env_class, N, tasks_per_round)`` given
+    the same generator state.
 
-    ``loop=True`` steps one ``MjData`` per copy from Python (the fallback without ``mujoco.batch``)."""
+    Rounds of the same tasks give the same episodes bit for bit; other rounds give them up to float rounding
+    (the policy's batched arithmetic may round differently at another batch size), which the cheetah's
+    dynamics then amplify. ``loop=True`` steps one ``MjData`` per copy from Python (the fallback without
+    ``mujoco.batch``)."""
 
-    def __init__(self, env_class: type, horizon: int = HORIZON, loop: bool = False) -> None:
-        self.env_class, self.horizon, self.loop = env_class, horizon, loop
-        self._envs: dict[tuple[int, int], BatchedHalfCheetah] = {}  # by (tasks, N): one per batch shape
+    def __init__(
+        self, env_class: type, horizon: int = HORIZON, tasks_per_round: int | None = None, loop: bool = False
+    ) -> None:
+        self.env_class, self.horizon, self.tasks_per_round, self.loop = env_class, horizon, tasks_per_round, loop
+        self._envs: dict[tuple[int, int], BatchedHalfCheetah] = {}  # by (tasks, N): one per round shape
         probe = self._env(1, 1)
         self.observation_dim, self.action_dim = probe.observation_dim, probe.action_dim
 
@@ -203,12 +211,19 @@ class BatchedHalfCheetahSampler(_ClosingContext):
         noise = torch.randn(tasks.shape[0], trajectories, self.horizon, self.action_dim, generator=generator)
         seeds = torch.randint(0, 2**31 - 1, (tasks.shape[0], trajectories), generator=generator)
         share = range(tasks.shape[0]) if share is None else share
-        tasks, noise, seeds = (x[share.start : share.stop] for x in (tasks, noise, seeds))
-        env = self._env(len(share), trajectories)
+        per_round = self.tasks_per_round or len(share)
+        return in_rounds(functools.partial(self._round, policy), params, tasks, noise, seeds, share, per_round)
+
+    def _round(
+        self, policy: FunctionalModel, params: Params, tasks: torch.Tensor, noise: torch.Tensor, seeds: torch.Tensor
+    ) -> Episodes:
+        """One round: ``tasks x N`` copies reset with ``seeds`` and stepped ``horizon`` times, the policy
+        evaluated once per step for all of them."""
+        env = self._env(*seeds.shape)
         observation = env.reset(tasks, seeds)
-        observations = torch.empty(len(share), trajectories, self.horizon, env.observation_dim)
-        rewards = torch.empty(len(share), trajectories, self.horizon)
-        actions: list[torch.Tensor] = []
+        observations = torch.empty(*seeds.shape, self.horizon, env.observation_dim)
+        rewards = torch.empty(*seeds.shape, self.horizon)
+        actions = []
         for t in range(self.horizon):
             action = act(policy, params, observation, noise[:, :, t])
             observations[:, :, t] = observation
