@@ -1,0 +1,175 @@
+"""Half-cheetah throughput against MuJoCo's physical limit, as one table (environment steps per CPU second).
+
+Rows, measured side by side in one process with one torch thread:
+
+- ``mj_step limit``: gymnasium's HalfCheetah-v5 ``MjModel`` stepped alone, ``mj_step(model, data, nstep=5)``
+  (frame skip 5: one environment step) on one ``MjData`` in a tight Python loop, controls precomputed. This
+  is the physical limit every other row is a fraction of.
+- ``mujoco.batch, no policy``: the ``T x N`` copies of a meta-batch as one ``mujoco.batch.Batch`` on one
+  thread, controls precomputed (the twin's physics without the policy).
+- ``sampling``: ``rollout`` of ``VectorEnvSampler`` (gymnasium ``SyncVectorEnv``) and of
+  ``BatchedHalfCheetahSampler`` (the twin), the paper's policy (2 x 100 ReLU) with per-task parameters,
+  ``tasks_per_round`` as the preset (20).
+- ``meta-iteration``: one MAML-TRPO iteration of the ``half-cheetah-dir`` preset (``PolicyPhase.step`` of the
+  trainer: sampling before and after adaptation, baseline, inner step, TRPO) with each sampler; the environment
+  steps are the iteration's (two rollouts of the meta-batch).
+
+The gymnasium rows run a smaller meta-batch (``--gym-tasks``; its rate barely depends on the width) to keep
+the run short. Each row is the best of ``--repeats`` timed runs after one untimed warm-up (the best: the
+machine is shared, and interference only ever slows a run down); the meta-iteration rows time consecutive
+iterations. CPU time of this process (``time.process_time``) is the measure; wall-clock steps/s are shown
+too. Run from the repository root::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/half_cheetah.py
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/half_cheetah.py --quick --json half_cheetah.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+
+import mujoco
+import numpy as np
+import torch
+from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+from mujoco.batch import Batch
+
+from torchmaml.functional import FunctionalModel
+from torchmaml.rl.config import load_config
+from torchmaml.rl.half_cheetah import HalfCheetahDirEnv
+from torchmaml.rl.half_cheetah_batched import BatchedHalfCheetahSampler
+from torchmaml.rl.policy import GaussianMLPPolicy
+from torchmaml.rl.sampler import VectorEnvSampler, per_task
+from torchmaml.rl.train import MAML, PolicyPhase, build_policy, make_sampler
+
+FRAME_SKIP = 5
+TASKS_PER_ROUND = 20  # the half-cheetah presets'
+
+
+def best_of(run: Callable[[], int], repeats: int) -> dict:
+    """``run()`` (returning its environment steps) once untimed, then ``repeats`` times; the fastest run by CPU
+    time, as steps, CPU seconds, steps per CPU second and steps per wall second."""
+    run()
+    best: tuple[float, float, int] | None = None
+    for _ in range(repeats):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        steps = run()
+        cpu, wall = time.process_time() - cpu_started, time.perf_counter() - started
+        if best is None or cpu < best[0]:
+            best = (cpu, wall, steps)
+    cpu, wall, steps = best
+    return {"steps": steps, "cpu_seconds": cpu, "steps_per_cpu_second": steps / cpu, "steps_per_second": steps / wall}
+
+
+def mj_step_limit(env_steps: int) -> Callable[[], int]:
+    """``env_steps`` environment steps of one ``MjData``: ``mj_step(nstep=5)`` with precomputed controls."""
+    env = HalfCheetahEnv()
+    model, data = env.model, env.data
+    controls = np.random.default_rng(0).uniform(-1.0, 1.0, (env_steps, model.nu))
+    env.reset(seed=0)
+
+    def run() -> int:
+        for control in controls:
+            data.ctrl[:] = control
+            mujoco.mj_step(model, data, nstep=FRAME_SKIP)
+        return env_steps
+
+    return run
+
+
+def batch_physics(copies: int, env_steps_per_copy: int) -> Callable[[], int]:
+    """``copies`` simulations as one ``mujoco.batch.Batch`` on one thread, ``env_steps_per_copy`` steps each."""
+    model = HalfCheetahEnv().model
+    batch = Batch(model, nsim=copies, nthread=1)
+    ctrl = batch.bind("ctrl")
+    controls = np.random.default_rng(0).uniform(-1.0, 1.0, (env_steps_per_copy, copies, model.nu))
+    batch.reset()
+
+    def run() -> int:
+        for control in controls:
+            ctrl[:] = control
+            batch.step(nstep=FRAME_SKIP)
+        return copies * env_steps_per_copy
+
+    return run
+
+
+def sampling(sampler, tasks: int, trajectories: int) -> Callable[[], int]:
+    """One ``rollout`` of ``tasks x trajectories`` with the paper's policy, per-task parameters."""
+    torch.manual_seed(0)
+    policy = FunctionalModel(GaussianMLPPolicy(sampler.observation_dim, sampler.action_dim))
+    params = {n: p + 0.01 * torch.randn(p.shape) for n, p in per_task(policy.parameters(), tasks).items()}
+    generator = torch.Generator().manual_seed(0)
+    task_values = sampler.sample_tasks(tasks, generator)
+    return lambda: sampler.rollout(policy, params, task_values, trajectories, generator).num_steps()
+
+
+def meta_iteration(sampler_kind: str, tasks: int, trajectories: int) -> tuple[Callable[[], int], object]:
+    """One iteration of the ``half-cheetah-dir`` preset's MAML-TRPO with ``sampler_kind``; the sampler too
+    (to close)."""
+    overrides = [f'sampler="{sampler_kind}"', f"meta_batch_size={tasks}", f"trajectories={trajectories}"]
+    config = load_config("half-cheetah-dir", overrides)
+    sampler = make_sampler(config)
+    policy = build_policy(config, sampler.observation_dim, sampler.action_dim)
+    phase = PolicyPhase(config, sampler, FunctionalModel(policy), MAML)
+    iteration = [0]
+
+    def run() -> int:
+        before = phase.env_steps
+        iteration[0] += 1
+        phase.step(iteration[0])
+        return phase.env_steps - before
+
+    return run, sampler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=40, help="meta-batch of the twin's rows (preset: 40)")
+    parser.add_argument("--trajectories", type=int, default=20, help="trajectories per task (preset: 20)")
+    parser.add_argument("--gym-tasks", type=int, default=4, help="meta-batch of the gymnasium rows")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="8 tasks for the twin, 1 for gymnasium")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+    if args.quick:
+        args.tasks, args.gym_tasks = 8, 1
+    torch.set_num_threads(1)
+    tasks, gym_tasks, n = args.tasks, args.gym_tasks, args.trajectories
+    gym = VectorEnvSampler(HalfCheetahDirEnv, n, min(TASKS_PER_ROUND, gym_tasks))
+    twin = BatchedHalfCheetahSampler(HalfCheetahDirEnv, tasks_per_round=min(TASKS_PER_ROUND, tasks))
+    gym_iteration, gym_iteration_sampler = meta_iteration("gymnasium", gym_tasks, n)
+    twin_iteration, _ = meta_iteration("batched", tasks, n)
+    rows = [
+        ("mj_step limit (one MjData)", "1", mj_step_limit(20_000)),
+        ("mujoco.batch, no policy", f"{tasks} x {n}", batch_physics(tasks * n, 50)),
+        ("sampling, gymnasium SyncVectorEnv", f"{gym_tasks} x {n}", sampling(gym, gym_tasks, n)),
+        ("sampling, batched twin", f"{tasks} x {n}", sampling(twin, tasks, n)),
+        ("meta-iteration, gymnasium sampler", f"{gym_tasks} x {n}", gym_iteration),
+        ("meta-iteration, batched twin", f"{tasks} x {n}", twin_iteration),
+    ]
+    header = f"{'what':<36}{'tasks x traj':>14}{'env steps':>11}{'CPU s':>8}{'steps/CPU-s':>13}"
+    print(header + f"{'steps/s':>10}{'of limit':>10}")
+    results, limit = [], None
+    for name, batch, run in rows:
+        row = {"what": name, "batch": batch, **best_of(run, args.repeats)}
+        limit = limit or row["steps_per_cpu_second"]
+        row["fraction_of_limit"] = row["steps_per_cpu_second"] / limit
+        results.append(row)
+        print(
+            f"{name:<36}{batch:>14}{row['steps']:>11}{row['cpu_seconds']:>8.2f}{row['steps_per_cpu_second']:>13.0f}"
+            f"{row['steps_per_second']:>10.0f}{row['fraction_of_limit']:>10.1%}",
+            flush=True,
+        )
+    gym.close()
+    gym_iteration_sampler.close()
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
