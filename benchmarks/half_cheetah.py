@@ -22,6 +22,11 @@ too. Run from the repository root::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/half_cheetah.py
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/half_cheetah.py --quick --json half_cheetah.json
+
+Two learning checks instead of the table: ``--adaptation 0.1 0.5`` (does one inner step of the preset improve
+the return on a fixed direction? returns before/after, and their forward part ``sum_t d v_t``, over
+``--tasks`` tasks) and ``--trpo-forward MINUTES`` (plain TRPO without adaptation on running forward: does the
+policy learn to run at all?).
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ from mujoco.batch import Batch
 
 from torchmaml.functional import FunctionalModel
 from torchmaml.rl.config import load_config
-from torchmaml.rl.half_cheetah import HalfCheetahDirEnv
+from torchmaml.rl.half_cheetah import CONTROL_COST, HalfCheetahDirEnv
 from torchmaml.rl.half_cheetah_batched import BatchedHalfCheetahSampler
+from torchmaml.rl.maml_trpo import meta_update, sample_phases
 from torchmaml.rl.policy import GaussianMLPPolicy
 from torchmaml.rl.sampler import VectorEnvSampler, per_task
 from torchmaml.rl.train import MAML, PolicyPhase, build_policy, make_sampler
@@ -126,19 +132,96 @@ def meta_iteration(sampler_kind: str, tasks: int, trajectories: int) -> tuple[Ca
     return run, sampler
 
 
+def forward_returns(episodes) -> torch.Tensor:
+    """The forward part of every trajectory's return, ``sum_t d v_t``: the reward plus the control cost
+    ``0.05 ||clip(a_t)||^2``, per task ``[T]`` (averaged over its trajectories)."""
+    control = CONTROL_COST * episodes.actions.clamp(-1.0, 1.0).square().sum(-1)
+    return ((episodes.rewards + control) * episodes.mask).sum(-1).mean(1)
+
+
+def mean_and_error(values: torch.Tensor) -> str:
+    """``mean ± standard error`` over tasks."""
+    return f"{values.mean():.1f} ± {values.std() / values.shape[0] ** 0.5:.1f}"
+
+
+def adaptation_check(tasks: int, trajectories: int, lrs: list[float]) -> None:
+    """One inner step of the ``half-cheetah-dir`` preset (its policy-gradient step on ``trajectories`` episodes
+    per task, advantages from its baseline) at its initial policy, on ``tasks`` tasks of direction +1 and then
+    -1: the mean return before and after, and its forward part, over tasks (the same pre-adaptation episodes
+    for every step size)."""
+    print(f"{'direction':>9}{'inner lr':>10}{'return before':>16}{'return after':>16}{'forward before':>16}", end="")
+    print(f"{'forward after':>16}{'after - before':>16}")
+    for direction in (1.0, -1.0):
+        for lr in lrs:
+            config = load_config("half-cheetah-dir", [f"meta_batch_size={tasks}", f"trajectories={trajectories}"])
+            sampler = make_sampler(config)
+            policy = FunctionalModel(build_policy(config, sampler.observation_dim, sampler.action_dim))
+            task_values = torch.full((tasks, 1), direction)
+            generator = torch.Generator().manual_seed(0)
+            phases = sample_phases(sampler, policy, policy.parameters(), task_values, generator, config, [lr])
+            before, after = (p.episodes.returns().mean(1) for p in phases)
+            forward = [forward_returns(p.episodes) for p in phases]
+            print(
+                f"{direction:>+9.0f}{lr:>10g}{mean_and_error(before):>16}{mean_and_error(after):>16}"
+                f"{mean_and_error(forward[0]):>16}{mean_and_error(forward[1]):>16}"
+                f"{mean_and_error(after - before):>16}",
+                flush=True,
+            )
+
+
+def trpo_forward(tasks: int, trajectories: int, minutes: float) -> None:
+    """Plain TRPO (no adaptation, ``K = 0``) with the ``half-cheetah-dir`` preset's policy, baseline and TRPO
+    settings, every task running forward (+1): ``tasks x trajectories`` episodes per iteration, for
+    ``minutes``; one line per iteration (mean return, its forward part, KL, accepted, steps so far)."""
+    config = load_config("half-cheetah-dir", [f"meta_batch_size={tasks}", f"trajectories={trajectories}"])
+    sampler = make_sampler(config)
+    policy = FunctionalModel(build_policy(config, sampler.observation_dim, sampler.action_dim))
+    params, generator = policy.parameters(), torch.Generator().manual_seed(0)
+    task_values, started, steps, iteration = torch.ones(tasks, 1), time.perf_counter(), 0, 0
+    print(f"{'iteration':>9}{'return':>10}{'forward':>10}{'kl':>9}{'accepted':>9}{'env steps':>12}{'minutes':>9}")
+    while time.perf_counter() - started < 60 * minutes:
+        iteration += 1
+        phases = sample_phases(sampler, policy, params, task_values, generator, config, [])
+        params, metrics = meta_update(policy, params, phases, config, [], config.estimator)
+        steps += phases[0].episodes.num_steps()
+        forward = float(forward_returns(phases[0].episodes).mean())
+        print(
+            f"{iteration:>9}{metrics['return_before']:>10.1f}{forward:>10.1f}{metrics['kl']:>9.4f}"
+            f"{metrics['accepted']:>9.0f}{steps:>12}{(time.perf_counter() - started) / 60:>9.1f}",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=40, help="meta-batch of the twin's rows (preset: 40)")
     parser.add_argument("--trajectories", type=int, default=20, help="trajectories per task (preset: 20)")
-    parser.add_argument("--gym-tasks", type=int, default=4, help="meta-batch of the gymnasium rows")
+    parser.add_argument("--gym-tasks", type=int, help="meta-batch of the gymnasium rows (default: --tasks)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="8 tasks for the twin, 1 for gymnasium")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument(
+        "--adaptation",
+        type=float,
+        nargs="+",
+        metavar="LR",
+        help="instead: returns before and after one inner step of these sizes at the preset's initial policy",
+    )
+    parser.add_argument(
+        "--trpo-forward", type=float, metavar="MINUTES", help="instead: plain TRPO on running forward, this long"
+    )
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.gym_tasks = 8, 1
     torch.set_num_threads(1)
-    tasks, gym_tasks, n = args.tasks, args.gym_tasks, args.trajectories
+    if args.adaptation:
+        adaptation_check(args.tasks, args.trajectories, args.adaptation)
+        return
+    if args.trpo_forward:
+        trpo_forward(args.tasks, args.trajectories, args.trpo_forward)
+        return
+    tasks, n = args.tasks, args.trajectories
+    gym_tasks = args.gym_tasks or tasks
     gym = VectorEnvSampler(HalfCheetahDirEnv, n, min(TASKS_PER_ROUND, gym_tasks))
     twin = BatchedHalfCheetahSampler(HalfCheetahDirEnv, tasks_per_round=min(TASKS_PER_ROUND, tasks))
     gym_iteration, gym_iteration_sampler = meta_iteration("gymnasium", gym_tasks, n)
