@@ -18,7 +18,8 @@ The gymnasium rows run a smaller meta-batch (``--gym-tasks``; its rate barely de
 the run short. Each row is the best of ``--repeats`` timed runs after one untimed warm-up (the best: the
 machine is shared, and interference only ever slows a run down); the meta-iteration rows time consecutive
 iterations. CPU time of this process (``time.process_time``) is the measure; wall-clock steps/s are shown
-too. Run from the repository root::
+too, and the share of the CPU time spent in ``rollout`` (``sampling``; the rest of a meta-iteration is the
+same work with either sampler, which give the same episodes). Run from the repository root::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/half_cheetah.py
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/half_cheetah.py --quick --json half_cheetah.json
@@ -55,19 +56,37 @@ FRAME_SKIP = 5
 TASKS_PER_ROUND = 20  # the half-cheetah presets'
 
 
-def best_of(run: Callable[[], int], repeats: int) -> dict:
-    """``run()`` (returning its environment steps) once untimed, then ``repeats`` times; the fastest run by CPU
-    time, as steps, CPU seconds, steps per CPU second and steps per wall second."""
+def best_of(run: Callable[[], tuple[int, float]], repeats: int) -> dict:
+    """``run()`` (returning its environment steps and the CPU seconds of its sampling) once untimed, then
+    ``repeats`` times; the fastest run by CPU time, as steps, CPU seconds, steps per CPU second, steps per wall
+    second and the sampling's share of the CPU time."""
     run()
-    best: tuple[float, float, int] | None = None
+    best: tuple[float, float, int, float] | None = None
     for _ in range(repeats):
         started, cpu_started = time.perf_counter(), time.process_time()
-        steps = run()
+        steps, sampling_cpu = run()
         cpu, wall = time.process_time() - cpu_started, time.perf_counter() - started
         if best is None or cpu < best[0]:
-            best = (cpu, wall, steps)
-    cpu, wall, steps = best
-    return {"steps": steps, "cpu_seconds": cpu, "steps_per_cpu_second": steps / cpu, "steps_per_second": steps / wall}
+            best = (cpu, wall, steps, sampling_cpu)
+    cpu, wall, steps, sampling_cpu = best
+    return {
+        "steps": steps,
+        "cpu_seconds": cpu,
+        "steps_per_cpu_second": steps / cpu,
+        "steps_per_second": steps / wall,
+        "sampling_cpu_seconds": sampling_cpu,
+    }
+
+
+def everything(run: Callable[[], int]) -> Callable[[], tuple[int, float]]:
+    """A run that is all sampling (or all physics): its steps and its own CPU time."""
+
+    def timed() -> tuple[int, float]:
+        started = time.process_time()
+        steps = run()
+        return steps, time.process_time() - started
+
+    return timed
 
 
 def mj_step_limit(env_steps: int) -> Callable[[], int]:
@@ -113,21 +132,29 @@ def sampling(sampler, tasks: int, trajectories: int) -> Callable[[], int]:
     return lambda: sampler.rollout(policy, params, task_values, trajectories, generator).num_steps()
 
 
-def meta_iteration(sampler_kind: str, tasks: int, trajectories: int) -> tuple[Callable[[], int], object]:
-    """One iteration of the ``half-cheetah-dir`` preset's MAML-TRPO with ``sampler_kind``; the sampler too
-    (to close)."""
+def meta_iteration(sampler_kind: str, tasks: int, trajectories: int) -> tuple[Callable[[], tuple[int, float]], object]:
+    """One iteration of the ``half-cheetah-dir`` preset's MAML-TRPO with ``sampler_kind`` (its steps, and the CPU
+    seconds spent in the sampler's ``rollout``); the sampler too (to close)."""
     overrides = [f'sampler="{sampler_kind}"', f"meta_batch_size={tasks}", f"trajectories={trajectories}"]
     config = load_config("half-cheetah-dir", overrides)
     sampler = make_sampler(config)
     policy = build_policy(config, sampler.observation_dim, sampler.action_dim)
     phase = PolicyPhase(config, sampler, FunctionalModel(policy), MAML)
-    iteration = [0]
+    rollout, sampling_cpu, iteration = sampler.rollout, [0.0], [0]
 
-    def run() -> int:
-        before = phase.env_steps
+    def timed_rollout(*args, **kwargs):
+        started = time.process_time()
+        episodes = rollout(*args, **kwargs)
+        sampling_cpu[0] += time.process_time() - started
+        return episodes
+
+    sampler.rollout = timed_rollout  # this instance only
+
+    def run() -> tuple[int, float]:
+        before, sampling_cpu[0] = phase.env_steps, 0.0
         iteration[0] += 1
         phase.step(iteration[0])
-        return phase.env_steps - before
+        return phase.env_steps - before, sampling_cpu[0]
 
     return run, sampler
 
@@ -227,15 +254,15 @@ def main() -> None:
     gym_iteration, gym_iteration_sampler = meta_iteration("gymnasium", gym_tasks, n)
     twin_iteration, _ = meta_iteration("batched", tasks, n)
     rows = [
-        ("mj_step limit (one MjData)", "1", mj_step_limit(20_000)),
-        ("mujoco.batch, no policy", f"{tasks} x {n}", batch_physics(tasks * n, 50)),
-        ("sampling, gymnasium SyncVectorEnv", f"{gym_tasks} x {n}", sampling(gym, gym_tasks, n)),
-        ("sampling, batched twin", f"{tasks} x {n}", sampling(twin, tasks, n)),
+        ("mj_step limit (one MjData)", "1", everything(mj_step_limit(20_000))),
+        ("mujoco.batch, no policy", f"{tasks} x {n}", everything(batch_physics(tasks * n, 50))),
+        ("sampling, gymnasium SyncVectorEnv", f"{gym_tasks} x {n}", everything(sampling(gym, gym_tasks, n))),
+        ("sampling, batched twin", f"{tasks} x {n}", everything(sampling(twin, tasks, n))),
         ("meta-iteration, gymnasium sampler", f"{gym_tasks} x {n}", gym_iteration),
         ("meta-iteration, batched twin", f"{tasks} x {n}", twin_iteration),
     ]
     header = f"{'what':<36}{'tasks x traj':>14}{'env steps':>11}{'CPU s':>8}{'steps/CPU-s':>13}"
-    print(header + f"{'steps/s':>10}{'of limit':>10}")
+    print(header + f"{'steps/s':>10}{'of limit':>10}{'sampling':>10}")
     results, limit = [], None
     for name, batch, run in rows:
         row = {"what": name, "batch": batch, **best_of(run, args.repeats)}
@@ -244,7 +271,8 @@ def main() -> None:
         results.append(row)
         print(
             f"{name:<36}{batch:>14}{row['steps']:>11}{row['cpu_seconds']:>8.2f}{row['steps_per_cpu_second']:>13.0f}"
-            f"{row['steps_per_second']:>10.0f}{row['fraction_of_limit']:>10.1%}",
+            f"{row['steps_per_second']:>10.0f}{row['fraction_of_limit']:>10.1%}"
+            f"{row['sampling_cpu_seconds'] / row['cpu_seconds']:>10.0%}",
             flush=True,
         )
     gym.close()
