@@ -51,6 +51,7 @@ DIGEST_ADDED_KEYS: dict[str, Any] = {
     "text_heads": 2,
     "text_layers": 1,
     "policy_dtype": "float32",  # meta-RL
+    "sampler": "batched",  # meta-RL: the same episodes as the gymnasium sampler of earlier releases
     "hessian_size": 0,
     "theory_every": 100,  # runs of earlier releases, which estimated L and rho once, continue with the refresh
     "particles": 0,

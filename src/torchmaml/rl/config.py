@@ -90,18 +90,25 @@ class RLConfig(BaseModel):
         description="step sizes tried for the pretrained and random baselines on validation tasks",
     )
     eval_seed: int = Field(2017, ge=0, description="seed of the evaluation tasks")
-    # sampling of gymnasium environments (half-cheetah): tasks per vectorised round, processes
+    sampler: Literal["batched", "gymnasium"] = Field(
+        "batched",
+        description=(
+            "batched: every environment of a meta-batch stepped together (tensors for navigation, "
+            "mujoco.batch for half-cheetah); gymnasium: gymnasium.vector environments (the same episodes, slower)"
+        ),
+    )
+    # sampling of gymnasium environments (sampler = "gymnasium"): tasks per vectorised round, processes
     tasks_per_round: int | None = Field(
         None,
         ge=1,
         description=(
-            "half-cheetah: tasks per vectorised sampling round, at most a process's share of a meta-batch (unset: "
-            "the whole share at once)"
+            "half-cheetah: tasks per sampling round, at most a process's share of a meta-batch (unset: the whole "
+            "share at once); both samplers give the same episodes in the same rounds"
         ),
     )
     vector: Literal["sync", "async"] = Field(
         "sync",
-        description="half-cheetah: sync (one process) or async (one process per environment) vector environments",
+        description="gymnasium sampler: sync (one process) or async (one process per environment) vector environments",
     )
     # bookkeeping
     seed: int = Field(0, ge=0, description="seed of the policy and the task sampler")

@@ -23,7 +23,7 @@ generator as the whole batch does, and returns the episodes of the whole batch's
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -76,6 +76,25 @@ def stack_steps(steps: Sequence[tuple[torch.Tensor, ...]]) -> Episodes:
     """Per-step ``(observation, action, reward, alive)`` tensors ``[tasks, N, ...]`` -> ``Episodes`` with the
     time axis third: ``[tasks, N, H, ...]``."""
     return Episodes(*(torch.stack(parts, dim=2) for parts in zip(*steps, strict=True)))
+
+
+def in_rounds(
+    round_: Callable[..., Episodes],
+    params: Params,
+    tasks: torch.Tensor,
+    noise: torch.Tensor,
+    seeds: torch.Tensor,
+    share: range,
+    per_round: int,
+) -> Episodes:
+    """The episodes of the tasks ``share``, ``per_round`` tasks at a time: ``round_(params, tasks, noise,
+    seeds)`` on each round's slices (the last round padded with copies of the share's last task, dropped)."""
+    rounds = []
+    for start in range(share.start, share.stop, per_round):
+        chosen = torch.arange(start, start + per_round).clamp(max=share.stop - 1)  # pad the last round
+        round_params = {name: p[chosen - share.start] for name, p in params.items()}
+        rounds.append(round_(round_params, tasks[chosen], noise[chosen], seeds[chosen]))
+    return Episodes(*(torch.cat(parts)[: len(share)] for parts in zip(*rounds, strict=True)))
 
 
 class _ClosingContext:
@@ -177,12 +196,7 @@ class VectorEnvSampler(_ClosingContext):
         noise = torch.randn(num_tasks, trajectories, horizon, self.action_dim, generator=generator)
         seeds = torch.randint(0, 2**31 - 1, (num_tasks, trajectories), generator=generator)
         share = range(num_tasks) if share is None else share
-        rounds = []
-        for start in range(share.start, share.stop, per_round):
-            chosen = torch.arange(start, start + per_round).clamp(max=share.stop - 1)  # pad the last round
-            round_params = {name: p[chosen - share.start] for name, p in params.items()}
-            rounds.append(self._round(policy, round_params, tasks[chosen], noise[chosen], seeds[chosen]))
-        return Episodes(*(torch.cat(parts)[: len(share)] for parts in zip(*rounds, strict=True)))
+        return in_rounds(functools.partial(self._round, policy), params, tasks, noise, seeds, share, per_round)
 
     def _round(
         self, policy: FunctionalModel, params: Params, tasks: torch.Tensor, noise: torch.Tensor, seeds: torch.Tensor

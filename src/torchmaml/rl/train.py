@@ -46,6 +46,7 @@ from torchmaml.functional import FunctionalModel, Params
 from torchmaml.rl.config import RLConfig, build_config
 from torchmaml.rl.maml_trpo import meta_update, sample_phases
 from torchmaml.rl.navigation import HORIZON as NAVIGATION_HORIZON
+from torchmaml.rl.navigation import Navigation2DEnv
 from torchmaml.rl.plots import plot_learning_curve
 from torchmaml.rl.policy import GaussianMLPPolicy, check_policy
 from torchmaml.rl.sampler import BatchedNavigationSampler, Sampler, VectorEnvSampler
@@ -66,22 +67,32 @@ MAX_CONSECUTIVE_SKIPS = 20  # as the supervised default; not a config key, so sa
 
 
 def make_sampler(config: RLConfig, processes: int = 1) -> Sampler:
-    """The sampler of ``config.env``: batched tensors for navigation, ``gymnasium.vector`` for half-cheetah with
-    ``tasks_per_round`` tasks per round, at most a process's largest share of a meta-batch (``processes``), so
-    no round simulates padding copies."""
+    """The sampler of ``config.env`` and ``config.sampler``: ``batched`` steps every environment of a round
+    together (tensors for navigation; ``mujoco.batch`` for half-cheetah, ``tasks_per_round`` tasks per round),
+    ``gymnasium`` uses ``gymnasium.vector`` with ``tasks_per_round`` tasks per round. A round is at most a
+    process's largest share of a meta-batch (``processes``), so no round simulates padding copies. For
+    half-cheetah both give the same episodes (bit for bit: the same rounds)."""
     if config.env == "navigation2d":
-        return BatchedNavigationSampler(config.horizon or NAVIGATION_HORIZON)
-    from torchmaml.extras import require
+        if config.sampler == "batched":
+            return BatchedNavigationSampler(config.horizon or NAVIGATION_HORIZON)
+        env_class: type = Navigation2DEnv
+    else:
+        from torchmaml.extras import require
 
-    require("mujoco", "mujoco")
-    from torchmaml.rl.half_cheetah import HalfCheetahDirEnv, HalfCheetahVelEnv  # needs gymnasium[mujoco]
+        require("mujoco", "mujoco")
+        from torchmaml.rl.half_cheetah import HORIZON, HalfCheetahDirEnv, HalfCheetahVelEnv  # gymnasium[mujoco]
 
-    env_class = HalfCheetahDirEnv if config.env == "half-cheetah-dir" else HalfCheetahVelEnv
+        env_class = HalfCheetahDirEnv if config.env == "half-cheetah-dir" else HalfCheetahVelEnv
     share = -(-config.meta_batch_size // processes)  # a process's largest share of a meta-batch
+    per_round = min(config.tasks_per_round or share, share)  # a round never larger than the share
+    if config.sampler == "batched":
+        from torchmaml.rl.half_cheetah_batched import BatchedHalfCheetahSampler
+
+        return BatchedHalfCheetahSampler(env_class, config.horizon or HORIZON, per_round)
     return VectorEnvSampler(
         env_class,
         config.trajectories,
-        tasks_per_round=min(config.tasks_per_round or share, share),  # a round never larger than the share
+        tasks_per_round=per_round,
         asynchronous=config.vector == "async",
         env_kwargs={"horizon": config.horizon} if config.horizon else None,
     )
