@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 from torchmaml.bayesian import uncertainty
 from torchmaml.bayesian.likelihood import GaussianLikelihood, Likelihood, ParticlePrediction
@@ -51,12 +52,13 @@ def uncertainty_results(
     likelihood: Likelihood,
     model: str,
 ) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """One row per (support size, step count): ``nll`` (and ``coverage`` for regression, or ``ece`` with its
+    """One row per (support examples per task, step count): ``nll`` (and ``coverage`` for regression, or ``ece`` with its
     bootstrap interval for classification), each ``{"mean", "ci95"}`` or ``{"value", "low", "high"}``; and, for
     classification, the pooled calibration bins after the most steps of each support size (the reliability
     diagram's input), keyed ``"<model>, <size> examples"``."""
     rows, calibration = [], {}
-    for size, batches in batches_by_size.items():
+    for batches in batches_by_size.values():
+        size = tree_leaves(batches[0].support_x)[0].shape[1]  # support examples per task, as the results table
         scores = uncertainty_scores(learner, batches, max(eval_steps), likelihood)
         for count in eval_steps:
             row: dict = {"model": model, "support_size": size, "steps": count}
