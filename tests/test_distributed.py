@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchmaml import MetaLearner
+from torchmaml.bayesian import SVGD, GaussianLikelihood, Particles
 from torchmaml.data import SinusoidTasks
 from torchmaml.distributed import gather_tasks, shard, task_mean, task_range
 from torchmaml.errors import ConfigError
@@ -41,9 +42,13 @@ def _batch() -> TaskBatch:
 def _learner(estimator: str, rates: str, group=None) -> MetaLearner:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1)).double()
+    loss, update = F.mse_loss, None
+    if estimator in ("chaser", "bfa"):  # Bayesian MAML's objectives: SVGD over an ensemble of 2 particles
+        model = Particles(model, 2, GaussianLikelihood())
+        loss, update = model.likelihood, SVGD()
     return MetaLearner(
-        model, F.mse_loss, inner_lr=0.05, inner_steps=2, estimator=estimator, inner_lr_mode=rates,
-        compile=False, process_group=group,
+        model, loss, inner_lr=0.05, inner_steps=2, estimator=estimator, inner_lr_mode=rates,
+        compile=False, process_group=group, inner_update=update,
     )  # fmt: skip
 
 
