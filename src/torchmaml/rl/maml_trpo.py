@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
-from torch.func import grad, jvp, vjp, vmap
+from torch.func import grad_and_value, jvp, vjp, vmap
 
 from torchmaml.distributed import ProcessGroup, gather_tasks, rank_and_size, task_mean, task_range
 from torchmaml.functional import FunctionalModel, Params
@@ -51,7 +51,7 @@ from torchmaml.pytree import flatten, unflatten
 from torchmaml.rl.advantages import advantages
 from torchmaml.rl.config import RLConfig
 from torchmaml.rl.episodes import Episodes
-from torchmaml.rl.objectives import Estimator, Phase, adapt, inner_step, log_probs, meta_objective
+from torchmaml.rl.objectives import Adapted, Estimator, Phase, adapt, log_probs, meta_objective, sampling_step
 from torchmaml.rl.policy import distribution, gaussian_kl
 from torchmaml.rl.sampler import Sampler, per_task
 from torchmaml.rl.trpo import trpo_step
@@ -92,12 +92,14 @@ def sample_phases(
         advantage, scale = advantages(
             episodes, config.discount, config.gae_lambda, config.value_baseline, config.normalize_advantages
         )
-        with torch.no_grad():
-            behaviour = vmap(functools.partial(log_probs, policy))(point, episodes)
+        if k < len(lrs):  # the behaviour log-probabilities and the inner step from one forward pass
+            step = functools.partial(sampling_step, policy, lr=lrs[k])
+            point, behaviour = vmap(step)(point, episodes, advantage)
+            point = {name: p.detach() for name, p in point.items()}
+        else:
+            with torch.no_grad():
+                behaviour = vmap(functools.partial(log_probs, policy))(point, episodes)
         phases.append(PhaseBatch(episodes, advantage, behaviour, scale))
-        if k < len(lrs):
-            step = functools.partial(inner_step, policy, lr=lrs[k], estimator="first_order")
-            point = {name: p.detach() for name, p in vmap(step)(point, phases[-1].phase()).items()}
     return phases
 
 
@@ -122,17 +124,19 @@ def meta_update(
     task_objective = vmap(functools.partial(meta_objective, policy, lrs=lrs, estimator=estimator), (None, 0, 0, 0))
     value = _sampling_term_value(outer, process_group)
 
-    def objective(w: Params) -> tuple[torch.Tensor, Params]:
-        """The mean meta-objective over tasks, and every task's adapted parameters ``w_K(w)``."""
+    def objective(w: Params) -> tuple[torch.Tensor, Adapted]:
+        """The mean meta-objective over tasks, every task's adapted parameters ``w_K(w)`` and post-adaptation
+        policy on ``D'``."""
         values, adapted = task_objective(w, inner, outer.phase(), value)
         return values.mean(), adapted
 
+    # one pass gives the gradient, the objective at w_old and the old post-adaptation policies
+    gradient, (objective_before, adapted_old) = grad_and_value(objective, has_aux=True)(params)
+    old_mean, old_log_std = adapted_old.mean, adapted_old.log_std
     with torch.no_grad():
-        objective_before, adapted_old = objective(params)
-        old_mean, old_log_std = policy_on_tasks(adapted_old, episodes.observations)
         returns = (phases[0].episodes.returns().mean(), phases[-1].episodes.returns().mean())
-    objective_before, *returns = _mean_over_tasks((objective_before, *returns), tasks, process_group)
-    gradient = _mean_over_tasks(flatten(grad(objective, has_aux=True)(params)[0]), tasks, process_group)
+    objective_before, *returns = _mean_over_tasks((objective_before.detach(), *returns), tasks, process_group)
+    gradient = _mean_over_tasks(flatten(gradient), tasks, process_group)
 
     # Fisher-vector products on every k-th post-adaptation trajectory of each task (TRPO implementations
     # subsample the same way; OpenAI baselines uses every 5th sample)
@@ -149,7 +153,7 @@ def meta_update(
     else:
 
         def fisher_outputs(w: Params) -> tuple[torch.Tensor, torch.Tensor]:  # w_K(w) ~ w_K(w_old) + (w - w_old)
-            shifted = {name: adapted_old[name] + (w[name] - params[name]) for name in params}
+            shifted = {name: adapted_old.params[name] + (w[name] - params[name]) for name in params}
             return policy_on_tasks(shifted, fisher_observations)
 
     fisher_vector_product = fisher_vector_product_of(
@@ -159,8 +163,8 @@ def meta_update(
     def evaluate(step: torch.Tensor) -> tuple[float, float]:
         with torch.no_grad():
             value_after, adapted = objective(unflatten(flatten(params) + step, params))
-            mean, log_std = policy_on_tasks(adapted, episodes.observations)
-            kl = ((gaussian_kl(old_mean, old_log_std, mean, log_std) * mask).sum((1, 2)) / counts).mean()
+            kl = gaussian_kl(old_mean, old_log_std, adapted.mean, adapted.log_std)
+            kl = ((kl * mask).sum((1, 2)) / counts).mean()
         value_after, kl = _mean_over_tasks((value_after, kl), tasks, process_group)
         return float(value_after - objective_before), float(kl)
 
