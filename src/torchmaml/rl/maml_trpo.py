@@ -38,12 +38,13 @@ same step: the one-process step up to the rounding of the sums' order, bit-ident
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
-from torch.func import grad_and_value, jvp, vjp, vmap
+from torch.func import grad_and_value, linearize, vjp, vmap
 
 from torchmaml.distributed import ProcessGroup, gather_tasks, rank_and_size, task_mean, task_range
 from torchmaml.functional import FunctionalModel, Params
@@ -216,9 +217,12 @@ def fisher_vector_product_of(
     weight = (mask / (counts[:, None, None] * tasks))[..., None]
     metric = (weight * torch.exp(-2 * old_log_std), 2 * weight.expand_as(old_log_std))
     _, pullback = vjp(outputs, params)
+    with warnings.catch_warnings():  # make_fx's constant folding warns about the attributes it creates
+        warnings.simplefilter("ignore", UserWarning)
+        _, push_forward = linearize(outputs, params)
 
     def product(v: torch.Tensor) -> torch.Tensor:
-        _, (d_mean, d_log_std) = jvp(outputs, (params,), (unflatten(v, params),))
+        d_mean, d_log_std = push_forward(unflatten(v, params))
         (pulled,) = pullback((metric[0] * d_mean, metric[1] * d_log_std))
         return _sum_over_ranks(flatten(pulled), process_group) + damping * v
 
