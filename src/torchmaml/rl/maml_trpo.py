@@ -22,6 +22,15 @@ exactly ``J^T M J``. ``F v = J^T (M (J v))`` is a forward-mode ``jvp`` and a rev
 derivatives of the inner objective only, never third (``fisher="exact"``, as the paper). ``fisher=
 "post_adaptation"`` drops the adaptation's Jacobian (``dw_K/dw ~ I``) and is about ten times cheaper.
 
+**One forward pass each.** The meta-gradient is taken with ``grad_and_value``, whose value and auxiliary
+outputs are the objective at ``w_old``, the adapted ``w_K(w_old)`` and the old post-adaptation policies on
+``D'``; the meta-objective hands back the policy it evaluated on ``D'``, so each line-search step reads its KL
+from the objective's own forward pass. ``J`` is linearized once (``torch.func.linearize``: the forward pass
+traced at ``w_old``, each product then runs only its tangent part) and ``J^T`` is one ``vjp``. In sampling, the
+behaviour log-probabilities of ``D_k`` and the inner step on it share a forward pass
+(``objectives.sampling_step``). Each is the same computation done once, so the numbers are those of the separate
+passes (``tests/test_rl_trpo.py`` checks them against each other).
+
 **Data parallel (``process_group``).** Each of ``R`` processes samples the rollouts of its consecutive share
 of ``n_r`` tasks (``sample_phases(..., share=task_range(T, r, R))``: every process draws the whole batch's
 tasks and noise from the shared generator and keeps its share, so the episodes are the one-process ones).
@@ -206,6 +215,9 @@ def fisher_vector_product_of(
     through the adaptation. ``"post_adaptation"`` takes ``dw_K/dw ~ I``: each task's Fisher matrix in its own
     adapted parameters, averaged. It is an ``O(alpha)`` approximation about ten times cheaper; the line search
     still measures the true KL through the adaptation, so the trust region holds either way.
+
+    ``J v`` is a ``torch.func.linearize`` of ``outputs`` at ``params`` (traced once, the same numbers as a fresh
+    ``jvp`` without recomputing the primal outputs every product), ``J^T u`` a ``vjp`` built once.
 
     ``J^T M J`` is a mean over tasks, ``M`` weighting each task by ``1/T``. With a ``process_group``, ``mask`` holds
     this process's tasks, ``T`` counts every process's tasks and the products are summed over the processes:
