@@ -6,14 +6,14 @@ import functools
 
 import pytest
 import torch
-from torch.func import grad, jvp, vmap
+from torch.func import grad, jvp, vjp, vmap
 
 from torchmaml.functional import FunctionalModel
 from torchmaml.linalg import conjugate_gradient
 from torchmaml.pytree import flatten, unflatten
 from torchmaml.rl.config import build_config
 from torchmaml.rl.maml_trpo import fisher_vector_product_of, meta_update, sample_phases
-from torchmaml.rl.objectives import adapt
+from torchmaml.rl.objectives import adapt, inner_step, log_probs, meta_objective, sampling_step
 from torchmaml.rl.policy import GaussianMLPPolicy, distribution, gaussian_kl
 from torchmaml.rl.sampler import BatchedNavigationSampler
 from torchmaml.rl.trpo import trpo_step
@@ -113,3 +113,58 @@ def test_two_inner_steps_meta_update_within_the_kl_limit(navigation_batch):
     assert len(phases) == 3
     _, metrics = meta_update(policy, policy.parameters(), phases, config, [0.1, 0.1], "exact")
     assert metrics["accepted"] == 1.0 and 0 < metrics["kl"] <= config.max_kl
+
+
+def test_the_sampling_step_is_the_first_order_inner_step_and_the_behaviour_log_probs(navigation_batch):
+    _, policy, phases = navigation_batch
+    params, (episodes, advantage, _) = policy.parameters(), phases[0].phase()
+    point = {name: p.expand(3, *p.shape) for name, p in params.items()}
+    fused, behaviour = vmap(functools.partial(sampling_step, policy, lr=0.1))(point, episodes, advantage)
+    with torch.no_grad():
+        expected = vmap(functools.partial(log_probs, policy))(point, episodes)
+    step = functools.partial(inner_step, policy, lr=0.1, estimator="first_order")
+    separate = vmap(step)(point, (episodes, advantage, expected))
+    torch.testing.assert_close(behaviour, expected, rtol=0, atol=0)
+    torch.testing.assert_close(behaviour, phases[0].log_probs, rtol=0, atol=0)
+    for name in params:
+        torch.testing.assert_close(fused[name], separate[name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("estimator", ["exact", "plain"])
+def test_meta_objective_returns_the_post_adaptation_policy_it_evaluates(navigation_batch, estimator):
+    _, policy, phases = navigation_batch
+    params, inner, outer = policy.parameters(), [phases[0].phase()], phases[-1].phase()
+    value = torch.zeros(3)
+    objective = functools.partial(meta_objective, policy, lrs=[0.1], estimator=estimator)
+    with torch.no_grad():
+        _, adapted = vmap(objective, (None, 0, 0, 0))(params, inner, outer, value)
+        mean, log_std = vmap(functools.partial(distribution, policy))(adapted.params, outer[0].observations)
+    torch.testing.assert_close(adapted.mean, mean, rtol=0, atol=0)
+    torch.testing.assert_close(adapted.log_std, log_std, rtol=0, atol=0)
+
+
+def test_linearized_fisher_vector_product_equals_a_jvp_then_a_vjp():
+    """The product linearizes the outputs once; it must equal ``J^T (M (J v))`` with a fresh ``jvp`` each time
+    (float64, through a first-order adaptation)."""
+    config = build_config({"meta_batch_size": 2, "trajectories": 3, "hidden": [8]})
+    torch.manual_seed(0)
+    policy = FunctionalModel(GaussianMLPPolicy(2, 2, hidden=(8,), dtype=torch.float64))
+    sampler = BatchedNavigationSampler(horizon=10)
+    generator = torch.Generator().manual_seed(0)
+    tasks = sampler.sample_tasks(2, generator)
+    phases = sample_phases(sampler, policy, policy.parameters(), tasks, generator, config, [0.1])
+    params, inner, outer = policy.parameters(), [phases[0].phase()], phases[-1].episodes
+
+    def outputs(w):
+        adapted = vmap(lambda task_inner: adapt(policy, w, task_inner, [0.1], "dice"))(inner)
+        return vmap(functools.partial(distribution, policy))(adapted, outer.observations)
+
+    old_log_std = outputs(params)[1].detach()
+    product = fisher_vector_product_of(outputs, params, old_log_std, outer.mask, damping=0.1)
+    weight = (outer.mask / (outer.mask.sum((1, 2))[:, None, None] * 2))[..., None]
+    for seed in range(3):
+        v = torch.randn(flatten(params).numel(), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        _, (d_mean, d_log_std) = jvp(outputs, (params,), (unflatten(v, params),))
+        _, pullback = vjp(outputs, params)
+        (pulled,) = pullback((weight * torch.exp(-2 * old_log_std) * d_mean, 2 * weight * d_log_std))
+        torch.testing.assert_close(product(v), flatten(pulled) + 0.1 * v, rtol=1e-10, atol=1e-12)

@@ -22,6 +22,15 @@ exactly ``J^T M J``. ``F v = J^T (M (J v))`` is a forward-mode ``jvp`` and a rev
 derivatives of the inner objective only, never third (``fisher="exact"``, as the paper). ``fisher=
 "post_adaptation"`` drops the adaptation's Jacobian (``dw_K/dw ~ I``) and is about ten times cheaper.
 
+**One forward pass each.** The meta-gradient is taken with ``grad_and_value``, whose value and auxiliary
+outputs are the objective at ``w_old``, the adapted ``w_K(w_old)`` and the old post-adaptation policies on
+``D'``; the meta-objective hands back the policy it evaluated on ``D'``, so each line-search step reads its KL
+from the objective's own forward pass. ``J`` is linearized once (``torch.func.linearize``: the forward pass
+traced at ``w_old``, each product then runs only its tangent part) and ``J^T`` is one ``vjp``. In sampling, the
+behaviour log-probabilities of ``D_k`` and the inner step on it share a forward pass
+(``objectives.sampling_step``). Each is the same computation done once, so the numbers are those of the separate
+passes (``tests/test_rl_trpo.py`` checks them against each other).
+
 **Data parallel (``process_group``).** Each of ``R`` processes samples the rollouts of its consecutive share
 of ``n_r`` tasks (``sample_phases(..., share=task_range(T, r, R))``: every process draws the whole batch's
 tasks and noise from the shared generator and keeps its share, so the episodes are the one-process ones).
@@ -38,12 +47,13 @@ same step: the one-process step up to the rounding of the sums' order, bit-ident
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
-from torch.func import grad, jvp, vjp, vmap
+from torch.func import grad_and_value, linearize, vjp, vmap
 
 from torchmaml.distributed import ProcessGroup, gather_tasks, rank_and_size, task_mean, task_range
 from torchmaml.functional import FunctionalModel, Params
@@ -51,7 +61,7 @@ from torchmaml.pytree import flatten, unflatten
 from torchmaml.rl.advantages import advantages
 from torchmaml.rl.config import RLConfig
 from torchmaml.rl.episodes import Episodes
-from torchmaml.rl.objectives import Estimator, Phase, adapt, inner_step, log_probs, meta_objective
+from torchmaml.rl.objectives import Adapted, Estimator, Phase, adapt, log_probs, meta_objective, sampling_step
 from torchmaml.rl.policy import distribution, gaussian_kl
 from torchmaml.rl.sampler import Sampler, per_task
 from torchmaml.rl.trpo import trpo_step
@@ -92,12 +102,14 @@ def sample_phases(
         advantage, scale = advantages(
             episodes, config.discount, config.gae_lambda, config.value_baseline, config.normalize_advantages
         )
-        with torch.no_grad():
-            behaviour = vmap(functools.partial(log_probs, policy))(point, episodes)
+        if k < len(lrs):  # the behaviour log-probabilities and the inner step from one forward pass
+            step = functools.partial(sampling_step, policy, lr=lrs[k])
+            point, behaviour = vmap(step)(point, episodes, advantage)
+            point = {name: p.detach() for name, p in point.items()}
+        else:
+            with torch.no_grad():
+                behaviour = vmap(functools.partial(log_probs, policy))(point, episodes)
         phases.append(PhaseBatch(episodes, advantage, behaviour, scale))
-        if k < len(lrs):
-            step = functools.partial(inner_step, policy, lr=lrs[k], estimator="first_order")
-            point = {name: p.detach() for name, p in vmap(step)(point, phases[-1].phase()).items()}
     return phases
 
 
@@ -122,17 +134,19 @@ def meta_update(
     task_objective = vmap(functools.partial(meta_objective, policy, lrs=lrs, estimator=estimator), (None, 0, 0, 0))
     value = _sampling_term_value(outer, process_group)
 
-    def objective(w: Params) -> tuple[torch.Tensor, Params]:
-        """The mean meta-objective over tasks, and every task's adapted parameters ``w_K(w)``."""
+    def objective(w: Params) -> tuple[torch.Tensor, Adapted]:
+        """The mean meta-objective over tasks, every task's adapted parameters ``w_K(w)`` and post-adaptation
+        policy on ``D'``."""
         values, adapted = task_objective(w, inner, outer.phase(), value)
         return values.mean(), adapted
 
+    # one pass gives the gradient, the objective at w_old and the old post-adaptation policies
+    gradient, (objective_before, adapted_old) = grad_and_value(objective, has_aux=True)(params)
+    old_mean, old_log_std = adapted_old.mean, adapted_old.log_std
     with torch.no_grad():
-        objective_before, adapted_old = objective(params)
-        old_mean, old_log_std = policy_on_tasks(adapted_old, episodes.observations)
         returns = (phases[0].episodes.returns().mean(), phases[-1].episodes.returns().mean())
-    objective_before, *returns = _mean_over_tasks((objective_before, *returns), tasks, process_group)
-    gradient = _mean_over_tasks(flatten(grad(objective, has_aux=True)(params)[0]), tasks, process_group)
+    objective_before, *returns = _mean_over_tasks((objective_before.detach(), *returns), tasks, process_group)
+    gradient = _mean_over_tasks(flatten(gradient), tasks, process_group)
 
     # Fisher-vector products on every k-th post-adaptation trajectory of each task (TRPO implementations
     # subsample the same way; OpenAI baselines uses every 5th sample)
@@ -149,7 +163,7 @@ def meta_update(
     else:
 
         def fisher_outputs(w: Params) -> tuple[torch.Tensor, torch.Tensor]:  # w_K(w) ~ w_K(w_old) + (w - w_old)
-            shifted = {name: adapted_old[name] + (w[name] - params[name]) for name in params}
+            shifted = {name: adapted_old.params[name] + (w[name] - params[name]) for name in params}
             return policy_on_tasks(shifted, fisher_observations)
 
     fisher_vector_product = fisher_vector_product_of(
@@ -159,8 +173,8 @@ def meta_update(
     def evaluate(step: torch.Tensor) -> tuple[float, float]:
         with torch.no_grad():
             value_after, adapted = objective(unflatten(flatten(params) + step, params))
-            mean, log_std = policy_on_tasks(adapted, episodes.observations)
-            kl = ((gaussian_kl(old_mean, old_log_std, mean, log_std) * mask).sum((1, 2)) / counts).mean()
+            kl = gaussian_kl(old_mean, old_log_std, adapted.mean, adapted.log_std)
+            kl = ((kl * mask).sum((1, 2)) / counts).mean()
         value_after, kl = _mean_over_tasks((value_after, kl), tasks, process_group)
         return float(value_after - objective_before), float(kl)
 
@@ -202,6 +216,9 @@ def fisher_vector_product_of(
     adapted parameters, averaged. It is an ``O(alpha)`` approximation about ten times cheaper; the line search
     still measures the true KL through the adaptation, so the trust region holds either way.
 
+    ``J v`` is a ``torch.func.linearize`` of ``outputs`` at ``params`` (traced once, the same numbers as a fresh
+    ``jvp`` without recomputing the primal outputs every product), ``J^T u`` a ``vjp`` built once.
+
     ``J^T M J`` is a mean over tasks, ``M`` weighting each task by ``1/T``. With a ``process_group``, ``mask`` holds
     this process's tasks, ``T`` counts every process's tasks and the products are summed over the processes:
     each task's weight is the one-process weight, whatever the precision.
@@ -212,9 +229,12 @@ def fisher_vector_product_of(
     weight = (mask / (counts[:, None, None] * tasks))[..., None]
     metric = (weight * torch.exp(-2 * old_log_std), 2 * weight.expand_as(old_log_std))
     _, pullback = vjp(outputs, params)
+    with warnings.catch_warnings():  # make_fx's constant folding warns about the attributes it creates
+        warnings.simplefilter("ignore", UserWarning)
+        _, push_forward = linearize(outputs, params)
 
     def product(v: torch.Tensor) -> torch.Tensor:
-        _, (d_mean, d_log_std) = jvp(outputs, (params,), (unflatten(v, params),))
+        d_mean, d_log_std = push_forward(unflatten(v, params))
         (pulled,) = pullback((metric[0] * d_mean, metric[1] * d_log_std))
         return _sum_over_ranks(flatten(pulled), process_group) + damping * v
 

@@ -60,7 +60,7 @@ estimator (with ``stop_grad`` the DiCE terms would be invisible to it).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch.func import grad
@@ -82,11 +82,24 @@ def log_probs(policy: FunctionalModel, params: Params, episodes: Episodes) -> to
     return gaussian_log_prob(mean, log_std, episodes.actions) * episodes.mask
 
 
+class Adapted(NamedTuple):
+    """One task's adapted parameters ``w_K`` and the post-adaptation policy ``(mean, log_std)`` at the states of
+    its post-adaptation episodes ``D'`` (``[N, H, A]`` each), from the forward pass of the outer surrogate."""
+
+    params: Params
+    mean: torch.Tensor
+    log_std: torch.Tensor
+
+
 def policy_gradient_objective(policy: FunctionalModel, params: Params, phase: Phase, dice: bool) -> torch.Tensor:
     """``J_hat(w; D)``, plain (``dice=False``) or with the anchored DiCE weights ``box(W_t) - box(W_{t-1})``;
     its gradient at the sampling policy is ``g_hat`` either way."""
+    return surrogate(log_probs(policy, params, phase[0]), phase, dice)
+
+
+def surrogate(log_prob: torch.Tensor, phase: Phase, dice: bool) -> torch.Tensor:
+    """``J_hat`` of ``policy_gradient_objective`` from the log-probabilities ``m_t log pi_w(a_t|s_t)`` ``[N, H]``."""
     episodes, advantages, behaviour = phase
-    log_prob = log_probs(policy, params, episodes)
     if dice:
         log_ratio = log_prob - behaviour
         cumulative = log_ratio.cumsum(-1)
@@ -108,6 +121,21 @@ def inner_step(policy: FunctionalModel, params: Params, phase: Phase, lr: float,
     return sgd_step(params, grads, lr)
 
 
+def sampling_step(
+    policy: FunctionalModel, params: Params, episodes: Episodes, advantages: torch.Tensor, lr: float
+) -> tuple[Params, torch.Tensor]:
+    """The sampler's first-order inner step ``w + alpha g_hat(w; D)`` (detached) and the behaviour
+    log-probabilities ``m_t log pi_w(a_t|s_t)`` of ``D`` (sampled from ``pi_w``), from one forward pass: the
+    numbers of ``inner_step(..., "first_order")`` and ``log_probs``."""
+
+    def loss(point: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        log_prob = log_probs(policy, point, episodes)
+        return -surrogate(log_prob, (episodes, advantages, log_prob), dice=False), log_prob
+
+    grads, log_prob = grad(loss, has_aux=True)(params)
+    return sgd_step(params, {name: g.detach() for name, g in grads.items()}, lr), log_prob.detach()
+
+
 def adapt(
     policy: FunctionalModel, params: Params, phases: Sequence[Phase], lrs: Sequence[float], estimator: Estimator
 ) -> Params:
@@ -125,8 +153,9 @@ def meta_objective(
     value: torch.Tensor,
     lrs: Sequence[float],
     estimator: Estimator,
-) -> tuple[torch.Tensor, Params]:
-    """One task's meta-objective and its adapted parameters ``w_K(w)``.
+) -> tuple[torch.Tensor, Adapted]:
+    """One task's meta-objective, its adapted parameters ``w_K(w)`` and the post-adaptation policy at the
+    states of ``D'`` (``Adapted``: the line search's KL and the Fisher matrix read it, no second forward pass).
 
     The objective is TRPO's surrogate on the post-adaptation episodes ``D'``,
     ``(1/|D'|) sum m_t (pi_{w_K}(a_t|s_t) / pi_old(a_t|s_t)) A_t``, plus for ``"exact"`` the sampling term
@@ -139,8 +168,10 @@ def meta_objective(
             log_ratio = log_ratio + (log_probs(policy, params, phase[0]) - phase[2]).sum()
         params = inner_step(policy, params, phase, lr, estimator)
     episodes, advantages, behaviour = outer
-    ratio = torch.exp(log_probs(policy, params, episodes) - behaviour)
+    mean, log_std = distribution(policy, params, episodes.observations)
+    log_prob = gaussian_log_prob(mean, log_std, episodes.actions) * episodes.mask
+    ratio = torch.exp(log_prob - behaviour)
     objective = (ratio * advantages * episodes.mask).sum() / episodes.mask.sum()
     if estimator == "exact":
         objective = objective + (torch.exp(log_ratio) - 1) * value
-    return objective, params
+    return objective, Adapted(params, mean, log_std)
