@@ -1,9 +1,9 @@
 """Meta-test of a particle ensemble's uncertainty: predictive NLL, interval coverage, calibration.
 
-A classifier of one network is scored the same way, as an ensemble of one (its softmax), so MAML's calibration
-can be compared with Bayesian MAML's. On every held-out task the ensemble adapts to the support set (the learner's inner update: SVGD for Bayesian MAML,
-gradient steps for an ensemble of MAMLs) for ``0..K`` steps and its predictive mixture is scored on the query set
-(``torchmaml.bayesian.likelihood``'s ``scores``):
+On every held-out task the ensemble adapts to the support set (the learner's inner update: SVGD for Bayesian
+MAML, gradient steps for an ensemble of MAMLs) for ``0..K`` steps and its predictive mixture is scored on the
+query set (``torchmaml.bayesian.likelihood``'s ``scores``). A classifier of one network is scored the same way, as
+an ensemble of one (its softmax), so MAML's calibration can be compared with Bayesian MAML's:
 
 - the predictive negative log-likelihood per query example, and for regression the fraction of query points inside
   the mixture's central 90% interval: per task, reported as ``mean ± 1.96 s / sqrt(n)`` over the ``n`` tasks;
@@ -52,8 +52,8 @@ def uncertainty_results(
     likelihood: Likelihood,
     model: str,
 ) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """One row per (support examples per task, step count): ``nll`` (and ``coverage`` for regression, or ``ece`` with its
-    bootstrap interval for classification), each ``{"mean", "ci95"}`` or ``{"value", "low", "high"}``; and, for
+    """One row per (support examples per task, step count): ``nll`` (and ``coverage`` for regression, or ``ece``
+    with its bootstrap interval for classification), each ``{"mean", "ci95"}`` or ``{"value", "low", "high"}``; and, for
     classification, the pooled calibration bins after the most steps of each support size (the reliability
     diagram's input), keyed ``"<model>, <size> examples"``."""
     rows, calibration = [], {}
