@@ -7,6 +7,7 @@ What differs between task families (data, network, loss, metric) comes from the 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -76,7 +77,7 @@ class _PointMetric:
     """``metric(likelihood.point(prediction), target)``: a pointwise metric of an ensemble's prediction."""
 
     likelihood: Likelihood
-    metric: object
+    metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
     def __call__(self, prediction: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         return self.metric(self.likelihood.point(prediction), target)

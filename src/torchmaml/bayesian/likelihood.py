@@ -34,8 +34,6 @@ class GaussianLikelihood:
     """``y ~ N(mu_theta(x), sigma^2)`` per particle: a fixed ``noise_std``, or (``None``) a learned ``log sigma``
     per particle starting at ``log(init_std)`` (module docstring)."""
 
-    probabilistic_outputs = "regression"
-
     def __init__(self, noise_std: float | None = None, init_std: float = 1.0) -> None:
         for name, value in (("noise_std", noise_std), ("init_std", init_std)):
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -81,7 +79,6 @@ class GaussianLikelihood:
 class CategoricalLikelihood:
     """``y ~ Categorical(softmax(logits_theta(x)))`` per particle (module docstring)."""
 
-    probabilistic_outputs = "classification"
     bins = 10  # confidence bins of the calibration scores
 
     def particle_parameters(self) -> dict[str, torch.Tensor]:

@@ -37,7 +37,7 @@ from gymnasium.utils.seeding import np_random
 from torchmaml.functional import FunctionalModel, Params
 from torchmaml.rl.episodes import Episodes
 from torchmaml.rl.half_cheetah import CONTROL_COST, HORIZON, HalfCheetahDirEnv, HalfCheetahVelEnv
-from torchmaml.rl.sampler import _ClosingContext, act, in_rounds
+from torchmaml.rl.sampler import _ClosingContext, act, draw_noise_and_seeds, in_rounds
 
 RESET_NOISE = 0.1  # HalfCheetah-v5's reset_noise_scale
 ForwardReward = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -208,8 +208,7 @@ class BatchedHalfCheetahSampler(_ClosingContext):
         generator: torch.Generator,
         share: range | None = None,
     ) -> Episodes:
-        noise = torch.randn(tasks.shape[0], trajectories, self.horizon, self.action_dim, generator=generator)
-        seeds = torch.randint(0, 2**31 - 1, (tasks.shape[0], trajectories), generator=generator)
+        noise, seeds = draw_noise_and_seeds(tasks.shape[0], trajectories, self.horizon, self.action_dim, generator)
         share = range(tasks.shape[0]) if share is None else share
         per_round = self.tasks_per_round or len(share)
         return in_rounds(functools.partial(self._round, policy), params, tasks, noise, seeds, share, per_round)

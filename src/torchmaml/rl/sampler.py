@@ -78,6 +78,16 @@ def stack_steps(steps: Sequence[tuple[torch.Tensor, ...]]) -> Episodes:
     return Episodes(*(torch.stack(parts, dim=2) for parts in zip(*steps, strict=True)))
 
 
+def draw_noise_and_seeds(
+    num_tasks: int, trajectories: int, horizon: int, action_dim: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The action noise ``[T, N, H, A]`` and one reset seed per trajectory ``[T, N]`` of a batch, in the one order
+    every gymnasium-style sampler draws them (the twin equals the gymnasium sampler only because they share it)."""
+    noise = torch.randn(num_tasks, trajectories, horizon, action_dim, generator=generator)
+    seeds = torch.randint(0, 2**31 - 1, (num_tasks, trajectories), generator=generator)
+    return noise, seeds
+
+
 def in_rounds(
     round_: Callable[..., Episodes],
     params: Params,
@@ -192,11 +202,12 @@ class VectorEnvSampler(_ClosingContext):
     ) -> Episodes:
         if trajectories != self.trajectories:
             raise ValueError(f"this sampler runs {self.trajectories} trajectories per task, not {trajectories}")
-        num_tasks, per_round, horizon = tasks.shape[0], self.tasks_per_round, self.horizon
-        noise = torch.randn(num_tasks, trajectories, horizon, self.action_dim, generator=generator)
-        seeds = torch.randint(0, 2**31 - 1, (num_tasks, trajectories), generator=generator)
+        num_tasks = tasks.shape[0]
+        noise, seeds = draw_noise_and_seeds(num_tasks, trajectories, self.horizon, self.action_dim, generator)
         share = range(num_tasks) if share is None else share
-        return in_rounds(functools.partial(self._round, policy), params, tasks, noise, seeds, share, per_round)
+        return in_rounds(
+            functools.partial(self._round, policy), params, tasks, noise, seeds, share, self.tasks_per_round
+        )
 
     def _round(
         self, policy: FunctionalModel, params: Params, tasks: torch.Tensor, noise: torch.Tensor, seeds: torch.Tensor
