@@ -23,17 +23,25 @@ peak resident set size of the training child is read from ``os.wait4`` on that c
 ``getrusage(RUSAGE_CHILDREN)`` figure: ``RUSAGE_CHILDREN`` itself keeps the largest child so far, so it
 would not separate the runs).
 
+With ``--time-limit`` there is no pilot: every run trains for ``--budget-minutes`` of training time
+(``time_limit_minutes``), which stays equal when the machine's load changes. ``--parallel 2`` trains two
+estimators at a time (one core each). ``--eval-steps`` sets the meta-test's step counts (default 1,3); an
+``implicit`` run is also scored after that many steps of its own adaptation, the proximal solve.
+
 Estimators: ``unrolled`` (exact MAML), ``first_order`` (FO-MAML), ``hessian_free`` (HF-MAML, default
-``delta``), ``implicit`` (iMAML with its defaults: ``lam`` 1, the backtracking proximal solver, 5 CG
-iterations on the Gauss-Newton system) and ``reptile``. ``three_batch`` is left out: it needs an independent
-Hessian set (``hessian_size``), which the others would not use. Reptile is not trained with the MAML
-recipe; its settings are ``REPTILE_SETTINGS`` below (5 SGD inner steps on the support images, plain SGD
-outer step with the paper's ``epsilon = 1`` annealed towards 0, here by a cosine schedule). Its meta-test uses the
-same protocol as the others (inner_lr 0.4, 1 and 3 steps on the support set).
+``delta``), ``implicit`` (iMAML with the paper's Omniglot settings, ``IMPLICIT_SETTINGS``: ``lam`` 2, 16
+steps of the backtracking proximal solver, 5 CG iterations on the Gauss-Newton system) and ``reptile``.
+``three_batch`` is left out: it needs an independent Hessian set (``hessian_size``), which the others would not
+use. Reptile is not trained with the MAML recipe; its settings are ``REPTILE_SETTINGS`` below (5 SGD inner
+steps on the support images, plain SGD outer step with the paper's ``epsilon = 1`` annealed towards 0, here by
+a cosine schedule). Its meta-test uses the same protocol as the others (inner_lr 0.4, 1 and 3 steps on the
+support set).
 
 Run from the repository root (about ``len(estimators) * (budget + 1-2 min)``)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_omniglot.py --json runs/compare-omniglot/results.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_omniglot.py --estimators unrolled,implicit \\
+        --budget-minutes 30 --time-limit --parallel 2 --eval-steps 1,3,16
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_omniglot.py --budget-minutes 0.2 \\
         --pilot-iterations 3 --eval-tasks 20 --out runs/compare-omniglot/smoke     # a smoke test
 
@@ -43,6 +51,7 @@ The markdown table goes to stdout, progress to stderr.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
 import os
@@ -68,7 +77,10 @@ REPTILE_SETTINGS = (
     "outer_lr_schedule=cosine",
     "min_outer_lr=0.0",
 )
-SETTINGS = {"reptile": REPTILE_SETTINGS}
+# iMAML with the paper's Omniglot settings (Rajeswaran et al. 2019, Table 2: lambda = 2, 16 gradient steps on the
+# proximal objective for 5-way, 5 CG steps); the steps are the backtracking solver's trials here
+IMPLICIT_SETTINGS = ("estimator_options={lam=2.0, solver_steps=16, cg_iterations=5}",)
+SETTINGS = {"reptile": REPTILE_SETTINGS, "implicit": IMPLICIT_SETTINGS}
 
 
 def describe_settings(name: str) -> str:
@@ -76,19 +88,22 @@ def describe_settings(name: str) -> str:
     return ", ".join(SETTINGS.get(name, ())) or "preset (inner_lr 0.4, 1 step, Adam 1e-3)"
 
 
-def train_command(args: argparse.Namespace, name: str, iterations: int, out: Path) -> list[str]:
-    """The ``torchmaml train`` command line of one run."""
+def train_command(args: argparse.Namespace, name: str, iterations: int | None, out: Path) -> list[str]:
+    """The ``torchmaml train`` command line of one run: ``iterations``, or (``None``) the time limit."""
+    budget = [f"iterations={iterations}"]
+    if iterations is None:
+        budget = ["iterations=10000000", f"time_limit_minutes={args.budget_minutes:g}"]
     overrides = [
         f"data_dir={args.data_dir}",
         f"cache_dir={args.cache_dir}",
         f"meta_batch_size={args.meta_batch}",
         "strided=true",
         f"estimator={name}",
-        f"iterations={iterations}",
+        *budget,
         "checkpoint_every=1000000",
         "validate_every=0",
         f"eval_tasks={args.eval_tasks}",
-        "eval_steps=[1,3]",
+        f"eval_steps=[{','.join(map(str, args.eval_steps))}]",
         *SETTINGS.get(name, ()),
     ]
     command = [str(TORCHMAML), "train", "--config", "omniglot-5w1s"]
@@ -100,19 +115,23 @@ def train_command(args: argparse.Namespace, name: str, iterations: int, out: Pat
 def compare(args: argparse.Namespace, name: str) -> dict[str, Any]:
     """Pilot, budgeted training and meta-test of one estimator."""
     result: dict[str, Any] = {"estimator": name, "settings": describe_settings(name), "ok": False}
-    pilot = fresh(args.out / f"pilot-{name}")
-    code, wall, _ = run_child(
-        train_command(args, name, args.pilot_iterations, pilot), args.out / f"pilot-{name}.log", args.threads
-    )
-    if code != 0:
-        result["error"] = f"pilot exit code {code}: {last_error_line(args.out / f'pilot-{name}.log')}"
-        return result
-    pilot_rate = seconds_per_iteration(read_metrics(pilot))
-    iterations = max(1, math.floor(args.budget_minutes * 60 / pilot_rate))
-    result.update(pilot_seconds_per_iteration=pilot_rate, planned_iterations=iterations)
-    print(
-        f"  pilot: {pilot_rate:.3f} s/iteration ({wall:.0f} s) -> {iterations} iterations", file=sys.stderr, flush=True
-    )
+    iterations = None
+    if not args.time_limit:
+        pilot = fresh(args.out / f"pilot-{name}")
+        code, wall, _ = run_child(
+            train_command(args, name, args.pilot_iterations, pilot), args.out / f"pilot-{name}.log", args.threads
+        )
+        if code != 0:
+            result["error"] = f"pilot exit code {code}: {last_error_line(args.out / f'pilot-{name}.log')}"
+            return result
+        pilot_rate = seconds_per_iteration(read_metrics(pilot))
+        iterations = max(1, math.floor(args.budget_minutes * 60 / pilot_rate))
+        result.update(pilot_seconds_per_iteration=pilot_rate, planned_iterations=iterations)
+        print(
+            f"  {name} pilot: {pilot_rate:.3f} s/iteration ({wall:.0f} s) -> {iterations} iterations",
+            file=sys.stderr,
+            flush=True,
+        )
 
     run = fresh(args.out / name)
     command = train_command(args, name, iterations, run)
@@ -133,7 +152,7 @@ def compare(args: argparse.Namespace, name: str) -> dict[str, Any]:
         skipped=sum(int(r.get("skipped", 0)) for r in records),
     )
     print(
-        f"  trained {done} iterations in {records[-1]['seconds']:.0f} s, peak RSS {rss:.0f} MB",
+        f"  {name} trained {done} iterations in {records[-1]['seconds']:.0f} s, peak RSS {rss:.0f} MB",
         file=sys.stderr,
         flush=True,
     )
@@ -145,15 +164,16 @@ def compare(args: argparse.Namespace, name: str) -> dict[str, Any]:
         return result
     evaluation = json.loads((run / "evaluation.json").read_text())
     for row in evaluation["results"]:
-        if row["mean"] is not None:  # null: adaptation diverged on some task
-            result[f"accuracy_{row['steps']}"] = {"mean": row["mean"], "ci95": row["ci95"]}
+        prefix = {"maml": "accuracy", "maml (proximal)": "own_accuracy"}.get(row["model"])
+        if prefix is not None and row["mean"] is not None:  # null: adaptation diverged on some task
+            result[f"{prefix}_{row['steps']}"] = {"mean": row["mean"], "ci95": row["ci95"]}
     result.update(ok=True, eval_tasks=evaluation["eval_tasks"], evaluate_wall_seconds=wall)
-    print(f"  evaluated in {wall:.0f} s", file=sys.stderr, flush=True)
+    print(f"  {name} evaluated in {wall:.0f} s", file=sys.stderr, flush=True)
     return result
 
 
-def accuracy(result: dict[str, Any], steps: int) -> str:
-    value = result.get(f"accuracy_{steps}")
+def accuracy(result: dict[str, Any], steps: int, prefix: str = "accuracy") -> str:
+    value = result.get(f"{prefix}_{steps}")
     return f"{100 * value['mean']:.1f} ± {100 * value['ci95']:.1f} %" if value else "-"
 
 
@@ -171,21 +191,28 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, torch_versio
         "",
         f"Omniglot 5-way 1-shot (MAML split), strided conv4, meta-batch {args.meta_batch}, 15 queries/class; "
         f"budget {args.budget_minutes:g} min of training per estimator (iterations from a "
-        f"{args.pilot_iterations}-iteration pilot); meta-test on {args.eval_tasks} held-out tasks with "
+        f"{args.pilot_iterations}-iteration pilot)"
+        * (not args.time_limit)
+        + " (a time limit on each run)" * args.time_limit
+        + f"; meta-test on {args.eval_tasks} held-out tasks with "
         "inner_lr 0.4 (final weights), mean ± 95% CI; total wall time "
         f"{wall / 60:.1f} min",
         "",
         "| estimator | settings | iterations | s / iteration | training s | peak RSS (MB) | "
-        "train query loss (last 10%) | accuracy, 1 step | accuracy, 3 steps |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "train query loss (last 10%) | " + " | ".join(f"accuracy, {s} steps" for s in args.eval_steps) + " |",
+        "|---|---|" + "---:|" * (5 + len(args.eval_steps)),
     ]
     for result in results:
         lines.append(
             f"| {result['estimator']} | {result['settings']} | {number(result, 'iterations', 'd')} | "
             f"{number(result, 'seconds_per_iteration', '.2f')} | {number(result, 'train_seconds', '.0f')} | "
             f"{number(result, 'peak_rss_mb', '.0f')} | {number(result, 'final_loss_after', '.3f')} | "
-            f"{accuracy(result, 1)} | {accuracy(result, 3)} |"
+            + " | ".join(accuracy(result, s) for s in args.eval_steps)
+            + " |"
         )
+        if any(f"own_accuracy_{s}" in result for s in args.eval_steps):  # iMAML: after its proximal solve too
+            cells = " | ".join(accuracy(result, s, "own_accuracy") for s in args.eval_steps)
+            lines.append(f"| {result['estimator']}, own adaptation | proximal solve (solver steps) |||||| {cells} |")
     failures = [result for result in results if not result["ok"]]
     if failures:
         lines += ["", "Failures:", *(f"- {result['estimator']}: {result['error']}" for result in failures)]
@@ -201,6 +228,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--budget-minutes", type=float, default=6.0, help="training time per estimator (default 6)")
     parser.add_argument("--pilot-iterations", type=int, default=10, help="iterations of the timing pilot (default 10)")
+    parser.add_argument(
+        "--time-limit", action="store_true", help="train each run for the budget's time (time_limit_minutes), no pilot"
+    )
+    parser.add_argument("--parallel", type=int, default=1, help="estimators trained at a time (default 1)")
+    parser.add_argument(
+        "--eval-steps", type=lambda text: [int(v) for v in names(text)], default=[1, 3], help="default 1,3"
+    )
     parser.add_argument("--meta-batch", type=int, default=8, help="tasks per meta-iteration (default 8)")
     parser.add_argument("--eval-tasks", type=int, default=200, help="held-out test tasks (default 200)")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every child (default 1)")
@@ -214,7 +248,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--estimators: choose from {','.join(ESTIMATORS)}; got {','.join(args.estimators) or 'none'}")
     if not args.budget_minutes > 0:
         parser.error("--budget-minutes: must be > 0")
-    for name in ("pilot_iterations", "meta_batch", "threads"):
+    for name in ("pilot_iterations", "meta_batch", "threads", "parallel"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: must be >= 1")
     if args.eval_tasks < 2:
@@ -228,12 +262,16 @@ def main(argv: list[str] | None = None) -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    results = []
-    for name in args.estimators:
+
+    def run(name: str) -> dict[str, Any]:
         print(f"{name} ...", file=sys.stderr, flush=True)
-        results.append(compare(args, name))
-        if not results[-1]["ok"]:
-            print(f"  failed: {results[-1]['error']}", file=sys.stderr, flush=True)
+        result = compare(args, name)
+        if not result["ok"]:
+            print(f"  {name} failed: {result['error']}", file=sys.stderr, flush=True)
+        return result
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.parallel) as pool:  # each run is a child process
+        results = list(pool.map(run, args.estimators))
     wall = time.perf_counter() - start
     table = report(results, args, torch.__version__, wall)
     print(table)
@@ -242,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
             "torch": torch.__version__,
             "threads": args.threads,
             "budget_minutes": args.budget_minutes,
-            "pilot_iterations": args.pilot_iterations,
+            "pilot_iterations": None if args.time_limit else args.pilot_iterations,
+            "eval_steps": args.eval_steps,
             "meta_batch": args.meta_batch,
             "eval_tasks": args.eval_tasks,
             "wall_seconds": wall,

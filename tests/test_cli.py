@@ -73,6 +73,23 @@ def test_evaluate_prints_and_writes_the_table(trained_run):
     assert (run / "adaptation.png").stat().st_size > 0
 
 
+def test_an_implicit_run_is_also_scored_after_its_own_proximal_solve(tmp_path):
+    run = tmp_path / "imaml"
+    settings = ["estimator=implicit", "iterations=3", "pretrained_baseline=false", "eval_tasks=8", "eval_steps=[0,2]"]
+    sets = [part for setting in settings for part in ("--set", setting)]
+    result = torchmaml("train", "--config", "sinusoid-demo", *sets, "--no-progress", "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    result = torchmaml("evaluate", str(run))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((run / "evaluation.json").read_text())
+    scores = {(r["model"], r["support_size"], r["steps"]): r["mean"] for r in report["results"]}
+    assert set(scores) == {(m, k, s) for m in ("maml", "maml (proximal)") for k in (5, 10) for s in (0, 2)}
+    for k in (5, 10):  # no step is the same model either way; two steps of each adaptation differ
+        assert scores[("maml", k, 0)] == pytest.approx(scores[("maml (proximal)", k, 0)], rel=1e-6)
+        assert scores[("maml", k, 2)] != pytest.approx(scores[("maml (proximal)", k, 2)], rel=1e-3)
+    assert "maml (proximal)" in result.stdout
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,7 @@ from torch._dynamo.exc import BackendCompilerFailed
 from torchmaml import MetaLearner, compilation
 from torchmaml.data import SinusoidTasks
 from torchmaml.errors import ConfigError
+from torchmaml.estimators import get_estimator
 from torchmaml.models import mlp
 
 
@@ -30,6 +33,33 @@ def test_compiled_meta_gradient_equals_eager(estimator):
         (a, ma), (b, mb) = gradients(eager, batch), gradients(compiled, batch)
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
         assert torch.allclose(ma["loss_after"], mb["loss_after"], rtol=1e-5)
+
+
+@pytest.mark.e2e
+def test_implicit_compiles_without_falling_back_and_agrees_with_eager():
+    """iMAML's solve and Gauss-Newton CG trace into one graph (its forward-mode Jacobian product once made dynamo
+    fail with a device mismatch, and the learner silently ran eagerly)."""
+    batch = SinusoidTasks().sample(6, torch.Generator().manual_seed(0))
+    options = {"solver_steps": 2, "cg_iterations": 2}
+    torch.manual_seed(0)
+    eager = MetaLearner(mlp(hidden=(8,)), F.mse_loss, estimator="implicit", estimator_options=options, compile=False)
+    compiled = MetaLearner(eager.model, F.mse_loss, estimator="implicit", estimator_options=options, compile=True)
+    compiled._meta_gradient_runner.notify = lambda message: None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="torch.compile failed")  # the fallback to eager: fail on it
+        (a, ma), (b, mb) = gradients(eager, batch), gradients(compiled, batch)
+    assert compiled._meta_gradient_runner._compiled is not None and compiled._meta_gradient_runner.mode is True
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(ma["cg_residual"], mb["cg_residual"], rtol=1e-3, atol=1e-6)
+
+
+def test_an_estimator_may_declare_its_own_auto_count():
+    assert compilation.MetaGradientRunner("auto", "vmap", auto_after=7).compile_after == 7
+    assert compilation.MetaGradientRunner("auto", "loop", auto_after=7).compile_after == float("inf")
+    assert compilation.MetaGradientRunner(False, "vmap", auto_after=7).compile_after == float("inf")
+    learner = MetaLearner(mlp(), F.mse_loss, estimator="implicit")
+    assert learner._meta_gradient_runner.compile_after == get_estimator("implicit").auto_compile_after
+    assert MetaLearner(mlp(), F.mse_loss)._meta_gradient_runner.compile_after == compilation.COMPILE_AFTER_CALLS["vmap"]
 
 
 def test_a_failing_compiler_falls_back_to_eager_with_a_warning(monkeypatch):

@@ -209,6 +209,43 @@ def test_poor_solves_warn_once_they_persist():
             learner.meta_step(batch, optimizer)
 
 
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_implicit_adapts_held_out_tasks_with_its_own_proximal_solve(strategy):
+    """``own_adaptation_metric``: the query loss after 0, 2 and 300 plain steps on ``f + lambda/2 ||phi - w||^2``
+    (the fixed solver) equals the closed form (300 steps: the minimiser itself); the backtracking solver's
+    ``s`` trials end where the estimator's own solve with ``solver_steps = s`` does."""
+    model, batch = linear_model(), quadratic_batch(hessian_set=False)
+    w = model.weight.detach().reshape(-1)
+    identity, lam, rate = torch.eye(DIM, dtype=torch.float64), 0.5, 0.2
+
+    fixed = MetaLearner(model, half_mse, rate, 1, "implicit", strategy, estimator_options={"lam": lam, "solver": "fixed"})
+    got = fixed.own_adaptation_metric(batch, [0, 2, 300], half_mse)
+    for i in range(batch.num_tasks):
+        q = task_quadratics(batch, i)
+        (a_in, b_in), x, y = q["support"], batch.query_x[i], batch.query_y[i]
+        for j, steps in enumerate([0, 2]):
+            phi = gradient_descent(w, a_in + lam * identity, b_in + lam * w, rate, steps)
+            assert torch.allclose(got[i, j], half_mse(x @ phi.unsqueeze(1), y), rtol=1e-12)
+        minimiser = torch.linalg.solve(a_in + lam * identity, b_in + lam * w)
+        assert torch.allclose(got[i, 2], half_mse(x @ minimiser.unsqueeze(1), y), rtol=1e-10)
+
+    backtracking = MetaLearner(model, half_mse, 0.05, 1, "implicit", strategy, estimator_options={"lam": lam})
+    got = backtracking.own_adaptation_metric(batch, [3, 7], half_mse)
+    meta = {"params": {"weight": model.weight.detach()}, "lrs": {}}
+    for j, trials in enumerate([3, 7]):
+        solver = get_estimator("implicit", {"lam": lam, "solver_steps": trials})
+        for i in range(batch.num_tasks):
+            task = {name: t[i] for name, t in batch.tensors().items()}
+            phi = solver.solve(backtracking.inner_problem(), meta, task)[0]["weight"]
+            assert torch.allclose(got[i, j], half_mse(task["query_x"] @ phi.T, task["query_y"]), rtol=1e-12)
+    assert not torch.allclose(got[:, 0], got[:, 1])  # the step counts are told apart
+
+
+def test_only_an_estimator_with_its_own_adaptation_scores_one():
+    with pytest.raises(ConfigError, match="adapts with plain gradient steps"):
+        MetaLearner(linear_model(), half_mse).own_adaptation_metric(quadratic_batch(), [1], half_mse)
+
+
 def test_implicit_converges_to_the_exact_solve_as_cg_iterations_grow():
     dim = 12
     model, batch = linear_model(dim), quadratic_batch(tasks=1, dim=dim, examples=14)

@@ -2,7 +2,8 @@
 
 ``compile=True`` compiles from the first call and ``False`` never does. ``"auto"`` (the default) follows the
 ski-rental rule with a count fixed in advance: run eagerly, and compile from call ``COMPILE_AFTER_CALLS`` on,
-about as many eager meta-gradients as take one compilation's time (measurements: ``benchmarks/README.md``).
+about as many eager meta-gradients as take one compilation's time (measurements: ``benchmarks/README.md``); an
+estimator whose eager call is much costlier declares its own count (``Estimator.auto_compile_after``).
 A short job never pays for a compilation it cannot earn back; a long one
 pays at most about twice the compilation time. The switch never depends on the clock or the machine's load
 (compiled and eager kernels round differently, so a time-based switch made identical runs differ): results
@@ -54,10 +55,17 @@ class MetaGradientRunner:
     """
 
     def __init__(
-        self, mode: CompileMode, strategy: str, notify: Callable[[str], None] | None = None, calls: int = 0
+        self,
+        mode: CompileMode,
+        strategy: str,
+        notify: Callable[[str], None] | None = None,
+        calls: int = 0,
+        *,
+        auto_after: int | None = None,
     ) -> None:
         self.mode = check_compile_mode(mode)
         self.strategy = strategy
+        self.auto_after = auto_after  # the estimator's own "auto" count (Estimator.auto_compile_after), if any
         self.notify = notify if notify is not None else _print_notice
         self.calls = calls  # calls so far (eager and compiled): the trainer saves and restores it
         self._compiled: Callable[..., Any] | None = None
@@ -68,7 +76,9 @@ class MetaGradientRunner:
         """The number of calls after which the runner compiles: 0, never (``inf``) or the ``"auto"`` count."""
         if self.mode is True:
             return 0
-        return COMPILE_AFTER_CALLS.get(self.strategy, math.inf) if self.mode == "auto" else math.inf
+        if self.mode != "auto" or self.strategy not in COMPILE_AFTER_CALLS:
+            return math.inf
+        return COMPILE_AFTER_CALLS[self.strategy] if self.auto_after is None else self.auto_after
 
     @property
     def compiled(self) -> bool:

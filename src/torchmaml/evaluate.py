@@ -58,10 +58,23 @@ def evaluate_adaptation(
     """The query metric after each number of inner steps in ``steps``, over the tasks of ``batches``; a step
     count where the metric is not finite on some task is reported as diverged (no mean, the task count)."""
     scores = adaptation_scores(learner, batches, max(steps), metric, inner_lr)
-    support_size = batches[0].support_x.shape[1]
+    return summarise(scores[:, steps], steps, model_name, batches[0].support_x.shape[1])
+
+
+def evaluate_own_adaptation(
+    learner: MetaLearner, batches: Sequence[TaskBatch], steps: list[int], model_name: str, metric: MetricFn
+) -> list[AdaptationResult]:
+    """As :func:`evaluate_adaptation`, after each step count of ``steps`` of the estimator's own adaptation
+    (``MetaLearner.own_adaptation_metric``: iMAML's proximal solve, its solver steps)."""
+    scores = torch.cat([learner.own_adaptation_metric(batch, steps, metric) for batch in batches])
+    return summarise(scores, steps, model_name, batches[0].support_x.shape[1])
+
+
+def summarise(scores: torch.Tensor, steps: list[int], model_name: str, support_size: int) -> list[AdaptationResult]:
+    """One result per column of ``scores`` (``[tasks, len(steps)]``, column ``j`` after ``steps[j]`` steps): mean
+    and 95% CI, or diverged with the count of tasks whose metric is not finite."""
     results = []
-    for count in steps:
-        column = scores[:, count]
+    for column, count in zip(scores.unbind(1), steps, strict=True):
         diverged = int((~torch.isfinite(column)).sum())
         if diverged:
             results.append(AdaptationResult(model_name, support_size, count, None, None, diverged))
@@ -90,12 +103,13 @@ def format_table(results: list[AdaptationResult], metric: str, scale: float = 1.
     (100 shows accuracies in percent).
     """
     steps = sorted({r.steps for r in results})
-    header = f"{'model':<12}{'support':>8}" + "".join(f"{f'{metric}, {s} steps':>24}" for s in steps)
+    width = max([12] + [len(r.model) + 2 for r in results])
+    header = f"{'model':<{width}}{'support':>8}" + "".join(f"{f'{metric}, {s} steps':>24}" for s in steps)
     lines = [header, "-" * len(header)]
     rows: dict[tuple[str, int], dict[int, AdaptationResult]] = {}
     for r in results:
         rows.setdefault((r.model, r.support_size), {})[r.steps] = r
     for (model, k), by_step in rows.items():
         cells = "".join(f"{by_step[s].cell(scale):>24}" for s in steps)
-        lines.append(f"{model:<12}{k:>8}{cells}")
+        lines.append(f"{model:<{width}}{k:>8}{cells}")
     return "\n".join(lines)

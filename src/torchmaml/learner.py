@@ -124,7 +124,9 @@ class MetaLearner(nn.Module):
         self._functional = FunctionalModel(model)
         self.strategy = resolve_strategy(strategy, self._functional)
         self.chunk_size = chunk_size
-        self._meta_gradient_runner = MetaGradientRunner(compile, self.strategy)
+        self._meta_gradient_runner = MetaGradientRunner(
+            compile, self.strategy, auto_after=getattr(self.estimator, "auto_compile_after", None)
+        )
         self.adapted = _select_parameters(model, adapt_only)
         trainable = self._functional.parameters()
         adapted_params = {n: p for n, p in trainable.items() if self.adapted is None or n in self.adapted}
@@ -401,6 +403,30 @@ class MetaLearner(nn.Module):
             return torch.stack(scores)
 
         return map_tasks_in_context(task_scores, batch, self.strategy, self.chunk_size)
+
+    def own_adaptation_metric(
+        self,
+        batch: TaskBatch,
+        steps: Sequence[int],
+        metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``metric(prediction, query_y)`` of every task after each step count of ``steps`` of the estimator's own
+        adaptation (``Estimator.own_adaptation``, e.g. iMAML's proximal solve): ``[B, len(steps)]``."""
+        if getattr(self.estimator, "own_adaptation", None) is None:  # a user's TaskGradient may have none
+            raise ConfigError(f"estimator {type(self.estimator).__name__} adapts with plain gradient steps")
+        self._check_batch(batch)
+        meta = {"params": self._functional.parameters(), "lrs": self.rate_tensors()}
+
+        def task_scores(task: Task, context: ExecutionContext) -> torch.Tensor:
+            scores = []
+            for count in steps:
+                problem = self._problem(count).in_context(context)
+                adapted = self.estimator.adapt(problem, meta, task, count)
+                scores.append(metric(self._functional(adapted, task["query_x"], context.at_step(None)), task["query_y"]))
+            return torch.stack(scores)
+
+        with torch.no_grad():
+            return map_tasks_in_context(task_scores, batch, self.strategy, self.chunk_size)
 
     # -- input checks -----------------------------------------------------------------------------
 

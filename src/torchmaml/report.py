@@ -10,7 +10,13 @@ from torchmaml.bayesian.figures import plot_reliability_diagram
 from torchmaml.benchmark import benchmark_of
 from torchmaml.checkpoint import atomic_write_bytes, load_checkpoint, load_module_state
 from torchmaml.config import TrainConfig
-from torchmaml.evaluate import AdaptationResult, evaluate_adaptation, format_table, tune_fine_tuning_lr
+from torchmaml.evaluate import (
+    AdaptationResult,
+    evaluate_adaptation,
+    evaluate_own_adaptation,
+    format_table,
+    tune_fine_tuning_lr,
+)
 from torchmaml.experiment import MAML, PRETRAINED, build_learner, likelihood_of, metric_of
 from torchmaml.learner import MetaLearner
 from torchmaml.run.files import WriteError
@@ -53,6 +59,10 @@ def evaluate_run(root: Path, eval_tasks: int | None = None) -> dict:
     for name, (learner, rate) in learners.items():
         for chunks in batches.values():
             results += evaluate_adaptation(learner, chunks, config.eval_steps, name, metric.fn, inner_lr=rate)
+    own = getattr(maml.estimator, "own_adaptation", None)
+    if own is not None:  # scored after the adaptation it was trained for too (iMAML: its solver's steps)
+        for chunks in batches.values():
+            results += evaluate_own_adaptation(maml, chunks, config.eval_steps, f"{MAML} ({own})", metric.fn)
     calibration: dict = {}
     scored = config.particles or benchmark.classification  # a classifier's softmax is a distribution too
     if scored:

@@ -114,6 +114,12 @@ class Estimator:
             ``hessian_x``/``hessian_y``): ``"unused"``, ``"optional"`` (``D_in`` when absent) or ``"required"``.
         supports_inner_update: its inner steps may take another direction than the gradient
             (``InnerProblem.update``: SVGD); estimators whose formula assumes gradient steps declare ``False``.
+        own_adaptation: the name of the adaptation it trains the initialisation for, when that is not plain
+            gradient steps at the inner rates (iMAML: ``"proximal"``); :meth:`adapt` performs it, and
+            ``torchmaml evaluate`` scores it beside the gradient steps. ``None``: gradient steps.
+        auto_compile_after: the eager meta-gradients ``compile = "auto"`` runs before it compiles this estimator,
+            where its eager call is costlier than the default count assumes (``torchmaml.compilation``); ``None``:
+            the default count.
     """
 
     differentiates_inner_loop: ClassVar[bool] = False
@@ -122,6 +128,13 @@ class Estimator:
     theory_step_constant: ClassVar[float | None] = None
     hessian_set: ClassVar[str] = "unused"
     supports_inner_update: ClassVar[bool] = False
+    own_adaptation: ClassVar[str | None] = None
+    auto_compile_after: ClassVar[int | None] = None
+
+    def adapt(self, problem: InnerProblem, meta: MetaParams, task: Task, steps: int) -> Params:
+        """The task's parameters after ``steps`` steps of the estimator's own adaptation (``own_adaptation``) from
+        ``meta["params"]`` on the support set. Estimators that adapt with gradient steps have none."""
+        raise NotImplementedError(f"{type(self).__name__} adapts with plain gradient steps")
 
     def prepare(self, learner: MetaLearner, batch: TaskBatch) -> None:
         """Called by ``MetaLearner.backward`` before the meta-gradient of ``batch``: an estimator that tracks

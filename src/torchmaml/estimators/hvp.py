@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import torch
-from torch.func import grad, jvp, vjp
+from torch.func import grad, vjp
 
 from torchmaml.functional import Params
 from torchmaml.inner import StepLR
@@ -37,19 +37,28 @@ def hessian_vector_product(loss: ScalarFunction, point: Params, vector: Params) 
     return grad_vjp(vector)[0]
 
 
-def gauss_newton_product(
+def gauss_newton_operator(
     output: Callable[[Params], torch.Tensor],
     loss: Callable[[torch.Tensor], torch.Tensor],
     point: Params,
-    vector: Params,
-) -> Params:
-    """``J^T H_l J vector``: ``J`` the Jacobian of ``output`` at ``point``, ``H_l`` the Hessian of ``loss`` (a
-    function of the output) at ``output(point)``."""
-    prediction, tangent = jvp(output, (point,), (vector,))
+) -> Callable[[Params], Params]:
+    """``u -> J^T H_l J u``: ``J`` the Jacobian of ``output`` at ``point``, ``H_l`` the Hessian of ``loss`` (a
+    function of the output) at ``output(point)``.
+
+    The model runs forward once, when the operator is built; each product is then three linear maps through
+    the recorded graph: ``J u`` as the transpose of the linear map ``c -> J^T c`` (reverse over reverse, so no
+    forward-mode pass), ``H_l`` on the output, and ``J^T``.
+    """
+    prediction, output_vjp = vjp(output, point)
     _, loss_hessian = vjp(grad(loss), prediction)
-    (curved,) = loss_hessian(tangent)
-    _, output_vjp = vjp(output, point)
-    return output_vjp(curved)[0]
+    _, jacobian = vjp(lambda cotangent: output_vjp(cotangent)[0], torch.zeros_like(prediction))
+
+    def product(vector: Params) -> Params:
+        (tangent,) = jacobian(vector)
+        (curved,) = loss_hessian(tangent)
+        return output_vjp(curved)[0]
+
+    return product
 
 
 def partial_grad(loss: ScalarFunction, point: Params, names: list[str]) -> Params:

@@ -30,8 +30,10 @@ the number of steps.
 the proximal solve a sharp initialisation adapts well (the solve is a damped Newton-like step), so nothing in
 the meta-gradient keeps the curvature below ``2 / alpha``, where the plain SGD steps of ``evaluate``/``adapt``
 are stable. Measured on the sinusoid (docs/results/estimators.md): ``lambda = 10`` and ``100`` learned
-initialisations whose SGD adaptation diverges on some held-out tasks, ``lambda = 1`` one that stays finite;
-``Implicit.solve`` adapts with the proximal solve instead.
+initialisations whose SGD adaptation diverges on some held-out tasks, ``lambda = 1`` one that stays finite.
+So iMAML declares the proximal solve as its own adaptation (:meth:`Implicit.adapt`, ``s`` solver steps;
+``MetaLearner.own_adaptation_metric``), and ``torchmaml evaluate`` scores an ``implicit`` run after it too,
+in the rows ``maml (proximal)``.
 
 **The linear system** (``curvature``, ``damping``, ``cg_iterations``). On ReLU networks ``H_i`` has large
 negative eigenvalues and ``I + H_i/lambda`` is indefinite, where conjugate gradient has no meaning.
@@ -46,6 +48,10 @@ iterate (at the first step: ``x = grad f_i(phi; D_o)``, the first-order answer).
 stationarity residual reached), ``inner_steps`` (steps kept), ``cg_residual`` (``||b - A x|| / ||b||``),
 ``cg_negative_curvature`` (the fraction of tasks where CG met one). :meth:`Implicit.diagnose` turns them into
 a warning (``MetaLearner`` warns after ``patience`` iterations in a row that it flags).
+
+**Compilation.** The whole estimate traces into one graph: the Gauss-Newton products go through reverse-mode
+maps recorded once per task (``hvp.gauss_newton_operator``). An eager call costs several of MAML's, so
+``compile = "auto"`` compiles it sooner (``auto_compile_after``).
 
 The inner rates get a zero gradient (the minimiser does not depend on the path to it), and MAML++'s
 multi-step loss is refused. When the inner loop adapts only some parameters (ANIL), those parameters
@@ -62,20 +68,20 @@ or on the command line ``--set estimator=implicit --set 'estimator_options={lam=
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch.func import grad_and_value
+from torch.func import grad, grad_and_value, vjp
 
 from torchmaml.errors import ConfigError
 from torchmaml.estimators.base import Estimator, InnerProblem, MetaParams, Metrics, Task
 from torchmaml.estimators.hvp import (
     ScalarFunction,
-    gauss_newton_product,
-    hessian_vector_product,
+    gauss_newton_operator,
     norm,
     partial_grad,
     rate_times,
@@ -105,6 +111,9 @@ class Implicit(Estimator):
     """
 
     warning_residual: ClassVar[float] = 0.5  # diagnose: a residual above this many times the initial one
+    own_adaptation: ClassVar[str | None] = "proximal"
+    # the solve and CG make an eager call several times costlier than MAML's: compiling sooner pays
+    auto_compile_after: ClassVar[int | None] = 1500
 
     lam: float = 1.0
     solver: str = "backtracking"
@@ -149,15 +158,21 @@ class Implicit(Estimator):
         def padded(vector: Params) -> Params:
             return {name: vector[name] if name in vector else torch.zeros_like(p) for name, p in phi.items()}
 
-        def curved(vector: Params) -> Params:
-            if self.curvature == "hessian":
-                return hessian_vector_product(support_loss, phi, padded(vector))
-            return gauss_newton_product(
+        if self.curvature == "hessian":  # H u as the vjp of grad f, its graph recorded once
+            _, hessian = vjp(grad(support_loss), phi)
+
+            def curvature(vector: Params) -> Params:
+                return hessian(vector)[0]
+
+        else:
+            curvature = gauss_newton_operator(
                 lambda params: problem.model(params, task["support_x"], problem.context.at_step(None)),
                 lambda prediction: problem.loss_fn(prediction, task["support_y"]),
                 phi,
-                padded(vector),
             )
+
+        def curved(vector: Params) -> Params:
+            return curvature(padded(vector))
 
         def system(vector: Params) -> Params:
             product = curved(vector)
@@ -181,6 +196,14 @@ class Implicit(Estimator):
                 metrics["loss_before"] = query_loss(start)
         lr_grads = {name: torch.zeros_like(t) for name, t in meta["lrs"].items()}
         return {"params": grads, "lrs": lr_grads}, metrics
+
+    def adapt(self, problem: InnerProblem, meta: MetaParams, task: Task, steps: int) -> Params:
+        """iMAML's adaptation with ``steps`` solver steps: the backtracking solver's trials (each one gradient
+        evaluation, stopping earlier at ``tolerance``) or the fixed solver's plain steps; ``w`` itself at 0."""
+        if steps == 0:
+            return {name: p.detach() for name, p in meta["params"].items()}
+        solver = dataclasses.replace(self, solver_steps=steps)
+        return solver.solve(dataclasses.replace(problem, steps=steps), meta, task)[0]
 
     def solve(self, problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[Params, Metrics]:
         """iMAML's adaptation of one task: the approximate proximal minimiser ``phi`` from ``w = meta["params"]``
