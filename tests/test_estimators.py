@@ -218,7 +218,8 @@ def test_implicit_adapts_held_out_tasks_with_its_own_proximal_solve(strategy):
     w = model.weight.detach().reshape(-1)
     identity, lam, rate = torch.eye(DIM, dtype=torch.float64), 0.5, 0.2
 
-    fixed = MetaLearner(model, half_mse, rate, 1, "implicit", strategy, estimator_options={"lam": lam, "solver": "fixed"})
+    options = {"lam": lam, "solver": "fixed"}
+    fixed = MetaLearner(model, half_mse, rate, 1, "implicit", strategy, estimator_options=options)
     got = fixed.own_adaptation_metric(batch, [0, 2, 300], half_mse)
     for i in range(batch.num_tasks):
         q = task_quadratics(batch, i)

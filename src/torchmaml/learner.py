@@ -422,7 +422,8 @@ class MetaLearner(nn.Module):
             for count in steps:
                 problem = self._problem(count).in_context(context)
                 adapted = self.estimator.adapt(problem, meta, task, count)
-                scores.append(metric(self._functional(adapted, task["query_x"], context.at_step(None)), task["query_y"]))
+                prediction = self._functional(adapted, task["query_x"], context.at_step(None))
+                scores.append(metric(prediction, task["query_y"]))
             return torch.stack(scores)
 
         with torch.no_grad():
