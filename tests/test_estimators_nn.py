@@ -226,6 +226,34 @@ def test_implicit_gauss_newton_matches_conjugate_gradient_on_the_explicit_gauss_
     assert relative_error(reference, hessian) > 1e-3  # the test can tell the two matrices apart
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_the_backtracking_solver_reaches_its_tolerance_on_a_smooth_nonlinear_net(strategy):
+    """On a tanh net the solve ends where an independent autograd check finds the proximal gradient below
+    ``tolerance`` times its value at ``w``, with a lower proximal objective, whatever the task."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    batch, lam, tolerance = regression_batch(), 1.0, 1e-3
+    options = {"lam": lam, "tolerance": tolerance, "solver_steps": 150}
+    learner = MetaLearner(model, F.mse_loss, 0.1, 1, "implicit", strategy, estimator_options=options)
+    _, metrics = learner.meta_gradient(batch)
+    assert metrics["inner_residual"] <= tolerance
+    w = flat(p.detach() for p in model.parameters())
+    meta = {"params": learner.functional.parameters(), "lrs": learner.rate_tensors()}
+    for i in range(batch.num_tasks):
+        task = FlatTask(model, F.mse_loss, batch, i)
+        phi = learner.estimator.solve(learner.inner_problem(), meta, {k: t[i] for k, t in batch.tensors().items()})[0]
+        phi = flat(phi[name] for name in task.names)
+
+        def proximal(v: torch.Tensor, task=task) -> torch.Tensor:
+            return task.loss("support", v) + lam / 2 * (v - w).square().sum()
+
+        def proximal_grad(v: torch.Tensor, task=task) -> torch.Tensor:
+            return task.grad("support", v) + lam * (v - w)
+
+        assert proximal_grad(phi).norm() <= tolerance * proximal_grad(w).norm()
+        assert proximal(phi) < proximal(w)
+
+
 @pytest.mark.parametrize("workload", ["mlp", "convnet"])
 def test_reptile_matches_sgd_on_support_and_query(workload):
     model, loss_fn, batch, rate, results = estimates(workload, "reptile", steps=3)
