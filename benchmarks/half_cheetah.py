@@ -24,15 +24,17 @@ same work with either sampler, which give the same episodes). Run from the repos
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/half_cheetah.py
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/half_cheetah.py --quick --json half_cheetah.json
 
-Two learning checks instead of the table: ``--adaptation 0.1 0.5`` (does one inner step of the preset improve
+Three learning checks instead of the table: ``--adaptation 0.1 0.5`` (does one inner step of the preset improve
 the return on a fixed direction? returns before/after, and their forward part ``sum_t d v_t``, over
-``--tasks`` tasks) and ``--trpo-forward MINUTES`` (plain TRPO without adaptation on running forward: does the
-policy learn to run at all?).
+``--tasks`` tasks), ``--trpo-forward MINUTES`` (plain TRPO without adaptation on running forward: does the
+policy learn to run at all?) and ``--meta-signal BATCHES`` (how much of a TRPO meta-step's predicted
+improvement holds on other meta-batches: the meta-gradient's signal against its sampling noise).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -42,13 +44,18 @@ import numpy as np
 import torch
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 from mujoco.batch import Batch
+from torch.func import grad, vmap
 
+from torchmaml.checkpoint import load_checkpoint
 from torchmaml.functional import FunctionalModel
+from torchmaml.linalg import conjugate_gradient
+from torchmaml.pytree import flatten
 from torchmaml.rl.config import load_config
 from torchmaml.rl.half_cheetah import CONTROL_COST, HalfCheetahDirEnv
 from torchmaml.rl.half_cheetah_batched import BatchedHalfCheetahSampler
-from torchmaml.rl.maml_trpo import meta_update, sample_phases
-from torchmaml.rl.policy import GaussianMLPPolicy
+from torchmaml.rl.maml_trpo import fisher_vector_product_of, meta_update, sample_phases
+from torchmaml.rl.objectives import adapt, meta_objective
+from torchmaml.rl.policy import GaussianMLPPolicy, distribution
 from torchmaml.rl.sampler import VectorEnvSampler, per_task
 from torchmaml.rl.train import MAML, PolicyPhase, build_policy, make_sampler
 
@@ -219,6 +226,61 @@ def trpo_forward(tasks: int, trajectories: int, minutes: float) -> None:
         )
 
 
+def meta_signal(tasks: int, trajectories: int, batches: int, checkpoint: str | None) -> None:
+    """Is a meta-step signal or noise? At the preset's initial policy (or a run's ``checkpoint``), ``batches``
+    independent meta-batches ``b`` each give a mean gradient ``g_b`` and the TRPO direction ``s_b = F_b^-1 g_b``
+    (the preset's Fisher and conjugate gradient). A step along ``s_a`` raises batch ``a``'s surrogate by about
+    ``g_a . s_a``; on another batch, ``g_b . s_a``. Their ratio ``rho`` (mean over ordered pairs) is the share
+    of a step's predicted improvement that is not batch ``a``'s sampling noise: 1 for an exact gradient, 0 for
+    pure noise. Rows: the meta-gradient with the preset's ``plain`` estimator and ``first_order`` (without the
+    second-order term), and, for scale, plain TRPO without adaptation with every task running forward (the
+    setting of ``--trpo-forward``, which learns); the mean Euclidean cosine of ``g_a`` and ``g_b`` beside it."""
+    config = load_config("half-cheetah-dir", [f"meta_batch_size={tasks}", f"trajectories={trajectories}"])
+    sampler = make_sampler(config)
+    policy = FunctionalModel(build_policy(config, sampler.observation_dim, sampler.action_dim))
+    params = load_checkpoint(checkpoint)["policy"] if checkpoint else policy.parameters()
+    on_tasks = vmap(functools.partial(distribution, policy))
+    every = slice(None, None, config.fisher_subsample)
+
+    def direction(phases, lrs, estimator):
+        """``(g, F^-1 g)`` of one meta-batch: the mean meta-gradient and the TRPO direction."""
+        inner, outer = [p.phase() for p in phases[:-1]], phases[-1]
+        task_objective = vmap(functools.partial(meta_objective, policy, lrs=lrs, estimator=estimator), (None, 0, 0, 0))
+        value = torch.zeros(outer.episodes.mask.shape[0])
+        g = flatten(grad(lambda w: task_objective(w, inner, outer.phase(), value)[0].mean())(params))
+        with torch.no_grad():
+            adapted = per_task(params, tasks)
+            if inner:
+                adapted = vmap(lambda task_inner: adapt(policy, params, task_inner, lrs, "first_order"))(inner)
+        observations, mask = outer.episodes.observations[:, every], outer.episodes.mask[:, every]
+
+        def outputs(w):
+            return on_tasks({name: adapted[name] + (w[name] - params[name]) for name in params}, observations)
+
+        log_std = outputs(params)[1].detach()
+        product = fisher_vector_product_of(outputs, params, log_std, mask, config.cg_damping)
+        return g, conjugate_gradient(product, g, config.cg_iterations, tolerance=1e-10)
+
+    rows = {"meta-gradient, plain": [], "meta-gradient, first_order": [], "TRPO forward, no adaptation": []}
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(batches):
+        task_values = sampler.sample_tasks(tasks, generator)
+        phases = sample_phases(sampler, policy, params, task_values, generator, config, [config.inner_lr])
+        rows["meta-gradient, plain"].append(direction(phases, [config.inner_lr], "plain"))
+        rows["meta-gradient, first_order"].append(direction(phases, [config.inner_lr], "first_order"))
+        forward = sample_phases(sampler, policy, params, torch.ones(tasks, 1), generator, config, [])
+        rows["TRPO forward, no adaptation"].append(direction(forward, [], "plain"))
+    print(f"{'gradient':<30}{'rho':>8}{'cosine':>8}   rho per pair")
+    for name, pairs in rows.items():
+        rhos, cosines = [], []
+        for a, (g_a, s_a) in enumerate(pairs):
+            for b, (g_b, _) in enumerate(pairs):
+                if a != b:
+                    rhos.append(float(g_b @ s_a / (g_a @ s_a)))
+                    cosines.append(float(g_a @ g_b / (g_a.norm() * g_b.norm())))
+        print(f"{name:<30}{np.mean(rhos):>8.3f}{np.mean(cosines):>8.3f}   {' '.join(f'{r:.3f}' for r in rhos)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=40, help="meta-batch of the twin's rows (preset: 40)")
@@ -237,6 +299,10 @@ def main() -> None:
     parser.add_argument(
         "--trpo-forward", type=float, metavar="MINUTES", help="instead: plain TRPO on running forward, this long"
     )
+    parser.add_argument(
+        "--meta-signal", type=int, metavar="BATCHES", help="instead: signal and noise of the meta-gradient"
+    )
+    parser.add_argument("--checkpoint", help="--meta-signal at this checkpoint's policy (default: the initial one)")
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.gym_tasks = 8, 1
@@ -246,6 +312,9 @@ def main() -> None:
         return
     if args.trpo_forward:
         trpo_forward(args.tasks, args.trajectories, args.trpo_forward)
+        return
+    if args.meta_signal:
+        meta_signal(args.tasks, args.trajectories, args.meta_signal, args.checkpoint)
         return
     tasks, n = args.tasks, args.trajectories
     gym_tasks = args.gym_tasks or tasks

@@ -38,12 +38,15 @@ def test_mujoco_batch_is_there():
 
 
 @pytest.mark.parametrize("env_class", ENV_CLASSES)
-@pytest.mark.parametrize("loop", [False, True])
-def test_the_twin_steps_as_gymnasium_environments(env_class, loop):
+@pytest.mark.parametrize(("loop", "frame_skip"), [(False, 5), (True, 5), (False, 1)])
+def test_the_twin_steps_as_gymnasium_environments(env_class, loop, frame_skip):
     tasks = env_class.sample_tasks(TASKS, torch.Generator().manual_seed(1))
     seeds = torch.tensor([[3, 17, 2**31 - 2], [0, 99, 12345]])
-    twin = BatchedHalfCheetah(env_class, TASKS, TRAJECTORIES, loop=loop)
-    envs = [[env_class(task=tasks[i].numpy()) for _ in range(TRAJECTORIES)] for i in range(TASKS)]
+    twin = BatchedHalfCheetah(env_class, TASKS, TRAJECTORIES, loop=loop, frame_skip=frame_skip)
+    envs = [
+        [env_class(task=tasks[i].numpy(), frame_skip=frame_skip) for _ in range(TRAJECTORIES)] for i in range(TASKS)
+    ]
+    assert twin.dt == envs[0][0].dt == pytest.approx(0.01 * frame_skip)
     observation = twin.reset(tasks, seeds)
     expected = [[env.reset(seed=int(seeds[i, j]))[0] for j, env in enumerate(row)] for i, row in enumerate(envs)]
     torch.testing.assert_close(observation, torch.tensor(np.array(expected), dtype=torch.float32), rtol=0, atol=0)
@@ -60,14 +63,18 @@ def test_the_twin_steps_as_gymnasium_environments(env_class, loop):
             env.close()
 
 
-@pytest.mark.parametrize(("env_class", "per_round"), [(HalfCheetahDirEnv, TASKS), (HalfCheetahVelEnv, 1)])
-def test_the_sampler_gives_the_gymnasium_sampler_s_episodes(env_class, per_round):
+@pytest.mark.parametrize(
+    ("env_class", "per_round", "frame_skip"),
+    [(HalfCheetahDirEnv, TASKS, 5), (HalfCheetahVelEnv, 1, 5), (HalfCheetahDirEnv, 1, 1)],
+)
+def test_the_sampler_gives_the_gymnasium_sampler_s_episodes(env_class, per_round, frame_skip):
     policy, params = policy_and_params(TASKS)
     tasks = env_class.sample_tasks(TASKS, torch.Generator().manual_seed(1))
     generators = [torch.Generator().manual_seed(5) for _ in "ab"]
-    with VectorEnvSampler(env_class, TRAJECTORIES, per_round, env_kwargs={"horizon": 40}) as sampler:
+    env_kwargs = {"horizon": 40, "frame_skip": frame_skip}
+    with VectorEnvSampler(env_class, TRAJECTORIES, per_round, env_kwargs=env_kwargs) as sampler:
         expected = sampler.rollout(policy, params, tasks, TRAJECTORIES, generators[0])
-    with BatchedHalfCheetahSampler(env_class, horizon=40, tasks_per_round=per_round) as sampler:
+    with BatchedHalfCheetahSampler(env_class, horizon=40, tasks_per_round=per_round, frame_skip=frame_skip) as sampler:
         episodes = sampler.rollout(policy, params, tasks, TRAJECTORIES, generators[1])
     assert episodes.observations.shape == (TASKS, TRAJECTORIES, 40, 17) and episodes.rewards.shape == (2, 3, 40)
     assert_same(expected, episodes)

@@ -52,6 +52,7 @@ DIGEST_ADDED_KEYS: dict[str, Any] = {
     "text_layers": 1,
     "policy_dtype": "float32",  # meta-RL
     "sampler": "batched",  # meta-RL: the same episodes as the gymnasium sampler of earlier releases
+    "frame_skip": None,  # meta-RL half-cheetah: gymnasium's 5, as before the key
     "hessian_size": 0,
     "theory_every": 100,  # runs of earlier releases, which estimated L and rho once, continue with the refresh
     "particles": 0,

@@ -30,6 +30,14 @@ class RLConfig(BaseModel):
         ge=1,
         description="steps per trajectory (unset: the environment's, 100 for navigation, 200 for half-cheetah)",
     )
+    frame_skip: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "half-cheetah: MuJoCo steps of 0.01 s per action (unset: gymnasium's 5, dt 0.05 s; 1: the authors' "
+            "rllab environments, dt 0.01 s)"
+        ),
+    )
     # meta-training
     iterations: int = Field(500, ge=1, description="meta-training iterations (TRPO outer steps)")
     time_limit_minutes: float | None = Field(
@@ -142,6 +150,8 @@ class RLConfig(BaseModel):
     @model_validator(mode="after")
     def _workable_values(self) -> RLConfig:
         check_values(self.model_dump())  # control characters, non-finite numbers, integers beyond 64 bits
+        if self.frame_skip is not None and self.env == "navigation2d":
+            raise ValueError("frame_skip: only the half-cheetah environments have one")
         return self
 
     def eval_rates(self, steps: int) -> list[float]:

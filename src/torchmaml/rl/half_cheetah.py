@@ -7,6 +7,10 @@ With ``v`` the forward velocity of the torso (gymnasium's ``x_velocity``) and ``
     goal velocity  v* ~ U[0, 2]:                           r_t = -|v_t - v*|           - 0.05 ||a_t||^2
 
 Episodes are truncated after the horizon (200 steps); the cheetah cannot fall, so nothing terminates.
+
+One step is ``frame_skip`` MuJoCo steps of 0.01 s: gymnasium's 5 by default (``dt = 0.05``, 200 steps are
+10 s). The authors' rllab environments step MuJoCo once per action (``frame_skip = 1``, ``dt = 0.01``: 200
+steps are 2 s), which ``frame_skip=1`` reproduces.
 The task is fixed by ``task=``, ``reset(options={"task": ...})`` or ``env.task = ...`` (what
 ``gymnasium.vector``'s ``set_attr`` does); without one each ``reset`` draws a task from the seeded generator.
 """
@@ -20,6 +24,7 @@ import torch
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 
 HORIZON = 200
+FRAME_SKIP = 5  # gymnasium's HalfCheetah-v5: dt = 0.05 s per step; the authors' rllab environments step once (1)
 CONTROL_COST = 0.05
 MAX_VELOCITY = 2.0
 
@@ -27,8 +32,10 @@ MAX_VELOCITY = 2.0
 class _HalfCheetahTask(HalfCheetahEnv):
     """HalfCheetah-v5 with a task-dependent forward reward, action clipping and an internal horizon."""
 
-    def __init__(self, task: np.ndarray | float | None = None, horizon: int = HORIZON) -> None:
-        super().__init__(ctrl_cost_weight=CONTROL_COST)
+    def __init__(
+        self, task: np.ndarray | float | None = None, horizon: int = HORIZON, frame_skip: int = FRAME_SKIP
+    ) -> None:
+        super().__init__(frame_skip=frame_skip, ctrl_cost_weight=CONTROL_COST)
         self.horizon = horizon
         self.task = task
         self._target = 0.0

@@ -1,8 +1,9 @@
 """A batched twin of the half-cheetah task environments: every copy of a meta-batch stepped together.
 
 ``BatchedHalfCheetah`` simulates ``n`` copies of gymnasium's HalfCheetah-v5 (the same ``MjModel``, frame skip
-``k = 5``, ``dt = k * timestep = 0.05``) as one ``mujoco.batch.Batch`` on one thread (MuJoCo >= 4; a loop over
-one ``MjData`` per copy otherwise, with the same results), and computes observations and rewards for all
+``k = 5`` by default, ``dt = k * timestep = 0.05``; ``frame_skip=1`` as the authors' rllab environments) as one
+``mujoco.batch.Batch`` on one thread (MuJoCo >= 4; a loop over one ``MjData`` per copy otherwise, with the same
+results), and computes observations and rewards for all
 copies at once in numpy, with the arithmetic of ``rl.half_cheetah`` element by element:
 
     reset(seed s):   qpos_0 = qpos0 + U(-0.1, 0.1)^9,   qvel_0 = 0.1 * N(0, 1)^9   (gymnasium's np_random(s))
@@ -36,7 +37,7 @@ from gymnasium.utils.seeding import np_random
 
 from torchmaml.functional import FunctionalModel, Params
 from torchmaml.rl.episodes import Episodes
-from torchmaml.rl.half_cheetah import CONTROL_COST, HORIZON, HalfCheetahDirEnv, HalfCheetahVelEnv
+from torchmaml.rl.half_cheetah import CONTROL_COST, FRAME_SKIP, HORIZON, HalfCheetahDirEnv, HalfCheetahVelEnv
 from torchmaml.rl.sampler import _ClosingContext, act, draw_noise_and_seeds, in_rounds
 
 RESET_NOISE = 0.1  # HalfCheetah-v5's reset_noise_scale
@@ -133,8 +134,10 @@ class BatchedHalfCheetah:
     """``n = tasks x N`` copies of a half-cheetah task environment (``env_class``: ``HalfCheetahDirEnv`` or
     ``HalfCheetahVelEnv``) stepped together; tensors are ``[tasks, N, ...]``, observations float32."""
 
-    def __init__(self, env_class: type, tasks: int, trajectories: int, loop: bool = False) -> None:
-        env = HalfCheetahEnv()  # the MjModel, initial state and dt gymnasium uses
+    def __init__(
+        self, env_class: type, tasks: int, trajectories: int, loop: bool = False, frame_skip: int = FRAME_SKIP
+    ) -> None:
+        env = HalfCheetahEnv(frame_skip=frame_skip)  # the MjModel, initial state and dt gymnasium uses
         self.model, self.frame_skip, self.dt = env.model, env.frame_skip, env.dt
         self.qpos0, self.qvel0 = env.init_qpos, env.init_qvel
         env.close()
@@ -179,12 +182,19 @@ class BatchedHalfCheetahSampler(_ClosingContext):
     Rounds of the same tasks give the same episodes bit for bit; other rounds give them up to float rounding
     (the policy's batched arithmetic may round differently at another batch size), which the cheetah's
     dynamics then amplify. ``loop=True`` steps one ``MjData`` per copy from Python (the fallback without
-    ``mujoco.batch``)."""
+    ``mujoco.batch``); ``frame_skip`` is the environments' (``VectorEnvSampler(..., env_kwargs={"frame_skip":
+    k})``)."""
 
     def __init__(
-        self, env_class: type, horizon: int = HORIZON, tasks_per_round: int | None = None, loop: bool = False
+        self,
+        env_class: type,
+        horizon: int = HORIZON,
+        tasks_per_round: int | None = None,
+        loop: bool = False,
+        frame_skip: int = FRAME_SKIP,
     ) -> None:
         self.env_class, self.horizon, self.tasks_per_round, self.loop = env_class, horizon, tasks_per_round, loop
+        self.frame_skip = frame_skip
         self._envs: dict[tuple[int, int], BatchedHalfCheetah] = {}  # by (tasks, N): one per round shape
         probe = self._env(1, 1)
         self.observation_dim, self.action_dim = probe.observation_dim, probe.action_dim
@@ -195,7 +205,7 @@ class BatchedHalfCheetahSampler(_ClosingContext):
     def _env(self, tasks: int, trajectories: int) -> BatchedHalfCheetah:
         key = (tasks, trajectories)
         if key not in self._envs:
-            self._envs[key] = BatchedHalfCheetah(self.env_class, tasks, trajectories, self.loop)
+            self._envs[key] = BatchedHalfCheetah(self.env_class, tasks, trajectories, self.loop, self.frame_skip)
         return self._envs[key]
 
     @torch.no_grad()

@@ -85,16 +85,19 @@ def make_sampler(config: RLConfig, processes: int = 1) -> Sampler:
         env_class = HalfCheetahDirEnv if config.env == "half-cheetah-dir" else HalfCheetahVelEnv
     share = -(-config.meta_batch_size // processes)  # a process's largest share of a meta-batch
     per_round = min(config.tasks_per_round or share, share)  # a round never larger than the share
+    env_kwargs = {"horizon": config.horizon} if config.horizon else {}
+    if config.frame_skip:  # half-cheetah only (the config refuses it for navigation)
+        env_kwargs["frame_skip"] = config.frame_skip
     if config.sampler == "batched":
         from torchmaml.rl.half_cheetah_batched import BatchedHalfCheetahSampler
 
-        return BatchedHalfCheetahSampler(env_class, config.horizon or HORIZON, per_round)
+        return BatchedHalfCheetahSampler(env_class, tasks_per_round=per_round, **{"horizon": HORIZON, **env_kwargs})
     return VectorEnvSampler(
         env_class,
         config.trajectories,
         tasks_per_round=per_round,
         asynchronous=config.vector == "async",
-        env_kwargs={"horizon": config.horizon} if config.horizon else None,
+        env_kwargs=env_kwargs or None,
     )
 
 
