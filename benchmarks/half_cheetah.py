@@ -141,8 +141,10 @@ def sampling(sampler, tasks: int, trajectories: int) -> Callable[[], int]:
 
 def meta_iteration(sampler_kind: str, tasks: int, trajectories: int) -> tuple[Callable[[], tuple[int, float]], object]:
     """One iteration of the ``half-cheetah-dir`` preset's MAML-TRPO with ``sampler_kind`` (its steps, and the CPU
-    seconds spent in the sampler's ``rollout``); the sampler too (to close)."""
+    seconds spent in the sampler's ``rollout``); the sampler too (to close). At gymnasium's frame skip 5, as every
+    row of the table (the preset's is 1)."""
     overrides = [f'sampler="{sampler_kind}"', f"meta_batch_size={tasks}", f"trajectories={trajectories}"]
+    overrides.append("frame_skip=5")
     config = load_config("half-cheetah-dir", overrides)
     sampler = make_sampler(config)
     policy = build_policy(config, sampler.observation_dim, sampler.action_dim)
@@ -226,7 +228,7 @@ def trpo_forward(tasks: int, trajectories: int, minutes: float) -> None:
         )
 
 
-def meta_signal(tasks: int, trajectories: int, batches: int, checkpoint: str | None) -> None:
+def meta_signal(tasks: int, trajectories: int, batches: int, checkpoint: str | None, frame_skip: int | None) -> None:
     """Is a meta-step signal or noise? At the preset's initial policy (or a run's ``checkpoint``), ``batches``
     independent meta-batches ``b`` each give a mean gradient ``g_b`` and the TRPO direction ``s_b = F_b^-1 g_b``
     (the preset's Fisher and conjugate gradient). A step along ``s_a`` raises batch ``a``'s surrogate by about
@@ -234,8 +236,10 @@ def meta_signal(tasks: int, trajectories: int, batches: int, checkpoint: str | N
     of a step's predicted improvement that is not batch ``a``'s sampling noise: 1 for an exact gradient, 0 for
     pure noise. Rows: the meta-gradient with the preset's ``plain`` estimator and ``first_order`` (without the
     second-order term), and, for scale, plain TRPO without adaptation with every task running forward (the
-    setting of ``--trpo-forward``, which learns); the mean Euclidean cosine of ``g_a`` and ``g_b`` beside it."""
-    config = load_config("half-cheetah-dir", [f"meta_batch_size={tasks}", f"trajectories={trajectories}"])
+    setting of ``--trpo-forward``, which learns); the mean Euclidean cosine of ``g_a`` and ``g_b`` beside it.
+    ``frame_skip`` overrides the preset's time step (5: gymnasium's)."""
+    settings = [f"meta_batch_size={tasks}", f"trajectories={trajectories}"]
+    config = load_config("half-cheetah-dir", settings + [f"frame_skip={frame_skip}"] * (frame_skip is not None))
     sampler = make_sampler(config)
     policy = FunctionalModel(build_policy(config, sampler.observation_dim, sampler.action_dim))
     params = load_checkpoint(checkpoint)["policy"] if checkpoint else policy.parameters()
@@ -303,6 +307,7 @@ def main() -> None:
         "--meta-signal", type=int, metavar="BATCHES", help="instead: signal and noise of the meta-gradient"
     )
     parser.add_argument("--checkpoint", help="--meta-signal at this checkpoint's policy (default: the initial one)")
+    parser.add_argument("--frame-skip", type=int, help="--meta-signal with this time step (default: the preset's)")
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.gym_tasks = 8, 1
@@ -314,7 +319,7 @@ def main() -> None:
         trpo_forward(args.tasks, args.trajectories, args.trpo_forward)
         return
     if args.meta_signal:
-        meta_signal(args.tasks, args.trajectories, args.meta_signal, args.checkpoint)
+        meta_signal(args.tasks, args.trajectories, args.meta_signal, args.checkpoint, args.frame_skip)
         return
     tasks, n = args.tasks, args.trajectories
     gym_tasks = args.gym_tasks or tasks

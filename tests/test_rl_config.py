@@ -57,13 +57,13 @@ def test_frame_skip_sets_the_half_cheetah_time_step_and_keeps_earlier_runs_resum
     from torchmaml.checkpoint import config_digest
     from torchmaml.rl.train import make_sampler
 
-    for overrides, dt in (([], 0.05), (["frame_skip=1"], 0.01)):
+    for overrides, dt in ((["frame_skip=5"], 0.05), ([], 0.01)):  # the presets' time step is the authors' 0.01 s
         config = load_config("half-cheetah-dir", overrides)
         with make_sampler(config) as sampler:  # the twin
             assert sampler._env(1, 1).dt == pytest.approx(dt)
         with make_sampler(config.model_copy(update={"sampler": "gymnasium", "meta_batch_size": 1})) as sampler:
             assert sampler.envs.get_attr("dt")[0] == pytest.approx(dt)
-    values = load_config("half-cheetah-dir").model_dump()
+    values = {**load_config("half-cheetah-dir").model_dump(), "frame_skip": None}  # unset: gymnasium's 5
     earlier = {key: value for key, value in values.items() if key != "frame_skip"}  # a run saved before the key
     assert config_digest(values) == config_digest(earlier)
     with pytest.raises(ConfigError, match="frame_skip: only the half-cheetah environments"):
