@@ -184,18 +184,17 @@ def number(result: dict[str, Any], key: str, fmt: str) -> str:
 def report(results: list[dict[str, Any]], args: argparse.Namespace, torch_version: str, wall: float) -> str:
     """The header (command line, versions, threads, protocol) and the table."""
     command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
+    budget = f"iterations from a {args.pilot_iterations}-iteration pilot"
+    if args.time_limit:
+        budget = "a time limit on each run"
     lines = [
         f"command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} {command}`",
         f"torch {torch_version}, Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs; "
         f"every torchmaml child ran with OMP_NUM_THREADS={args.threads}",
         "",
         f"Omniglot 5-way 1-shot (MAML split), strided conv4, meta-batch {args.meta_batch}, 15 queries/class; "
-        f"budget {args.budget_minutes:g} min of training per estimator (iterations from a "
-        f"{args.pilot_iterations}-iteration pilot)"
-        * (not args.time_limit)
-        + " (a time limit on each run)" * args.time_limit
-        + f"; meta-test on {args.eval_tasks} held-out tasks with "
-        "inner_lr 0.4 (final weights), mean ± 95% CI; total wall time "
+        f"budget {args.budget_minutes:g} min of training per estimator ({budget}); meta-test on "
+        f"{args.eval_tasks} held-out tasks with inner_lr 0.4 (final weights), mean ± 95% CI; total wall time "
         f"{wall / 60:.1f} min",
         "",
         "| estimator | settings | iterations | s / iteration | training s | peak RSS (MB) | "
