@@ -231,7 +231,8 @@ def trpo_forward(tasks: int, trajectories: int, minutes: float) -> None:
 def meta_signal(tasks: int, trajectories: int, batches: int, checkpoint: str | None, frame_skip: int | None) -> None:
     """Is a meta-step signal or noise? At the preset's initial policy (or a run's ``checkpoint``), ``batches``
     independent meta-batches ``b`` each give a mean gradient ``g_b`` and the TRPO direction ``s_b = F_b^-1 g_b``
-    (the preset's Fisher and conjugate gradient). A step along ``s_a`` raises batch ``a``'s surrogate by about
+    (conjugate gradient on the ``post_adaptation`` Fisher, without the adaptation's Jacobian, whatever the
+    preset's ``fisher``). A step along ``s_a`` raises batch ``a``'s surrogate by about
     ``g_a . s_a``; on another batch, ``g_b . s_a``. Their ratio ``rho`` (mean over ordered pairs) is the share
     of a step's predicted improvement that is not batch ``a``'s sampling noise: 1 for an exact gradient, 0 for
     pure noise. Rows: the meta-gradient with the preset's ``plain`` estimator and ``first_order`` (without the
