@@ -247,6 +247,29 @@ def test_only_an_estimator_with_its_own_adaptation_scores_one():
         MetaLearner(linear_model(), half_mse).own_adaptation_metric(quadratic_batch(), [1], half_mse)
 
 
+def test_adapting_an_implicit_learner_runs_the_proximal_solve_it_was_trained_for():
+    """``MetaLearner.adapt`` (and so ``torchmaml adapt``) of an iMAML learner returns the proximal solve's weights:
+    by default the training solve (the fixed solver's 300 steps: the closed-form minimiser), with ``steps`` that
+    many solver steps; ``adaptation="gradient"`` gives plain gradient steps on ``f`` alone instead."""
+    model, batch = linear_model(), quadratic_batch(hessian_set=False)
+    w, identity, lam, rate = model.weight.detach().reshape(-1), torch.eye(DIM, dtype=torch.float64), 0.5, 0.2
+    learner = MetaLearner(model, half_mse, rate, 300, "implicit", estimator_options={"lam": lam, "solver": "fixed"})
+    (a_in, b_in), sx, sy = task_quadratics(batch, 0)["support"], batch.support_x[0], batch.support_y[0]
+    minimiser = torch.linalg.solve(a_in + lam * identity, b_in + lam * w)
+    assert torch.allclose(learner.adapt(sx, sy).weight.reshape(-1), minimiser, rtol=1e-10)
+    two_steps = gradient_descent(w, a_in + lam * identity, b_in + lam * w, rate, 2)
+    assert torch.allclose(learner.adapt(sx, sy, steps=2).weight.reshape(-1), two_steps, rtol=1e-12)
+    plain = gradient_descent(w, a_in, b_in, rate, 2)
+    assert torch.allclose(learner.adapt(sx, sy, steps=2, adaptation="gradient").weight.reshape(-1), plain, rtol=1e-12)
+    assert not torch.allclose(two_steps, plain)
+    with pytest.raises(ConfigError, match="add adaptation='gradient'"):
+        learner.adapt(sx, sy, inner_lr=0.1)
+    with pytest.raises(ConfigError, match="must be 'own', 'gradient' or None"):
+        learner.adapt(sx, sy, adaptation="proximal")
+    with pytest.raises(ConfigError, match="adapts with plain gradient steps"):
+        MetaLearner(linear_model(), half_mse).adapt(sx, sy, adaptation="own")
+
+
 def test_implicit_converges_to_the_exact_solve_as_cg_iterations_grow():
     dim = 12
     model, batch = linear_model(dim), quadratic_batch(tasks=1, dim=dim, examples=14)

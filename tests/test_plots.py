@@ -63,3 +63,24 @@ print(before, after, "matplotlib.pyplot" in sys.modules)
     assert done.stdout.split() == ["('svg',", "'svg')", "('svg',", "'svg')", "False"], done.stdout
     for name in ("curve.png", "fits.png", "returns.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rl_learning_curve_runs_along_environment_steps(tmp_path, monkeypatch):
+    """The meta-RL curve's first panel is against the environment steps counted in the records (the budget
+    the paper's curves use), falling back to the iteration for records without them."""
+    import torchmaml.rl.plots as rl_plots
+
+    drawn = {}
+    monkeypatch.setattr(rl_plots, "save_figure", lambda fig, out, dpi: drawn.update({out.name: fig}))
+    rows = [
+        {"iteration": i, "return_before": -i, "return_after": i, "seconds": 3.0 * i, "env_steps": 80_000 * i}
+        for i in range(1, 21)
+    ]
+    rl_plots.plot_learning_curve({"maml": rows}, tmp_path)
+    steps_axis = drawn["learning_curve.png"].axes[0]
+    assert steps_axis.get_xlabel() == "environment steps (millions)"
+    assert steps_axis.lines[0].get_xdata()[-1] == 1.6  # 20 iterations of 80,000 steps
+    plain = [{key: value for key, value in row.items() if key != "env_steps"} for row in rows]
+    rl_plots.plot_learning_curve({"maml": plain}, tmp_path)
+    assert drawn["learning_curve.png"].axes[0].get_xlabel() == "meta-iteration"
+    assert drawn["learning_curve.png"].axes[0].lines[0].get_xdata()[-1] == 20

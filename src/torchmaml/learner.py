@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
 from torchmaml.compilation import MetaGradientRunner
-from torchmaml.context import VECTORISED, ExecutionContext
+from torchmaml.context import ONE_TASK_AT_A_TIME, VECTORISED, ExecutionContext
 from torchmaml.distributed import ProcessGroup, task_mean
 from torchmaml.errors import ConfigError, ModelError, first_line
 from torchmaml.estimators import InnerProblem, MetaParams, Metrics, SolverWatch, Task, estimators_with, get_estimator
@@ -283,12 +283,19 @@ class MetaLearner(nn.Module):
         support_y: Any,
         steps: int | None = None,
         inner_lr: float | None = None,
+        adaptation: str | None = None,
     ) -> nn.Module:
         """Adapt to one task from its support set; return a detached, deployable copy of the model.
 
-        ``support_x``/``support_y`` hold one task's examples, ``[N, ...]`` (no task axis). ``steps``
-        defaults to the training ``inner_steps``, ``inner_lr`` to the learner's (fixed or learned) rate.
-        The learner's own model is never modified.
+        ``support_x``/``support_y`` hold one task's examples, ``[N, ...]`` (no task axis). The learner's own
+        model is never modified. ``adaptation`` is how:
+
+        - ``"gradient"``: ``steps`` plain gradient steps (default: the training ``inner_steps``) at ``inner_lr``
+          (default: the learner's fixed or learned rate);
+        - ``"own"``: the estimator's own adaptation (``Estimator.own_adaptation``; iMAML: the proximal solve),
+          with ``steps`` solver steps (default: the training solve's);
+        - ``None`` (default): ``"own"`` when the estimator has one, since the initialisation was trained for
+          it (iMAML's may diverge under plain gradient steps), else ``"gradient"``.
 
         The copy is a plain ``nn.Module`` for prediction: its parameters do not require grad, so no loss on it
         can backpropagate to the meta-parameters (a ``.backward()`` through it raises instead of silently
@@ -297,8 +304,17 @@ class MetaLearner(nn.Module):
         in ``eval()`` mode the copy predicts each example on its own, normalised like the support set; in
         ``train()`` mode it normalises with the statistics of the batch it is given (MAML's transductive way).
         """
-        steps = self._check_steps(steps)
-        adapted = self.adaptation_trajectory(support_x, support_y, steps, inner_lr)[-1]
+        own = getattr(self.estimator, "own_adaptation", None)
+        if adaptation not in (None, "own", "gradient"):
+            raise ConfigError(f"adaptation: must be 'own', 'gradient' or None, got {adaptation!r}")
+        if adaptation == "own" and own is None:
+            raise ConfigError(f"estimator {type(self.estimator).__name__} adapts with plain gradient steps")
+        if own is not None and adaptation != "gradient":
+            if inner_lr is not None:
+                raise ConfigError(f"inner_lr: sets gradient steps, not the {own} adaptation; add adaptation='gradient'")
+            adapted = self._own_adaptation(support_x, support_y, steps)
+        else:
+            adapted = self.adaptation_trajectory(support_x, support_y, self._check_steps(steps), inner_lr)[-1]
         fast = copy.deepcopy(self.model)
         with torch.no_grad():
             for name, param in fast.named_parameters():
@@ -307,6 +323,18 @@ class MetaLearner(nn.Module):
         fast.requires_grad_(False)
         set_support_statistics(fast, support_x)
         return fast
+
+    @torch.no_grad()
+    def _own_adaptation(self, support_x: Any, support_y: Any, steps: int | None) -> Params:
+        """The estimator's own adaptation of one task (``steps``: its solver steps; ``None``: the training
+        solve's)."""
+        self._check_support(support_x, support_y)
+        meta = {"params": self._functional.parameters(), "lrs": self.rate_tensors()}
+        task = {"support_x": support_x, "support_y": support_y}
+        problem = self._problem(self.inner_steps).in_context(ONE_TASK_AT_A_TIME)
+        if steps is None:
+            return self.estimator.solve(problem, meta, task)[0]
+        return self.estimator.adapt(problem, meta, task, self._check_steps(steps))
 
     def adapt_differentiable(
         self, support_x: Any, support_y: Any, steps: int | None = None, *, first_order: bool = False
@@ -343,12 +371,16 @@ class MetaLearner(nn.Module):
         steps = self._check_steps(steps)
         if inner_lr is not None and not _positive_number(inner_lr):
             raise ConfigError(f"inner_lr: must be a finite number > 0, got {inner_lr!r}")
-        examples_x, examples_y = (tree_leaves(t)[0].shape[0] for t in (support_x, support_y))
-        if examples_x != examples_y:
-            raise ConfigError(f"support_x has {examples_x} examples but support_y has {examples_y}")
+        self._check_support(support_x, support_y)
         params = self._functional.parameters()
         rates = self._rates(steps, inner_lr)
         return self._trajectory(params, support_x, support_y, rates, steps, first_order=True)
+
+    @staticmethod
+    def _check_support(support_x: Any, support_y: Any) -> None:
+        examples_x, examples_y = (tree_leaves(t)[0].shape[0] for t in (support_x, support_y))
+        if examples_x != examples_y:
+            raise ConfigError(f"support_x has {examples_x} examples but support_y has {examples_y}")
 
     def _trajectory(
         self,

@@ -17,14 +17,16 @@ from torchmaml.run.files import save_figure
 
 def plot_learning_curve(records: dict[str, list[dict]], out_dir: Path, window: int = 10) -> Path:
     """Mean return before and after adaptation (moving average over up to ``window`` iterations) against
-    iteration and against training wall-clock minutes."""
+    environment steps (every episode sampled in training, before and after adaptation; the iteration where
+    a record has no ``env_steps``) and against training wall-clock minutes."""
     out = Path(out_dir) / "learning_curve.png"
     fig = new_figure(figsize=(11, 4))
     axes = fig.subplots(1, 2, sharey=True)
+    counted = all("env_steps" in r for rows in records.values() for r in rows)
     for label, rows in records.items():
         if not rows:
             continue
-        iterations = np.array([r["iteration"] for r in rows])
+        position = np.array([r["env_steps"] / 1e6 if counted else r["iteration"] for r in rows])
         minutes = np.array([r["seconds"] for r in rows]) / 60
         series = [("return_after", "-")] if label != "pretrained" else []
         series.append(("return_before", ":"))
@@ -32,9 +34,9 @@ def plot_learning_curve(records: dict[str, list[dict]], out_dir: Path, window: i
         for key, style in series:
             values = np.convolve([r[key] for r in rows], np.ones(width) / width, mode="valid")
             name = f"{label}: {'after' if key == 'return_after' else 'before'} adaptation"
-            axes[0].plot(iterations[width - 1 :], values, style, label=name)
+            axes[0].plot(position[width - 1 :], values, style, label=name)
             axes[1].plot(minutes[width - 1 :], values, style, label=name)
-    axes[0].set_xlabel("meta-iteration")
+    axes[0].set_xlabel("environment steps (millions)" if counted else "meta-iteration")
     axes[1].set_xlabel("training wall-clock (minutes)")
     axes[0].set_ylabel("mean return (moving average)")
     for ax in axes:
