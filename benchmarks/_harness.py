@@ -21,12 +21,23 @@ from typing import Any
 TORCHMAML = Path(sys.executable).parent / "torchmaml"
 
 
-def run_child(command: list[str], log: Path, threads: int) -> tuple[int, float, float]:
-    """Run ``command`` as one child process (output to ``log``); return its exit code, wall seconds and the
-    peak resident set size of that child in MB (``ru_maxrss`` from ``os.wait4``, KiB on Linux)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+def run_child(
+    command: list[str],
+    log: Path,
+    threads: int | None,
+    *,
+    append: bool = False,
+    extra_env: dict[str, str] | None = None,
+) -> tuple[int, float, float]:
+    """Run ``command`` as one child process (output to ``log``, appended with ``append``); return its exit code,
+    wall seconds and the peak resident set size of that child in MB (``ru_maxrss`` from ``os.wait4``, KiB on
+    Linux). ``threads`` sets the child's ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` (``None``: this process's);
+    ``extra_env`` adds variables."""
+    env = {**os.environ, **(extra_env or {})}
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start = time.perf_counter()
-    with open(log, "w") as handle:
+    with open(log, "a" if append else "w") as handle:
         handle.write("$ " + shlex.join(command) + "\n")
         handle.flush()
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)

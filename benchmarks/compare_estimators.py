@@ -60,12 +60,13 @@ import re
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from _harness import run_child
 
 ESTIMATORS = ("unrolled", "first_order", "hessian_free", "implicit", "reptile", "three_batch")
 THEORY = ("unrolled", "first_order")
@@ -207,24 +208,6 @@ def train_arguments(row: Row, budget: Budget, out: Path, common: tuple[str, ...]
     return ["train", "--config", "sinusoid", *sets, "--out", str(out), "--no-progress"]
 
 
-def run_child(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> tuple[int, float, float]:
-    """Run ``argv`` with its output appended to ``log_path``; return exit code, wall seconds, peak RSS (MB).
-
-    ``os.wait4`` gives the resource usage of this one child (and of the children it waited for), so the
-    peak memory is per run, not the maximum over every child this script has started.
-    """
-    with open(log_path, "a") as log:
-        log.write(f"$ {shlex.join(argv)}\n")
-        log.flush()
-        start = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    scale = 2**20 if sys.platform == "darwin" else 2**10  # ru_maxrss: bytes on macOS, KiB on Linux
-    return process.returncode, wall, usage.ru_maxrss / scale
-
-
 def last_lines(path: Path, count: int = 3) -> str:
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     return " | ".join(lines[-count:])
@@ -283,8 +266,8 @@ def measure(row: Row, budget: Budget, root: Path, torchmaml: list[str], common: 
     if out.exists():
         shutil.rmtree(out)
     log_path.unlink(missing_ok=True)
-    env = {**os.environ, "TORCH_LOGS": "graph_breaks"}
-    code, wall, rss = run_child([*torchmaml, *train_arguments(row, budget, out, common)], log_path, env)
+    command = [*torchmaml, *train_arguments(row, budget, out, common)]
+    code, wall, rss = run_child(command, log_path, None, append=True, extra_env={"TORCH_LOGS": "graph_breaks"})
     result.wall_seconds, result.peak_rss_mb = wall, rss
     text = log_path.read_text(errors="replace")
     result.compiled = COMPILE_FALLBACK not in text
@@ -294,7 +277,7 @@ def measure(row: Row, budget: Budget, root: Path, torchmaml: list[str], common: 
     if code != 0:
         result.error = f"train exit code {code}: {last_lines(log_path)}"
         return result
-    code, _, _ = run_child([*torchmaml, "evaluate", str(out)], log_path)
+    code, _, _ = run_child([*torchmaml, "evaluate", str(out)], log_path, None, append=True)
     if code != 0:
         result.error = f"evaluate exit code {code}: {last_lines(log_path)}"
         return result

@@ -53,9 +53,9 @@ from torchmaml.pytree import flatten
 from torchmaml.rl.config import load_config
 from torchmaml.rl.half_cheetah import CONTROL_COST, HalfCheetahDirEnv
 from torchmaml.rl.half_cheetah_batched import BatchedHalfCheetahSampler
-from torchmaml.rl.maml_trpo import fisher_vector_product_of, meta_update, sample_phases
+from torchmaml.rl.maml_trpo import fisher_vector_product_of, meta_update, post_adaptation_outputs, sample_phases
 from torchmaml.rl.objectives import adapt, meta_objective
-from torchmaml.rl.policy import GaussianMLPPolicy, distribution
+from torchmaml.rl.policy import GaussianMLPPolicy
 from torchmaml.rl.sampler import VectorEnvSampler, per_task
 from torchmaml.rl.train import MAML, PolicyPhase, build_policy, make_sampler
 
@@ -244,7 +244,6 @@ def meta_signal(tasks: int, trajectories: int, batches: int, checkpoint: str | N
     sampler = make_sampler(config)
     policy = FunctionalModel(build_policy(config, sampler.observation_dim, sampler.action_dim))
     params = load_checkpoint(checkpoint)["policy"] if checkpoint else policy.parameters()
-    on_tasks = vmap(functools.partial(distribution, policy))
     every = slice(None, None, config.fisher_subsample)
 
     def direction(phases, lrs, estimator):
@@ -258,10 +257,9 @@ def meta_signal(tasks: int, trajectories: int, batches: int, checkpoint: str | N
             if inner:
                 adapted = vmap(lambda task_inner: adapt(policy, params, task_inner, lrs, "first_order"))(inner)
         observations, mask = outer.episodes.observations[:, every], outer.episodes.mask[:, every]
-
-        def outputs(w):
-            return on_tasks({name: adapted[name] + (w[name] - params[name]) for name in params}, observations)
-
+        outputs = post_adaptation_outputs(
+            policy, params, inner, adapted, observations, lrs, estimator, "post_adaptation"
+        )
         log_std = outputs(params)[1].detach()
         product = fisher_vector_product_of(outputs, params, log_std, mask, config.cg_damping)
         return g, conjugate_gradient(product, g, config.cg_iterations, tolerance=1e-10)

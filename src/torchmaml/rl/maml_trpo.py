@@ -130,7 +130,6 @@ def meta_update(
     inner, outer = [p.phase() for p in phases[:-1]], phases[-1]
     episodes, mask = outer.episodes, outer.episodes.mask
     counts, tasks = mask.sum((1, 2)), mask.shape[0]
-    policy_on_tasks = vmap(functools.partial(distribution, policy))
     task_objective = vmap(functools.partial(meta_objective, policy, lrs=lrs, estimator=estimator), (None, 0, 0, 0))
     value = _sampling_term_value(outer, process_group)
 
@@ -151,23 +150,11 @@ def meta_update(
     # Fisher-vector products on every k-th post-adaptation trajectory of each task (TRPO implementations
     # subsample the same way; OpenAI baselines uses every 5th sample)
     every = slice(None, None, config.fisher_subsample)
-    fisher_observations, fisher_mask = episodes.observations[:, every], mask[:, every]
-    if config.fisher == "exact":
-
-        def fisher_outputs(w: Params) -> tuple[torch.Tensor, torch.Tensor]:
-            if not inner:  # K = 0
-                return policy_on_tasks(per_task(w, mask.shape[0]), fisher_observations)
-            adapted = vmap(lambda task_inner: adapt(policy, w, task_inner, lrs, estimator))(inner)
-            return policy_on_tasks(adapted, fisher_observations)
-
-    else:
-
-        def fisher_outputs(w: Params) -> tuple[torch.Tensor, torch.Tensor]:  # w_K(w) ~ w_K(w_old) + (w - w_old)
-            shifted = {name: adapted_old.params[name] + (w[name] - params[name]) for name in params}
-            return policy_on_tasks(shifted, fisher_observations)
-
+    fisher_outputs = post_adaptation_outputs(
+        policy, params, inner, adapted_old.params, episodes.observations[:, every], lrs, estimator, config.fisher
+    )
     fisher_vector_product = fisher_vector_product_of(
-        fisher_outputs, params, old_log_std[:, every], fisher_mask, config.cg_damping, process_group
+        fisher_outputs, params, old_log_std[:, every], mask[:, every], config.cg_damping, process_group
     )
 
     def evaluate(step: torch.Tensor) -> tuple[float, float]:
@@ -198,6 +185,38 @@ def meta_update(
         "gradient_norm": float(gradient.norm()),
     }
     return new_params, metrics
+
+
+def post_adaptation_outputs(
+    policy: FunctionalModel,
+    params: Params,
+    inner: Sequence[Phase],
+    adapted: Params,
+    observations: torch.Tensor,
+    lrs: Sequence[float],
+    estimator: Estimator,
+    fisher: str,
+) -> Callable[[Params], tuple[torch.Tensor, torch.Tensor]]:
+    """``w -> f(w)``, the means and log-stds ``[T, N, H, A]`` of the post-adaptation policies at ``observations``,
+    whose Jacobian at ``params`` gives the Fisher matrix (module docstring). ``fisher="exact"``: the policies
+    ``pi_{w_K(w)}``, adapted on the ``inner`` phases; ``"post_adaptation"``: ``w_K(w) ~ adapted + (w - params)``,
+    ``adapted`` being ``w_K(params)`` per task."""
+    policy_on_tasks = vmap(functools.partial(distribution, policy))
+    if fisher == "exact":
+
+        def outputs(w: Params) -> tuple[torch.Tensor, torch.Tensor]:
+            if not inner:  # K = 0
+                return policy_on_tasks(per_task(w, observations.shape[0]), observations)
+            return policy_on_tasks(
+                vmap(lambda task_inner: adapt(policy, w, task_inner, lrs, estimator))(inner), observations
+            )
+
+        return outputs
+
+    def shifted(w: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        return policy_on_tasks({name: adapted[name] + (w[name] - params[name]) for name in params}, observations)
+
+    return shifted
 
 
 def fisher_vector_product_of(
