@@ -90,6 +90,32 @@ def test_an_implicit_run_is_also_scored_after_its_own_proximal_solve(tmp_path):
     assert "maml (proximal)" in result.stdout
 
 
+def test_an_implicit_run_validates_after_its_own_proximal_solve(tmp_path):
+    """The best-on-validation weights of an iMAML run are picked by the adaptation they are trained for: the
+    validation score is the proximal solve's, not that of plain gradient steps."""
+    import torch
+
+    from torchmaml import load_run
+    from torchmaml.benchmark import benchmark_of
+    from torchmaml.experiment import metric_of
+
+    run = tmp_path / "imaml"
+    settings = ["estimator=implicit", "iterations=3", "pretrained_baseline=false", "validate_every=3", "val_tasks=8"]
+    settings += ["eval_tasks=8", "eval_steps=[2]"]
+    sets = [part for setting in settings for part in ("--set", setting)]
+    result = torchmaml("train", "--config", "sinusoid-demo", *sets, "--no-progress", "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    last = json.loads((run / "metrics-maml.jsonl").read_text().splitlines()[-1])
+    (validated,) = [value for key, value in last.items() if key.startswith("val_")]
+    learner, config = load_run(run)  # the weights validated at iteration 3, the last
+    chunks = next(iter(benchmark_of(config).evaluation_batches(config, "validation", None).values()))
+    metric = metric_of(config).fn
+    proximal = torch.cat([learner.own_adaptation_metric(batch, [2], metric) for batch in chunks]).mean()
+    gradient_steps = torch.cat([learner.query_metric(batch, 2, metric) for batch in chunks])[:, 2].mean()
+    assert validated == pytest.approx(float(proximal), rel=1e-5)
+    assert validated != pytest.approx(float(gradient_steps), rel=1e-3)
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

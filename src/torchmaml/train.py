@@ -280,9 +280,13 @@ class PhaseTrainer:
 
     def _validation_score(self) -> float:
         """The metric after ``max(eval_steps)`` inner steps on the validation tasks (every ``validate_every``
-        iterations; the best weights so far are kept as ``checkpoint-<phase>-best.pt``)."""
+        iterations; the best weights so far are kept as ``checkpoint-<phase>-best.pt``). An estimator with its own
+        adaptation (iMAML) is scored after that many steps of it, the adaptation its weights are trained for."""
         steps = max(self.config.eval_steps)
         chunks = next(iter(self.validation.values()))
+        if getattr(self.learner.estimator, "own_adaptation", None) is not None:
+            own = self.learner.own_adaptation_metric
+            return float(torch.cat([own(batch, [steps], self.metric.fn) for batch in chunks]).mean())
         return float(adaptation_scores(self.learner, chunks, steps, self.metric.fn)[:, steps].mean())
 
     def _rates(self) -> Metrics:
