@@ -28,7 +28,9 @@ Three learning checks instead of the table: ``--adaptation 0.1 0.5`` (does one i
 the return on a fixed direction? returns before/after, and their forward part ``sum_t d v_t``, over
 ``--tasks`` tasks), ``--trpo-forward MINUTES`` (plain TRPO without adaptation on running forward: does the
 policy learn to run at all?) and ``--meta-signal BATCHES`` (how much of a TRPO meta-step's predicted
-improvement holds on other meta-batches: the meta-gradient's signal against its sampling noise).
+improvement holds on other meta-batches: the meta-gradient's signal against its sampling noise). And
+``--preset-iterations N``: the CPU time of ``N`` meta-iterations as the preset trains (frame skip 1, the exact
+Fisher), with their metrics, to compare code versions.
 """
 
 from __future__ import annotations
@@ -139,12 +141,15 @@ def sampling(sampler, tasks: int, trajectories: int) -> Callable[[], int]:
     return lambda: sampler.rollout(policy, params, task_values, trajectories, generator).num_steps()
 
 
-def meta_iteration(sampler_kind: str, tasks: int, trajectories: int) -> tuple[Callable[[], tuple[int, float]], object]:
+def meta_iteration(
+    sampler_kind: str, tasks: int, trajectories: int, frame_skip: int | None = 5
+) -> tuple[Callable[[], tuple[int, float]], object, list[dict]]:
     """One iteration of the ``half-cheetah-dir`` preset's MAML-TRPO with ``sampler_kind`` (its steps, and the CPU
-    seconds spent in the sampler's ``rollout``); the sampler too (to close). At gymnasium's frame skip 5, as every
-    row of the table (the preset's is 1)."""
+    seconds spent in the sampler's ``rollout``); the sampler too (to close), and the list each iteration's
+    metrics are appended to. At gymnasium's frame skip 5 by default, as every row of the table (``None``: the
+    preset's, 1)."""
     overrides = [f'sampler="{sampler_kind}"', f"meta_batch_size={tasks}", f"trajectories={trajectories}"]
-    overrides.append("frame_skip=5")
+    overrides += [f"frame_skip={frame_skip}"] if frame_skip is not None else []
     config = load_config("half-cheetah-dir", overrides)
     sampler = make_sampler(config)
     policy = build_policy(config, sampler.observation_dim, sampler.action_dim)
@@ -159,13 +164,30 @@ def meta_iteration(sampler_kind: str, tasks: int, trajectories: int) -> tuple[Ca
 
     sampler.rollout = timed_rollout  # this instance only
 
+    records: list[dict] = []
+
     def run() -> tuple[int, float]:
         before, sampling_cpu[0] = phase.env_steps, 0.0
         iteration[0] += 1
-        phase.step(iteration[0])
+        records.append(phase.step(iteration[0]))
         return phase.env_steps - before, sampling_cpu[0]
 
-    return run, sampler
+    return run, sampler, records
+
+
+def preset_iterations(tasks: int, trajectories: int, count: int) -> None:
+    """``count`` meta-iterations of the preset as it trains (frame skip 1, the exact Fisher), from its initial
+    policy and seed 0: CPU seconds of each, the share spent sampling, and the iteration's metrics (equal numbers
+    across code versions mean the same computation)."""
+    run, _, records = meta_iteration("batched", tasks, trajectories, frame_skip=None)
+    print(f"{'iteration':>9}{'CPU s':>8}{'sampling':>10}{'steps/CPU-s':>13}   return after, KL, improvement")
+    for index in range(1, count + 1):
+        started = time.process_time()
+        steps, sampling = run()
+        cpu = time.process_time() - started
+        metrics = records[-1]
+        numbers = f"{metrics['return_after']!r} {metrics['kl']!r} {metrics['improvement']!r}"
+        print(f"{index:>9}{cpu:>8.2f}{sampling / cpu:>10.0%}{steps / cpu:>13,.0f}   {numbers}", flush=True)
 
 
 def forward_returns(episodes) -> torch.Tensor:
@@ -305,6 +327,9 @@ def main() -> None:
     parser.add_argument(
         "--meta-signal", type=int, metavar="BATCHES", help="instead: signal and noise of the meta-gradient"
     )
+    parser.add_argument(
+        "--preset-iterations", type=int, metavar="N", help="instead: CPU time of N meta-iterations as the preset trains"
+    )
     parser.add_argument("--checkpoint", help="--meta-signal at this checkpoint's policy (default: the initial one)")
     parser.add_argument("--frame-skip", type=int, help="--meta-signal with this time step (default: the preset's)")
     args = parser.parse_args()
@@ -317,6 +342,9 @@ def main() -> None:
     if args.trpo_forward:
         trpo_forward(args.tasks, args.trajectories, args.trpo_forward)
         return
+    if args.preset_iterations:
+        preset_iterations(args.tasks, args.trajectories, args.preset_iterations)
+        return
     if args.meta_signal:
         meta_signal(args.tasks, args.trajectories, args.meta_signal, args.checkpoint, args.frame_skip)
         return
@@ -324,8 +352,8 @@ def main() -> None:
     gym_tasks = args.gym_tasks or tasks
     gym = VectorEnvSampler(HalfCheetahDirEnv, n, min(TASKS_PER_ROUND, gym_tasks))
     twin = BatchedHalfCheetahSampler(HalfCheetahDirEnv, tasks_per_round=min(TASKS_PER_ROUND, tasks))
-    gym_iteration, gym_iteration_sampler = meta_iteration("gymnasium", gym_tasks, n)
-    twin_iteration, _ = meta_iteration("batched", tasks, n)
+    gym_iteration, gym_iteration_sampler, _ = meta_iteration("gymnasium", gym_tasks, n)
+    twin_iteration, _, _ = meta_iteration("batched", tasks, n)
     rows = [
         ("mj_step limit (one MjData)", "1", everything(mj_step_limit(20_000))),
         ("mujoco.batch, no policy", f"{tasks} x {n}", everything(batch_physics(tasks * n, 50))),

@@ -11,8 +11,11 @@ The estimators that use curvature never form a Hessian; they only apply it to a 
   exact for a quadratic ``f``, with error ``O(h^2)`` for a smooth one (see ``hessian_free`` for ReLU nets);
 - or the Gauss-Newton matrix ``G(w) = J^T H_l J`` in place of ``H`` (``J`` the Jacobian of the model's output
   in ``w``, ``H_l`` the Hessian of the loss in the output): positive semi-definite whenever the loss is convex
-  in the output (MSE, cross-entropy), equal to ``H`` for a linear model; one jvp, one loss Hessian-vector
+  in the output (MSE, cross-entropy), equal to ``H`` for a linear model; ``J u``, one loss Hessian-vector
   product and one vjp (iMAML's ``curvature = "gauss_newton"``).
+
+``J u`` itself needs no forward-mode pass: it is the transpose of the recorded linear map ``c -> J^T c``
+(:func:`jacobian_product_of`), reverse over reverse through the graph of one forward pass.
 
 Vectors are parameter dictionaries ``{name: tensor}``; everything here works under ``torch.func.vmap``.
 """
@@ -20,9 +23,11 @@ Vectors are parameter dictionaries ``{name: tensor}``; everything here works und
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch.func import grad, vjp
+from torch.utils._pytree import tree_map
 
 from torchmaml.functional import Params
 from torchmaml.inner import StepLR
@@ -35,6 +40,15 @@ def hessian_vector_product(loss: ScalarFunction, point: Params, vector: Params) 
     """``H(point) vector`` with ``H`` the Hessian of ``loss``: the vjp of ``grad loss`` at ``point``."""
     _, grad_vjp = vjp(grad(loss), point)
     return grad_vjp(vector)[0]
+
+
+def jacobian_product_of(pullback: Callable[[Any], tuple[Any, ...]], outputs: Any) -> Callable[[Any], Any]:
+    """``u -> J u`` from the recorded ``pullback = c -> (J^T c,)`` of a function with outputs ``outputs`` (a tensor
+    or a tuple of them) at some point: the vjp of the linear map ``c -> J^T c`` (at ``c = 0``; any ``c`` gives
+    the same map), so the function's forward pass is not run again and no forward-mode pass is needed."""
+    zeros = tree_map(torch.zeros_like, outputs)
+    _, transpose = vjp(lambda cotangent: pullback(cotangent)[0], zeros)
+    return lambda vector: transpose(vector)[0]
 
 
 def gauss_newton_operator(
@@ -51,11 +65,10 @@ def gauss_newton_operator(
     """
     prediction, output_vjp = vjp(output, point)
     _, loss_hessian = vjp(grad(loss), prediction)
-    _, jacobian = vjp(lambda cotangent: output_vjp(cotangent)[0], torch.zeros_like(prediction))
+    jacobian = jacobian_product_of(output_vjp, prediction)
 
     def product(vector: Params) -> Params:
-        (tangent,) = jacobian(vector)
-        (curved,) = loss_hessian(tangent)
+        (curved,) = loss_hessian(jacobian(vector))
         return output_vjp(curved)[0]
 
     return product

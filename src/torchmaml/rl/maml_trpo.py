@@ -18,15 +18,15 @@ With ``K = 0`` the same code is plain TRPO on tasks drawn at random: the "pretra
 post-adaptation policies ``pi_{w_K(w)}`` at the states of ``D'``. The mean KL between old and new
 post-adaptation policies is ``1/2 dw^T J^T M J dw + O(dw^3)`` with ``J = df/dw`` and ``M = diag(1/sigma^2, 2)``
 (per action dimension, averaged over steps and tasks); its gradient vanishes at ``w_old``, so its Hessian is
-exactly ``J^T M J``. ``F v = J^T (M (J v))`` is a forward-mode ``jvp`` and a reverse-mode ``vjp`` of ``f``: second
+exactly ``J^T M J``. ``F v = J^T (M (J v))`` is two reverse-mode maps of ``f``'s recorded graph: second
 derivatives of the inner objective only, never third (``fisher="exact"``, as the paper). ``fisher=
 "post_adaptation"`` drops the adaptation's Jacobian (``dw_K/dw ~ I``) and is about ten times cheaper.
 
 **One forward pass each.** The meta-gradient is taken with ``grad_and_value``, whose value and auxiliary
 outputs are the objective at ``w_old``, the adapted ``w_K(w_old)`` and the old post-adaptation policies on
 ``D'``; the meta-objective hands back the policy it evaluated on ``D'``, so each line-search step reads its KL
-from the objective's own forward pass. ``J`` is linearized once (``torch.func.linearize``: the forward pass
-traced at ``w_old``, each product then runs only its tangent part) and ``J^T`` is one ``vjp``. In sampling, the
+from the objective's own forward pass. ``f`` runs forward once per step, recorded by a ``vjp``: ``J^T u`` is
+that vjp and ``J v`` its transpose (``hvp.jacobian_product_of``), so no product runs ``f`` again. In sampling, the
 behaviour log-probabilities of ``D_k`` and the inner step on it share a forward pass
 (``objectives.sampling_step``). Each is the same computation done once, so the numbers are those of the separate
 passes (``tests/test_rl_trpo.py`` checks them against each other).
@@ -47,15 +47,15 @@ same step: the one-process step up to the rounding of the sums' order, bit-ident
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
-from torch.func import grad_and_value, linearize, vjp, vmap
+from torch.func import grad_and_value, vjp, vmap
 
 from torchmaml.distributed import ProcessGroup, gather_tasks, rank_and_size, task_mean, task_range
+from torchmaml.estimators.hvp import jacobian_product_of
 from torchmaml.functional import FunctionalModel, Params
 from torchmaml.pytree import flatten, unflatten
 from torchmaml.rl.advantages import advantages
@@ -235,8 +235,9 @@ def fisher_vector_product_of(
     adapted parameters, averaged. It is an ``O(alpha)`` approximation about ten times cheaper; the line search
     still measures the true KL through the adaptation, so the trust region holds either way.
 
-    ``J v`` is a ``torch.func.linearize`` of ``outputs`` at ``params`` (traced once, the same numbers as a fresh
-    ``jvp`` without recomputing the primal outputs every product), ``J^T u`` a ``vjp`` built once.
+    ``J^T u`` is a ``vjp`` of ``outputs`` at ``params`` built once, ``J v`` its transpose
+    (``hvp.jacobian_product_of``): each product runs two reverse passes through the recorded graph, no forward
+    pass of ``outputs``.
 
     ``J^T M J`` is a mean over tasks, ``M`` weighting each task by ``1/T``. With a ``process_group``, ``mask`` holds
     this process's tasks, ``T`` counts every process's tasks and the products are summed over the processes:
@@ -247,10 +248,8 @@ def fisher_vector_product_of(
         tasks = int(_sum_over_ranks(torch.tensor(tasks), process_group))
     weight = (mask / (counts[:, None, None] * tasks))[..., None]
     metric = (weight * torch.exp(-2 * old_log_std), 2 * weight.expand_as(old_log_std))
-    _, pullback = vjp(outputs, params)
-    with warnings.catch_warnings():  # make_fx's constant folding warns about the attributes it creates
-        warnings.simplefilter("ignore", UserWarning)
-        _, push_forward = linearize(outputs, params)
+    recorded, pullback = vjp(outputs, params)
+    push_forward = jacobian_product_of(pullback, recorded)
 
     def product(v: torch.Tensor) -> torch.Tensor:
         d_mean, d_log_std = push_forward(unflatten(v, params))
