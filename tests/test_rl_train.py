@@ -124,6 +124,24 @@ def test_time_limit_stops_training_with_a_final_checkpoint(tmp_path):
     assert load_checkpoint(run / "checkpoint-maml.pt")["iteration"] == len(lines)
 
 
+def test_a_run_stopped_by_its_time_limit_continues_with_a_raised_limit(tmp_path):
+    """``torchmaml train --resume RUN --set time_limit_minutes=M`` trains on to the new limit (the elapsed training
+    time is kept), where the old limit would stop it at once."""
+    from torchmaml.rl.train import extended_config
+
+    config = load_config(
+        "navigation2d", [*TINY, "iterations=1000", "pretrained_iterations=0", "time_limit_minutes=0.002"]
+    )
+    run = train(config, tmp_path / "run", progress=False)
+    stopped = len((run / "metrics-maml.jsonl").read_text().splitlines())
+    train(None, run, progress=False, resume=True)  # the same limit: nothing more to train
+    assert len((run / "metrics-maml.jsonl").read_text().splitlines()) == stopped
+    train(extended_config(run, ["time_limit_minutes=0.006"]), run, progress=False, resume=True)
+    lines = [json.loads(line) for line in (run / "metrics-maml.jsonl").read_text().splitlines()]
+    assert stopped < len(lines) < 1000 and lines[-1]["seconds"] >= 0.36
+    assert [line["iteration"] for line in lines] == list(range(1, len(lines) + 1))
+
+
 def test_a_run_folder_in_use_is_refused(tmp_path):
     from torchmaml.errors import ConfigError
     from torchmaml.runlock import exclusive_run

@@ -6,13 +6,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchmaml.checkpoint import CheckpointStore
+from torchmaml.checkpoint import RESUMABLE_KEYS, CheckpointStore
 from torchmaml.config import TrainConfig, build_config, check_machine
 from torchmaml.errors import ConfigError
 from torchmaml.run.config_io import read_toml
 from torchmaml.species import RECORD_NAME
 
-EXTENSIBLE_KEYS = ("iterations", "pretrained_iterations")
+EXTENSIBLE_KEYS = RESUMABLE_KEYS  # what --resume may --set: the keys outside the config digest
 
 
 @dataclass(frozen=True)

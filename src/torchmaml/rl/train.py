@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from torchmaml.checkpoint import CheckpointError
+from torchmaml.checkpoint import RESUMABLE_KEYS, CheckpointError
 from torchmaml.distributed import task_range
 from torchmaml.errors import ConfigError
 from torchmaml.functional import FunctionalModel, Params
@@ -62,7 +62,7 @@ from torchmaml.run.trainer import Trainer
 from torchmaml.rundir import RunDir
 
 MAML, PRETRAINED = "maml", "pretrained"
-EXTENSIBLE_KEYS = ("iterations", "pretrained_iterations")
+EXTENSIBLE_KEYS = RESUMABLE_KEYS  # what --resume may --set: the keys outside the config digest
 MAX_CONSECUTIVE_SKIPS = 20  # as the supervised default; not a config key, so saved runs keep their digest
 
 

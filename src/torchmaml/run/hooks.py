@@ -183,15 +183,21 @@ class Validation(Hook):
 
 
 class TimeLimit(Hook):
-    """Stop the phase once it has trained ``minutes`` (``None``: no limit); its final checkpoint is written."""
+    """Stop the phase once it has trained ``minutes`` (``None``: no limit); its final checkpoint is written and
+    records ``time_limited``, so that a resume with a raised limit trains on (``resume.phase_finished``)."""
 
     writer_only = True
 
     def __init__(self, minutes: float | None) -> None:
         self.minutes = minutes
+        self.stopped = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"time_limited": self.stopped}
 
     def stop_reason(self, trainer: Trainer, metrics: Metrics) -> str | None:
         if self.minutes is not None and trainer.elapsed >= 60 * self.minutes:
+            self.stopped = True
             return f"time limit of {self.minutes} minutes reached"
         return None
 

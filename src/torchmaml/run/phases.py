@@ -69,7 +69,8 @@ def train_phases(
                     if not writer:
                         return []
                     _prepare_resume(run, config, saved(), species, to_toml)
-                    return [not phase_finished(run.checkpoint(k), n, digest, warn=warn) for k, n in phases]
+                    limit = config.time_limit_minutes
+                    return [not phase_finished(run.checkpoint(k), n, digest, warn, limit) for k, n in phases]
 
                 todo = team.broadcast(team.agree(unfinished))
                 for (kind, iterations), train in zip(phases, todo, strict=True):

@@ -27,8 +27,12 @@ def remove_stale_temporaries(root: Path, report: Callable[[str], None]) -> None:
             report(f"removed {path}, the temporary file of an interrupted write")
 
 
-def phase_finished(final: Path, iterations: int, digest: str, warn: Callable[[str], None]) -> bool:
-    """Whether the phase whose final checkpoint is ``final`` has trained ``iterations`` with this config."""
+def phase_finished(
+    final: Path, iterations: int, digest: str, warn: Callable[[str], None], time_limit_minutes: float | None = None
+) -> bool:
+    """Whether the phase whose final checkpoint is ``final`` has trained ``iterations`` with this config: it
+    reached them, or a hook ended it earlier, except for a time limit that ``time_limit_minutes`` has raised
+    (or removed) since."""
     if not os.path.lexists(final):
         return False
     try:
@@ -40,6 +44,8 @@ def phase_finished(final: Path, iterations: int, digest: str, warn: Callable[[st
         return False
     check_config_digest(payload, digest, final)
     target = payload.get("target", payload.get("iteration"))
+    if payload.get("time_limited") and (time_limit_minutes is None or payload["elapsed"] < 60 * time_limit_minutes):
+        return False
     return isinstance(target, int) and target >= iterations
 
 
@@ -63,7 +69,7 @@ def extended(values: dict[str, Any], overrides: list[str], keys: tuple[str, ...]
         key, value = parse_override(text)
         if key not in keys:
             raise ConfigError(
-                f"--resume continues a run with its own config: --set can raise {' or '.join(keys)} "
+                f"--resume continues a run with its own config: --set can raise {', '.join(keys[:-1])} or {keys[-1]} "
                 f"(to extend the run), not {key}"
             )
         values[key] = value
