@@ -270,7 +270,8 @@ def measure(row: Row, budget: Budget, root: Path, torchmaml: list[str], common: 
     code, wall, rss = run_child(command, log_path, None, append=True, extra_env={"TORCH_LOGS": "graph_breaks"})
     result.wall_seconds, result.peak_rss_mb = wall, rss
     text = log_path.read_text(errors="replace")
-    result.compiled = COMPILE_FALLBACK not in text
+    compiles = [setting for setting in ("compile=true", *common, *row.settings) if setting.startswith("compile=")]
+    result.compiled = COMPILE_FALLBACK not in text if compiles[-1] != "compile=false" else None  # None: eager
     result.graph_breaks = len(GRAPH_BREAK.findall(text))
     if (out / "metrics-maml.jsonl").exists():
         read_metrics(result, out / "metrics-maml.jsonl")
