@@ -66,8 +66,16 @@ def evaluate_own_adaptation(
 ) -> list[AdaptationResult]:
     """As :func:`evaluate_adaptation`, after each step count of ``steps`` of the estimator's own adaptation
     (``MetaLearner.own_adaptation_metric``: iMAML's proximal solve, its solver steps)."""
-    scores = torch.cat([learner.own_adaptation_metric(batch, steps, metric) for batch in batches])
+    scores = own_adaptation_scores(learner, batches, steps, metric)
     return summarise(scores, steps, model_name, batches[0].support_x.shape[1])
+
+
+def own_adaptation_scores(
+    learner: MetaLearner, batches: Sequence[TaskBatch], steps: list[int], metric: MetricFn
+) -> torch.Tensor:
+    """``metric`` on every task of ``batches`` after each step count of ``steps`` of the estimator's own adaptation:
+    ``[tasks, len(steps)]``."""
+    return torch.cat([learner.own_adaptation_metric(batch, steps, metric) for batch in batches])
 
 
 def summarise(scores: torch.Tensor, steps: list[int], model_name: str, support_size: int) -> list[AdaptationResult]:

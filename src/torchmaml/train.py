@@ -39,7 +39,7 @@ from torchmaml.config import TrainConfig, to_toml
 from torchmaml.distributed import shard, task_range
 from torchmaml.errors import ConfigError, first_line
 from torchmaml.estimators import get_estimator
-from torchmaml.evaluate import adaptation_scores
+from torchmaml.evaluate import adaptation_scores, own_adaptation_scores
 from torchmaml.experiment import (
     MAML,
     PRETRAINED,
@@ -285,8 +285,7 @@ class PhaseTrainer:
         steps = max(self.config.eval_steps)
         chunks = next(iter(self.validation.values()))
         if getattr(self.learner.estimator, "own_adaptation", None) is not None:
-            own = self.learner.own_adaptation_metric
-            return float(torch.cat([own(batch, [steps], self.metric.fn) for batch in chunks]).mean())
+            return float(own_adaptation_scores(self.learner, chunks, [steps], self.metric.fn).mean())
         return float(adaptation_scores(self.learner, chunks, steps, self.metric.fn)[:, steps].mean())
 
     def _rates(self) -> Metrics:

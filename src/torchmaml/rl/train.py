@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from torchmaml.checkpoint import RESUMABLE_KEYS, CheckpointError
+from torchmaml.checkpoint import CheckpointError
 from torchmaml.distributed import task_range
 from torchmaml.errors import ConfigError
 from torchmaml.functional import FunctionalModel, Params
@@ -59,10 +59,9 @@ from torchmaml.run.resume import extended
 from torchmaml.run.seeds import model_seed, task_stream
 from torchmaml.run.team import SOLO, Team
 from torchmaml.run.trainer import Trainer
-from torchmaml.rundir import RunDir
+from torchmaml.rundir import EXTENSIBLE_KEYS, RunDir
 
 MAML, PRETRAINED = "maml", "pretrained"
-EXTENSIBLE_KEYS = RESUMABLE_KEYS  # what --resume may --set: the keys outside the config digest
 MAX_CONSECUTIVE_SKIPS = 20  # as the supervised default; not a config key, so saved runs keep their digest
 
 
