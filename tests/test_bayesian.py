@@ -14,7 +14,9 @@ from torch.func import functional_call
 from torchmaml import MetaLearner, TaskBatch
 from torchmaml.bayesian import SVGD, CategoricalLikelihood, GaussianLikelihood, Particles, median_bandwidth
 from torchmaml.bayesian.svgd import squared_distances
+from torchmaml.config import load_config
 from torchmaml.errors import ConfigError, ModelError
+from torchmaml.experiment import build_learner
 
 DTYPE = torch.float64
 
@@ -166,13 +168,14 @@ def pick_coordinates(stacked: dict[str, torch.Tensor], per_tensor: int = 2) -> l
     ]
 
 
-@pytest.mark.parametrize("steps", [1, 2])
-def test_chaser_meta_gradient_matches_finite_differences(steps):
+@pytest.mark.parametrize(("steps", "chase_noise"), [(1, False), (2, False), (1, True)])
+def test_chaser_meta_gradient_matches_finite_differences(steps, chase_noise):
+    """The learned noise moves with the followers and leaders; the distance includes it only with chase_noise."""
     particles = Particles(small_mlp(), 2, GaussianLikelihood())
     batch = regression_batch(tasks=1)
     task = {k: v[0] for k, v in batch.tensors().items()}
     step, prior = 0.02, 2.0
-    learner = learner_for(particles, lr=step, steps=steps, leader_steps=2)
+    learner = learner_for(particles, lr=step, steps=steps, leader_steps=2, chase_noise=chase_noise)
     grads, metrics = learner.meta_gradient(batch)
     stacked = {n: t.detach().clone() for n, t in particles.named_parameters()}
     every_x = torch.cat([task["support_x"], task["query_x"]])
@@ -188,7 +191,8 @@ def test_chaser_meta_gradient_matches_finite_differences(steps):
         moved = followers_reference(
             particles, stacked_to_weights(values), task["support_x"], task["support_y"], step, steps, None, prior
         )
-        return sum(((m[n] - lead[n]) ** 2).sum() for m, lead in zip(moved, leaders, strict=True) for n in m)
+        chased = [n for n in moved[0] if chase_noise or n != "noise.log_std"]
+        return sum(((m[n] - lead[n]) ** 2).sum() for m, lead in zip(moved, leaders, strict=True) for n in chased)
 
     assert float(metrics["chaser_distance"]) == pytest.approx(float(chaser(stacked)), rel=1e-10)
     coordinates = pick_coordinates(stacked)
@@ -411,3 +415,13 @@ def test_active_learning_labels_the_most_uncertain_pool_point():
         expected = (refit(test[0])["outputs"].mean(0) - test[1]).pow(2).mean()
     assert curve.shape == (3,)
     torch.testing.assert_close(curve[1], expected)
+
+
+def test_a_learned_noise_starts_from_noise_init_std():
+    learned = build_learner(load_config("sinusoid-bmaml", ["noise_init_std=0.1"]))
+    log_std = dict(learned.named_parameters())["model.noise.log_std"]
+    torch.testing.assert_close(log_std, torch.full((5,), math.log(0.1), dtype=log_std.dtype))
+    fixed = build_learner(load_config("sinusoid-bmaml", ["noise_std=0.5"]))
+    assert not any("noise" in name for name, _ in fixed.named_parameters())
+    with pytest.raises(ConfigError, match="noise_init_std"):
+        load_config("sinusoid-bmaml", ["noise_init_std=0"])

@@ -18,6 +18,7 @@ SINUSOID = [
     "--set", "particles=3", "--set", "inner_update=svgd", "--set", "estimator=chaser", "--set", "inner_lr=0.003",
     "--set", "meta_batch_size=4", "--set", "eval_tasks=20", "--set", "eval_steps=[1,2]",
     "--set", "frequency_range=[0.5,2.0]", "--set", "noise_fraction=0.01", "--set", "checkpoint_every=10",
+    "--set", "train_tasks=12",
 ]  # fmt: skip
 
 

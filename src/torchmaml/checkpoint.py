@@ -54,11 +54,13 @@ DIGEST_ADDED_KEYS: dict[str, Any] = {
     "sampler": "batched",  # meta-RL: the same episodes as the gymnasium sampler of earlier releases
     "frame_skip": None,  # meta-RL half-cheetah: gymnasium's 5, as before the key
     "hessian_size": 0,
+    "train_tasks": 0,
     "theory_every": 100,  # runs of earlier releases, which estimated L and rho once, continue with the refresh
     "particles": 0,
     "inner_update": "gradient",
     "prior_std": 1.0,
     "noise_std": None,
+    "noise_init_std": 1.0,
     "phase_range": [0.0, math.pi],
     "frequency_range": [1.0, 1.0],
     "noise_fraction": 0.0,

@@ -50,6 +50,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "words_per_class",
         "max_length",
         "hessian_size",
+        "train_tasks",
         "phase_range",
         "frequency_range",
         "noise_fraction",
@@ -66,7 +67,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "text_layers",
     ),
     "inner": ("inner_lr", "inner_steps", "inner_lr_mode", "adapt_only", "inner_update"),
-    "bayesian": ("particles", "prior_std", "noise_std"),
+    "bayesian": ("particles", "prior_std", "noise_std", "noise_init_std"),
     "outer": (
         "iterations",
         "meta_batch_size",
@@ -182,6 +183,12 @@ class TrainConfig(BaseModel):
         description="examples per task (classification: per class) of the independent Hessian set D_h that "
         "training tasks draw for the estimators that take one (three_batch, hessian_free); 0: none",
     )
+    train_tasks: int = Field(
+        0,
+        ge=0,
+        description="meta-train on a fixed set of this many tasks, drawn once with their examples (the finite "
+        "task sets of Bayesian MAML's sinusoid experiments); 0: a new task at every draw. Evaluation uses new tasks",
+    )
     # outer loop
     iterations: int = Field(70_000, ge=1, description="meta-training iterations (outer steps)")
     time_limit_minutes: float | None = Field(
@@ -278,6 +285,12 @@ class TrainConfig(BaseModel):
         None,
         gt=0,
         description="particles, regression: the Gaussian noise of the likelihood (unset: learned per particle)",
+    )
+    noise_init_std: float = Field(
+        1.0,
+        gt=0,
+        description="particles, regression, learned noise (noise_std unset): the noise every particle starts from "
+        "before meta-training",
     )
     # task family
     phase_range: list[float] = Field(

@@ -17,9 +17,9 @@ from torchmaml.config import TrainConfig
 from torchmaml.learner import MetaLearner
 from torchmaml.optim import HypergradientSGD
 from torchmaml.run import seeds
-from torchmaml.run.seeds import evaluation_stream, model_seed, theory_stream
+from torchmaml.run.seeds import evaluation_stream, model_seed, pool_stream, theory_stream
 from torchmaml.run.team import SOLO, Team
-from torchmaml.tasks import TaskBatch
+from torchmaml.tasks import TaskBatch, TaskPool, TaskSource
 from torchmaml.theory.step_size import STEP_SIZE_CONSTANTS, TheoryStepSize
 
 MAML = "maml"
@@ -57,10 +57,10 @@ def build_learner(config: TrainConfig, kind: str = MAML) -> MetaLearner:
 
 def likelihood_of(config: TrainConfig) -> Likelihood:
     """The likelihood of a particle ensemble on the configured benchmark: categorical for classifiers, else
-    Gaussian (noise ``noise_std``, or learned per particle)."""
+    Gaussian (noise ``noise_std``, or learned per particle from ``noise_init_std``)."""
     if benchmark_of(config).classification:
         return CategoricalLikelihood()
-    return GaussianLikelihood(config.noise_std)
+    return GaussianLikelihood(config.noise_std, config.noise_init_std)
 
 
 def metric_of(config: TrainConfig) -> Metric:
@@ -120,6 +120,15 @@ def build_step_rule(config: TrainConfig, kind: str, team: Team = SOLO) -> Theory
         process_group=team.group if team.distributed else None,
         every=config.theory_every,
     )
+
+
+def training_tasks(config: TrainConfig) -> TaskSource:
+    """Where the training phases draw their meta-batches: the benchmark's task family, or a fixed set of
+    ``train_tasks`` of its tasks drawn once from the seed's pool stream (the same set for every phase)."""
+    source = benchmark_of(config).tasks(config)
+    if not config.train_tasks:
+        return source
+    return TaskPool(source, config.train_tasks, seeds.generator(pool_stream(config.seed)))
 
 
 def stationarity_batch(config: TrainConfig) -> TaskBatch:

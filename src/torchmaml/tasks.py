@@ -116,6 +116,10 @@ class TaskBatch:
         """Tasks ``start:stop`` as a new batch."""
         return TaskBatch(**tree_map(lambda t: t[start:stop], self.tensors()))
 
+    def select(self, indices: torch.Tensor) -> TaskBatch:
+        """The tasks at ``indices`` (a 1-D integer tensor), in that order, as a new batch."""
+        return TaskBatch(**tree_map(lambda t: t[indices.to(t.device)], self.tensors()))
+
     def chunks(self, size: int) -> Iterator[TaskBatch]:
         """Consecutive sub-batches of at most ``size`` tasks."""
         for start in range(0, self.num_tasks, size):
@@ -141,3 +145,27 @@ class TaskSource(Protocol):
     """Anything that draws batches of tasks: ``sample(num_tasks, generator) -> TaskBatch``."""
 
     def sample(self, num_tasks: int, generator: torch.Generator) -> TaskBatch: ...
+
+
+class TaskPool:
+    """A finite set of ``count`` tasks drawn once from ``source`` (with ``generator``), each with its examples
+    fixed; ``sample`` draws meta-batches from it. Meta-training on a pool is the finite-task setting of the
+    Bayesian MAML paper (``|T|`` training tasks), where a meta-learner can overfit the tasks it has seen.
+
+    A meta-batch of ``B <= count`` tasks holds ``B`` distinct tasks of the pool (a uniform random subset, in
+    random order); a larger one draws the pool's tasks with replacement.
+    """
+
+    def __init__(self, source: TaskSource, count: int, generator: torch.Generator) -> None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise TaskBatchError(f"TaskPool: count must be an integer >= 1, got {count!r}")
+        self.count = count
+        self.tasks = source.sample(count, generator)
+
+    def sample(self, num_tasks: int, generator: torch.Generator) -> TaskBatch:
+        """``num_tasks`` tasks of the pool (class docstring)."""
+        if num_tasks <= self.count:
+            indices = torch.randperm(self.count, generator=generator)[:num_tasks]
+        else:
+            indices = torch.randint(self.count, (num_tasks,), generator=generator)
+        return self.tasks.select(indices)

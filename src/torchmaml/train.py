@@ -49,6 +49,7 @@ from torchmaml.experiment import (
     build_step_rule,
     metric_of,
     stationarity_batch,
+    training_tasks,
 )
 from torchmaml.learner import MetaLearner
 from torchmaml.plots import plot_learning_curve
@@ -167,7 +168,7 @@ class PhaseTrainer:
         benchmark = benchmark_of(config)
         self.validation = benchmark.evaluation_batches(config, "validation", None) if config.validate_every else None
         self.metric = metric_of(config)
-        self.tasks = benchmark.tasks(config)
+        self.tasks = training_tasks(config)
         self.generator = seeds.generator(task_stream(config.seed, kind))
         self.guard = DivergenceGuard(
             config.max_consecutive_skips,

@@ -9,8 +9,11 @@ SVGD_s(Theta_n; D_in ∪ D_o)``, an approximation of the posterior given more da
 
     L_i(Theta_0) = d(Theta_n, stopgrad(Theta_{n+s})) = sum_m ||theta_n^m - theta_{n+s}^m||^2,
 
-differentiated through the followers' inner steps (``first_order=True``: ``d Theta_n / d Theta_0 = I``, the
-gradient ``2 (Theta_n - Theta_{n+s})``). The leaders take the last inner step's rate.
+summed over the network's weights: the likelihood's own particle coordinates (``noise.*``, a learned noise scale)
+are adapted by the inner steps but left out of the distance, as in the authors' code (``chase_noise=True``
+includes them). The loss is differentiated through the followers' inner steps (``first_order=True``:
+``d Theta_n / d Theta_0 = I``, the gradient ``2 (Theta_n - Theta_{n+s})``). The leaders take the last inner step's
+rate.
 
 **Bayesian fast adaptation** (``PredictiveLikelihood``): the predictive negative log-likelihood of the query set under
 the adapted ensemble, ``-(1/N) sum_n log (1/M) sum_m p(y_n | x_n, theta_n^m)``, differentiated through the inner
@@ -37,6 +40,9 @@ if TYPE_CHECKING:
     from torchmaml.tasks import TaskBatch
 
 
+LIKELIHOOD_PREFIX = "noise."  # where torchmaml.bayesian.Particles keeps its likelihood's per-particle parameters
+
+
 @dataclass(frozen=True)
 class Chaser(Estimator):
     """The chaser loss's meta-gradient of one task (module docstring); ``leader_steps`` is ``s``."""
@@ -46,6 +52,7 @@ class Chaser(Estimator):
 
     leader_steps: int = 1
     first_order: bool = False
+    chase_noise: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.leader_steps, bool) or not isinstance(self.leader_steps, int) or self.leader_steps < 1:
@@ -67,7 +74,8 @@ class Chaser(Estimator):
             rates = {name: r.detach() for name, r in meta["lrs"].items()}
             for _ in range(self.leader_steps):
                 leaders = {name: p.detach() for name, p in problem.step(leaders, rates, every_x, every_y, last).items()}
-            distance = sum((followers[name] - leaders[name]).pow(2).sum() for name in followers)
+            chased = [name for name in followers if self.chase_noise or not name.startswith(LIKELIHOOD_PREFIX)]
+            distance = sum((followers[name] - leaders[name]).pow(2).sum() for name in chased)
             with torch.no_grad():
                 loss_after = problem.loss(followers, query_x, query_y)
             return distance, {"loss_after": loss_after.detach(), "chaser_distance": distance.detach()}

@@ -9,7 +9,7 @@ saved run evaluates to the same numbers, only because they never change), so the
 With ``s = seed`` and ``e = eval_seed``: the phases' task streams are ``2s`` (``maml``) and ``2s + 1``
 (``pretrained``); the held-out, validation and stationarity streams ``2e``, ``2e + 1`` and ``2e + 7``; the tasks
 of the active-learning experiment ``2e + 9``; the theory batches ``2s + 1000003``; meta-RL's evaluation streams
-``e``, ``e + 1``, ``e + 2`` and ``e + 3``.
+``e``, ``e + 1``, ``e + 2`` and ``e + 3``; the fixed training tasks (``train_tasks``) ``2s + 2000003``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 PHASE_OFFSETS = {"maml": 0, "pretrained": 1}
 EVALUATION_OFFSETS = {"test": 0, "validation": 1, "stationarity": 7, "active_learning": 9}
 THEORY_OFFSET = 1_000_003
+POOL_OFFSET = 2_000_003
 RL_EVALUATION_OFFSETS = {"tasks": 0, "validation_tasks": 1, "adaptation": 2, "validation_adaptation": 3}
 
 
@@ -44,6 +45,11 @@ def theory_stream(seed: int) -> int:
     return 2 * seed + THEORY_OFFSET
 
 
+def pool_stream(seed: int) -> int:
+    """The seed of the fixed set of training tasks (``train_tasks``): ``2 seed + 2000003``."""
+    return 2 * seed + POOL_OFFSET
+
+
 def rl_evaluation_stream(eval_seed: int, purpose: str) -> int:
     """Meta-RL evaluation: the held-out tasks (``tasks``), the step-size validation tasks
     (``validation_tasks``) and the rollouts that adapt to them: ``eval_seed + offset(purpose)``."""
@@ -59,6 +65,7 @@ __all__ = [
     "evaluation_stream",
     "generator",
     "model_seed",
+    "pool_stream",
     "rl_evaluation_stream",
     "task_stream",
     "theory_stream",
