@@ -5,7 +5,7 @@ family: ``--start`` labelled points, a pool of ``--pool`` unlabelled inputs and 
 observations, from the meta-test's seed stream); ``--rounds`` times, the ensemble adapts to the labelled points
 (the run's inner update, ``--steps`` steps) and labels the pool input of highest predictive variance, or a random
 one (``torchmaml.bayesian.active``). Prints the test MSE of the predictive mean (mean ± 95% CI over tasks) after
-0..rounds added labels for both choices, and writes a figure.
+0..rounds added labels for both choices and their paired difference per task, and writes a figure.
 
     .venv/bin/python experiments/bmaml_active_learning.py RUN [RUN ...] --tasks 100 --rounds 5 --out FIGURE.png
 """
@@ -74,15 +74,17 @@ def main() -> None:
     header = "| run | choice | " + " | ".join(f"{args.start + r} labelled" for r in range(args.rounds + 1)) + " |"
     print(header)
     print("|---|---|" + "---:|" * (args.rounds + 1))
+    counts = [args.start + r for r in range(args.rounds + 1)]
     for run in args.runs:
-        for choose, scores in curves(run, args.tasks, args.start, args.pool, args.rounds, args.steps).items():
+        results = curves(run, args.tasks, args.start, args.pool, args.rounds, args.steps)
+        results["variance - random"] = results["variance"] - results["random"]  # paired: the same tasks and start
+        for choose, scores in results.items():
             estimates = [mean_estimate(scores[:, r]) for r in range(args.rounds + 1)]
             cells = " | ".join(f"{e.value:.3f} ± {e.ci95:.3f}" for e in estimates)
             print(f"| {run.name} | {choose} | {cells} |", flush=True)
-            counts = [args.start + r for r in range(args.rounds + 1)]
-            axes.errorbar(
-                counts, [e.value for e in estimates], [e.ci95 for e in estimates], label=f"{run.name}, {choose}"
-            )
+            if choose in ("variance", "random"):
+                values, errors = [e.value for e in estimates], [e.ci95 for e in estimates]
+                axes.errorbar(counts, values, errors, label=f"{run.name}, {choose}")
     if args.out is not None:
         axes.set_xlabel("labelled points")
         axes.set_ylabel("test MSE")
