@@ -210,10 +210,11 @@ def test_poor_solves_warn_once_they_persist():
 
 
 @pytest.mark.parametrize("strategy", ["vmap", "loop"])
-def test_implicit_adapts_held_out_tasks_with_its_own_proximal_solve(strategy):
+def test_implicit_adapts_held_out_tasks_with_its_own_proximal_solve(strategy, monkeypatch):
     """``own_adaptation_metric``: the query loss after 0, 2 and 300 plain steps on ``f + lambda/2 ||phi - w||^2``
     (the fixed solver) equals the closed form (300 steps: the minimiser itself); the backtracking solver's
-    ``s`` trials end where the estimator's own solve with ``solver_steps = s`` does."""
+    ``s`` trials end where the estimator's own solve with ``solver_steps = s`` does, every count read off one
+    solve."""
     model, batch = linear_model(), quadratic_batch(hessian_set=False)
     w = model.weight.detach().reshape(-1)
     identity, lam, rate = torch.eye(DIM, dtype=torch.float64), 0.5, 0.2
@@ -231,7 +232,12 @@ def test_implicit_adapts_held_out_tasks_with_its_own_proximal_solve(strategy):
         assert torch.allclose(got[i, 2], half_mse(x @ minimiser.unsqueeze(1), y), rtol=1e-10)
 
     backtracking = MetaLearner(model, half_mse, 0.05, 1, "implicit", strategy, estimator_options={"lam": lam})
-    got = backtracking.own_adaptation_metric(batch, [3, 7], half_mse)
+    solves = []
+    original = type(backtracking.estimator).solve
+    with monkeypatch.context() as patch:  # every step count from one solve per task
+        patch.setattr(type(backtracking.estimator), "solve", lambda *a, **k: solves.append(1) or original(*a, **k))
+        got = backtracking.own_adaptation_metric(batch, [3, 7], half_mse)
+    assert len(solves) == (1 if strategy == "vmap" else batch.num_tasks)
     meta = {"params": {"weight": model.weight.detach()}, "lrs": {}}
     for j, trials in enumerate([3, 7]):
         solver = get_estimator("implicit", {"lam": lam, "solver_steps": trials})

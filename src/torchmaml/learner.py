@@ -443,17 +443,17 @@ class MetaLearner(nn.Module):
         metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
         """``metric(prediction, query_y)`` of every task after each step count of ``steps`` of the estimator's own
-        adaptation (``Estimator.own_adaptation``, e.g. iMAML's proximal solve): ``[B, len(steps)]``."""
+        adaptation (``Estimator.own_adaptation``, e.g. iMAML's proximal solve, solved once up to ``max(steps)``):
+        ``[B, len(steps)]``."""
         if getattr(self.estimator, "own_adaptation", None) is None:  # a user's TaskGradient may have none
             raise ConfigError(f"estimator {type(self.estimator).__name__} adapts with plain gradient steps")
         self._check_batch(batch)
         meta = {"params": self._functional.parameters(), "lrs": self.rate_tensors()}
 
         def task_scores(task: Task, context: ExecutionContext) -> torch.Tensor:
+            problem = self._problem(max(steps)).in_context(context)
             scores = []
-            for count in steps:
-                problem = self._problem(count).in_context(context)
-                adapted = self.estimator.adapt(problem, meta, task, count)
+            for adapted in self.estimator.adaptations(problem, meta, task, steps):
                 prediction = self._functional(adapted, task["query_x"], context.at_step(None))
                 scores.append(metric(prediction, task["query_y"]))
             return torch.stack(scores)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -135,6 +135,11 @@ class Estimator:
         """The task's parameters after ``steps`` steps of the estimator's own adaptation (``own_adaptation``) from
         ``meta["params"]`` on the support set. Estimators that adapt with gradient steps have none."""
         raise NotImplementedError(f"{type(self).__name__} adapts with plain gradient steps")
+
+    def adaptations(self, problem: InnerProblem, meta: MetaParams, task: Task, counts: Sequence[int]) -> list[Params]:
+        """The task's parameters after each step count of ``counts`` of the estimator's own adaptation: ``adapt``
+        once per count. An estimator whose adaptation is iterative overrides it to adapt once."""
+        return [self.adapt(dataclasses.replace(problem, steps=count), meta, task, count) for count in counts]
 
     def prepare(self, learner: MetaLearner, batch: TaskBatch) -> None:
         """Called by ``MetaLearner.backward`` before the meta-gradient of ``batch``: an estimator that tracks

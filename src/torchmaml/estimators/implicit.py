@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -93,6 +93,7 @@ from torchmaml.linalg import dot, truncated_conjugate_gradient
 SOLVERS = ("backtracking", "fixed")
 CURVATURES = ("gauss_newton", "hessian")
 ARMIJO = 1e-4  # sufficient decrease: P(phi - t g) <= P(phi) - ARMIJO t ||g||^2
+IterateRecorder = Callable[[int, Params], object]  # record(step, phi): the solver's iterate after each step
 
 
 @dataclass(frozen=True)
@@ -205,9 +206,27 @@ class Implicit(Estimator):
         solver = dataclasses.replace(self, solver_steps=steps)
         return solver.solve(dataclasses.replace(problem, steps=steps), meta, task)[0]
 
-    def solve(self, problem: InnerProblem, meta: MetaParams, task: Task) -> tuple[Params, Metrics]:
+    def adaptations(self, problem: InnerProblem, meta: MetaParams, task: Task, counts: Sequence[int]) -> list[Params]:
+        """``adapt`` at every step count of ``counts`` from one solve: the iterate after ``s`` steps of a solve
+        capped at ``max(counts)`` is the result of a solve capped at ``s`` (the same computations)."""
+        start = {name: p.detach() for name, p in meta["params"].items()}
+        longest = max(counts)
+        if longest == 0:
+            return [start for _ in counts]
+        iterates: dict[int, Params] = {}
+        solver = dataclasses.replace(self, solver_steps=longest)
+        final, _ = solver.solve(
+            dataclasses.replace(problem, steps=longest), meta, task, lambda step, phi: iterates.setdefault(step, phi)
+        )
+        return [start if count == 0 else iterates.get(count, final) for count in counts]
+
+    def solve(
+        self, problem: InnerProblem, meta: MetaParams, task: Task, record: IterateRecorder | None = None
+    ) -> tuple[Params, Metrics]:
         """iMAML's adaptation of one task: the approximate proximal minimiser ``phi`` from ``w = meta["params"]``
-        on the support set (detached), and the solver's metrics ``inner_residual``, ``inner_steps``."""
+        on the support set (detached), and the solver's metrics ``inner_residual``, ``inner_steps``. ``record(s,
+        phi)`` receives the iterate after each step ``s`` (a backtracking step is a trial, kept or not); a solve
+        that stops early at ``tolerance`` records no later steps."""
 
         def support_loss(params: Params) -> torch.Tensor:
             return problem.loss(params, task["support_x"], task["support_y"])
@@ -215,7 +234,7 @@ class Implicit(Estimator):
         start = {name: p.detach() for name, p in meta["params"].items()}
         adapted = [name for name in start if problem.adapted is None or name in problem.adapted]
         solve = self._backtracking if self.solver == "backtracking" else self._fixed
-        return solve(problem, meta, support_loss, start, adapted, self.lam)
+        return solve(problem, meta, support_loss, start, adapted, self.lam, record)
 
     def _fixed(
         self,
@@ -225,6 +244,7 @@ class Implicit(Estimator):
         start: Params,
         adapted: list[str],
         lam: float,
+        record: IterateRecorder | None = None,
     ) -> tuple[Params, Metrics]:
         """``problem.steps`` steps ``phi_{s+1} = phi_s - alpha_s grad P(phi_s)`` at the inner rates."""
         rates = problem.rates(meta["lrs"])
@@ -236,6 +256,8 @@ class Implicit(Estimator):
             if step == problem.steps:
                 break
             phi = {**phi, **sgd_step({name: phi[name] for name in adapted}, gradient, step_lr(rates, step))}
+            if record is not None:
+                record(step + 1, phi)
         residual = _relative(norm(gradient), initial)
         return phi, {"inner_residual": residual, "inner_steps": torch.full_like(residual, problem.steps)}
 
@@ -247,6 +269,7 @@ class Implicit(Estimator):
         start: Params,
         adapted: list[str],
         lam: float,
+        record: IterateRecorder | None = None,
     ) -> tuple[Params, Metrics]:
         """Gradient descent on ``P`` with Armijo backtracking (module docstring), to ``tolerance`` or
         ``solver_steps`` trials."""
@@ -263,7 +286,7 @@ class Implicit(Estimator):
         largest = 1 / (lam * _largest(rate))
         kept = torch.zeros_like(objective)
         converged = initial == 0
-        for _ in range(self.solver_steps):
+        for trial_count in range(1, self.solver_steps + 1):
             if not problem.context.vectorised and bool(converged):
                 break
             step = rate_times(rate, gradient)
@@ -276,6 +299,8 @@ class Implicit(Estimator):
             scale = torch.where(accept, (2 * scale).clamp_max(largest), scale / 2)
             kept = kept + accept.to(kept.dtype)
             converged = converged | (norm(gradient) <= self.tolerance * initial)
+            if record is not None:
+                record(trial_count, {**start, **fast})
         residual = _relative(norm(gradient), initial)
         return {**start, **fast}, {"inner_residual": residual, "inner_steps": kept}
 
