@@ -201,10 +201,7 @@ class Implicit(Estimator):
     def adapt(self, problem: InnerProblem, meta: MetaParams, task: Task, steps: int) -> Params:
         """iMAML's adaptation with ``steps`` solver steps: the backtracking solver's trials (each one gradient
         evaluation, stopping earlier at ``tolerance``) or the fixed solver's plain steps; ``w`` itself at 0."""
-        if steps == 0:
-            return {name: p.detach() for name, p in meta["params"].items()}
-        solver = dataclasses.replace(self, solver_steps=steps)
-        return solver.solve(dataclasses.replace(problem, steps=steps), meta, task)[0]
+        return self.adaptations(problem, meta, task, [steps])[0]
 
     def adaptations(self, problem: InnerProblem, meta: MetaParams, task: Task, counts: Sequence[int]) -> list[Params]:
         """``adapt`` at every step count of ``counts`` from one solve: the iterate after ``s`` steps of a solve
