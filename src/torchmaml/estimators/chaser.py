@@ -19,11 +19,8 @@ likelihood gradient down by ``1 / sigma^2``, so the leaders move less and the di
 posterior getting any better. ``noise_objective`` says what meta-trains them:
 
 - ``"predictive"`` (default): the query set's predictive negative log-likelihood under the followers (Bayesian fast
-  adaptation's objective, below), ``NLL = -(1/N) sum_n log (1/M) sum_m p(y_n | x_n, theta_n^m)``, through one
-  noise scale shared by the particles' initial values: every particle's initial ``log sigma_0^m`` takes the mean
-  ``(1/M) sum_m' dNLL / d log sigma_0^m'``, so they move together (given per particle, the mixture's NLL turns
-  some particles into broad catch-all components that no longer adapt). The weights still take the distance's
-  gradient only. It calibrates the noise for the posterior the followers reach.
+  adaptation's objective, below), ``d/d log sigma_0 [-(1/N) sum_n log (1/M) sum_m p(y_n | x_n, theta_n^m)]``; the
+  weights still take the distance's gradient only. It calibrates the noise for the posterior the followers reach.
 - ``"excluded"``: the noise is left out of the distance, as in the authors' code; its initial value moves only
   through the distance's dependence on it (and drifts up, for the reason above).
 - ``"chased"``: the noise is part of the distance (it inflates until nothing moves).
@@ -119,10 +116,7 @@ class Chaser(Estimator):
             (chaser_grads,) = pullback((torch.ones_like(distance), torch.zeros_like(nll)))
             (nll_grads,) = pullback((torch.zeros_like(distance), torch.ones_like(nll)))
             grads = {
-                group: {
-                    name: _tied(nll_grads[group][name]) if _is_noise(name) else chaser_grads[group][name]
-                    for name in values
-                }
+                group: {name: (nll_grads if _is_noise(name) else chaser_grads)[group][name] for name in values}
                 for group, values in chaser_grads.items()
             }
         else:
@@ -136,11 +130,6 @@ class Chaser(Estimator):
             with torch.no_grad():
                 metrics["loss_before"] = problem.loss(meta["params"], query_x, query_y, step=0)
         return grads, metrics
-
-
-def _tied(gradient: torch.Tensor) -> torch.Tensor:
-    """``gradient`` averaged over the particle axis: the particles' initial noises move together."""
-    return gradient.mean(0, keepdim=True).expand_as(gradient) if gradient.dim() > 0 else gradient
 
 
 def _is_noise(name: str) -> bool:
