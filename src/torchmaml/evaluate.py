@@ -112,12 +112,13 @@ def format_table(results: list[AdaptationResult], metric: str, scale: float = 1.
     """
     steps = sorted({r.steps for r in results})
     width = max([12] + [len(r.model) + 2 for r in results])
-    header = f"{'model':<{width}}{'support':>8}" + "".join(f"{f'{metric}, {s} steps':>24}" for s in steps)
+    column = max([24] + [len(r.cell(scale)) + 2 for r in results])  # a huge mean still leaves a gap
+    header = f"{'model':<{width}}{'support':>8}" + "".join(f"{f'{metric}, {s} steps':>{column}}" for s in steps)
     lines = [header, "-" * len(header)]
     rows: dict[tuple[str, int], dict[int, AdaptationResult]] = {}
     for r in results:
         rows.setdefault((r.model, r.support_size), {})[r.steps] = r
     for (model, k), by_step in rows.items():
-        cells = "".join(f"{by_step[s].cell(scale):>24}" for s in steps)
+        cells = "".join(f"{by_step[s].cell(scale):>{column}}" for s in steps)
         lines.append(f"{model:<{width}}{k:>8}{cells}")
     return "\n".join(lines)

@@ -78,14 +78,15 @@ def uncertainty_results(
 
 def format_uncertainty_table(rows: list[dict], coverage_level: float = 0.9) -> str:
     """A plain-text table of ``uncertainty_results``' rows."""
-    header = f"{'model':<12}{'support':>8}{'steps':>6}{'predictive NLL':>22}"
+    column = max([22] + [len(_cell(row[key])) + 2 for row in rows for key in ("nll", "coverage") if key in row])
+    header = f"{'model':<12}{'support':>8}{'steps':>6}{'predictive NLL':>{column}}"
     regression = any("coverage" in row for row in rows)
-    header += f"{f'{coverage_level:.0%} coverage':>22}" if regression else f"{'ECE (95% bootstrap)':>30}"
+    header += f"{f'{coverage_level:.0%} coverage':>{column}}" if regression else f"{'ECE (95% bootstrap)':>30}"
     lines = [header, "-" * len(header)]
     for row in rows:
-        line = f"{row['model']:<12}{row['support_size']:>8}{row['steps']:>6}{_cell(row['nll']):>22}"
+        line = f"{row['model']:<12}{row['support_size']:>8}{row['steps']:>6}{_cell(row['nll']):>{column}}"
         if regression:
-            line += f"{_cell(row['coverage']):>22}"
+            line += f"{_cell(row['coverage']):>{column}}"
         else:
             value, low, high = row["ece"]["value"], row["ece"]["low"], row["ece"]["high"]
             line += f"{f'{value:.4f} [{low:.4f}, {high:.4f}]':>30}"
@@ -129,10 +130,17 @@ def _pooled_ece(bins: torch.Tensor) -> torch.Tensor:
     return uncertainty.expected_calibration_error(bins.sum(0))
 
 
-def _mean(values: torch.Tensor) -> dict[str, float]:
+def _mean(values: torch.Tensor) -> dict[str, float | int | None]:
+    """``{"mean", "ci95"}`` over tasks; both ``None`` (strict JSON) with ``diverged_tasks`` where a score is not finite,
+    as ``torchmaml.evaluate.AdaptationResult`` reports a diverged adaptation."""
+    diverged = int((~torch.isfinite(values)).sum())
+    if diverged:
+        return {"mean": None, "ci95": None, "diverged_tasks": diverged}
     estimate = mean_estimate(values)
     return {"mean": estimate.value, "ci95": estimate.ci95}
 
 
-def _cell(estimate: dict[str, float]) -> str:
+def _cell(estimate: dict[str, float | int | None]) -> str:
+    if estimate["mean"] is None:
+        return f"diverged ({estimate['diverged_tasks']} tasks)"
     return f"{estimate['mean']:.4f} ± {estimate['ci95']:.4f}"
