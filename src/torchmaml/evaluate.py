@@ -35,9 +35,26 @@ class AdaptationResult:
         return asdict(self)
 
     def cell(self, scale: float) -> str:
-        if self.mean is None or self.ci95 is None:
-            return f"diverged ({self.diverged_tasks} tasks)"
-        return f"{self.mean * scale:.3f} ± {self.ci95 * scale:.3f}"
+        return interval_cell(self.mean, self.ci95, self.diverged_tasks, scale=scale)
+
+
+def task_mean(values: torch.Tensor) -> tuple[float | None, float | None, int]:
+    """``(mean, 95% CI half-width, 0)`` of a score over tasks, or ``(None, None, n)`` when it is not finite on ``n``
+    tasks (a diverged adaptation: strict JSON, no NaN)."""
+    diverged = int((~torch.isfinite(values)).sum())
+    if diverged:
+        return None, None, diverged
+    estimate = mean_estimate(values)
+    return estimate.value, estimate.ci95, 0
+
+
+def interval_cell(
+    mean: float | None, ci95: float | None, diverged_tasks: int, digits: int = 3, scale: float = 1.0
+) -> str:
+    """A table cell ``mean ± ci95`` (times ``scale``), or ``diverged (n tasks)`` (``task_mean``)."""
+    if mean is None or ci95 is None:
+        return f"diverged ({diverged_tasks} tasks)"
+    return f"{mean * scale:.{digits}f} ± {ci95 * scale:.{digits}f}"
 
 
 def adaptation_scores(
@@ -83,12 +100,7 @@ def summarise(scores: torch.Tensor, steps: list[int], model_name: str, support_s
     and 95% CI, or diverged with the count of tasks whose metric is not finite."""
     results = []
     for column, count in zip(scores.unbind(1), steps, strict=True):
-        diverged = int((~torch.isfinite(column)).sum())
-        if diverged:
-            results.append(AdaptationResult(model_name, support_size, count, None, None, diverged))
-            continue
-        estimate = mean_estimate(column)
-        results.append(AdaptationResult(model_name, support_size, count, estimate.value, estimate.ci95))
+        results.append(AdaptationResult(model_name, support_size, count, *task_mean(column)))
     return results
 
 

@@ -21,8 +21,8 @@ from torch.utils._pytree import tree_leaves
 
 from torchmaml.bayesian import uncertainty
 from torchmaml.bayesian.likelihood import GaussianLikelihood, Likelihood, ParticlePrediction
+from torchmaml.evaluate import interval_cell, task_mean
 from torchmaml.learner import MetaLearner
-from torchmaml.statistics import mean_estimate
 from torchmaml.tasks import TaskBatch
 
 
@@ -131,16 +131,11 @@ def _pooled_ece(bins: torch.Tensor) -> torch.Tensor:
 
 
 def _mean(values: torch.Tensor) -> dict[str, float | int | None]:
-    """``{"mean", "ci95"}`` over tasks; both ``None`` (strict JSON) with ``diverged_tasks`` where a score is not finite,
-    as ``torchmaml.evaluate.AdaptationResult`` reports a diverged adaptation."""
-    diverged = int((~torch.isfinite(values)).sum())
-    if diverged:
-        return {"mean": None, "ci95": None, "diverged_tasks": diverged}
-    estimate = mean_estimate(values)
-    return {"mean": estimate.value, "ci95": estimate.ci95}
+    """``{"mean", "ci95"}`` over tasks; both ``None`` with ``diverged_tasks`` where a score is not finite
+    (``torchmaml.evaluate.task_mean``)."""
+    mean, ci95, diverged = task_mean(values)
+    return {"mean": mean, "ci95": ci95} | ({"diverged_tasks": diverged} if diverged else {})
 
 
 def _cell(estimate: dict[str, float | int | None]) -> str:
-    if estimate["mean"] is None:
-        return f"diverged ({estimate['diverged_tasks']} tasks)"
-    return f"{estimate['mean']:.4f} ± {estimate['ci95']:.4f}"
+    return interval_cell(estimate["mean"], estimate["ci95"], estimate.get("diverged_tasks", 0), digits=4)
