@@ -1,0 +1,106 @@
+"""Where a regression particle ensemble's predictive NLL comes from: the shape of its mixture or the level of its
+noise, for trained sinusoid particle runs.
+
+For each run (``torchmaml train`` with ``particles``) the ensemble adapts to each of ``--tasks`` held-out tasks of
+the meta-test (``--support`` examples, ``--steps`` inner steps of the run's own rule, the query points of
+``eval_query_size``) and its mixture ``(1/M) sum_m N(mu_m(x), (c sigma_m)^2)`` is scored on the query set:
+
+- ``nll``: the predictive NLL per query point as trained (``c = 1``), what ``torchmaml evaluate`` reports;
+- ``oracle scale``: with the best ``c`` of each task (a grid), a bound on what a per-task noise level could reach
+  with the same particles;
+- ``global scale``: with the one ``c`` best over all tasks (what recalibrating the noise by a constant factor gives);
+- ``constant noise``: with every ``sigma_m`` replaced by the one value best over all tasks.
+
+and it prints the adapted noise ``mean_m sigma_m``, the particles' spread (root mean over query points of the
+variance of ``mu_m(x)`` over particles), the root mean squared error of the mixture mean on the query and support
+sets, and the quartiles over tasks of noise / query RMSE. Mean over tasks throughout.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m experiments.bmaml_nll_decomposition RUN [RUN ...] --tasks 200
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from torchmaml.bayesian import uncertainty
+from torchmaml.benchmark import benchmark_of
+from torchmaml.experiment import MAML
+from torchmaml.report import load_learner
+from torchmaml.rundir import RunDir
+
+SCALES = torch.linspace(0.1, 3.0, 59)  # the grid of noise factors c and of constant noise levels
+
+
+def task_statistics(means: torch.Tensor, stds: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One task's numbers from its adapted particles' query means ``[M, N, 1]``, noise ``[M, 1, 1]`` and targets
+    ``[N, 1]``: the NLL at every factor of ``SCALES`` (``scaled``) and at every constant noise (``constant``), the
+    mean noise, the particles' spread and the mixture mean's RMSE."""
+    return {
+        "scaled": torch.stack([uncertainty.gaussian_mixture_nll(means, stds * c, y) for c in SCALES]),
+        "constant": torch.stack([uncertainty.gaussian_mixture_nll(means, torch.full_like(stds, c), y) for c in SCALES]),
+        "noise": stds.mean(),
+        "spread": means.var(0, unbiased=False).mean().sqrt(),
+        "query_rmse": (uncertainty.mixture_mean(means) - y).pow(2).mean().sqrt(),
+    }
+
+
+def decomposition(statistics: list[dict[str, torch.Tensor]]) -> dict[str, float | list[float]]:
+    """The table row of a run from its tasks' ``task_statistics`` (module docstring)."""
+    stacked = {name: torch.stack([s[name] for s in statistics]) for name in statistics[0]}
+    as_trained = int(torch.argmin((SCALES - 1).abs()))
+    ratio = stacked["noise"] / stacked["query_rmse"]
+    return {
+        "nll": float(stacked["scaled"][:, as_trained].mean()),
+        "oracle scale": float(stacked["scaled"].min(1).values.mean()),
+        "global scale": float(stacked["scaled"].mean(0).min()),
+        "constant noise": float(stacked["constant"].mean(0).min()),
+        "noise": float(stacked["noise"].mean()),
+        "spread": float(stacked["spread"].mean()),
+        "query RMSE": float(stacked["query_rmse"].mean()),
+        "noise / query RMSE quartiles": torch.quantile(
+            ratio, torch.tensor([0.25, 0.5, 0.75], dtype=ratio.dtype)
+        ).tolist(),
+    }
+
+
+def run_statistics(run: Path, tasks: int, support: int, steps: int) -> tuple[list[dict[str, torch.Tensor]], float]:
+    """Every task's ``task_statistics`` for one run, and the mean support-set RMSE of the mixture mean."""
+    folder = RunDir(run)
+    config = folder.config_for_this_machine()
+    learner, _ = load_learner(folder, config, MAML)
+    likelihood = learner.loss
+    statistics, support_rmse = [], []
+    for batch in benchmark_of(config).evaluation_batches(config, "test", tasks)[support]:
+        for task in range(batch.num_tasks):
+            fast = learner.adapt(batch.support_x[task], batch.support_y[task], steps=steps)
+            with torch.no_grad():
+                query, fitted = fast(batch.query_x[task]), fast(batch.support_x[task])
+            statistics.append(task_statistics(query["outputs"], likelihood.stds(query), batch.query_y[task]))
+            residual = uncertainty.mixture_mean(fitted["outputs"]) - batch.support_y[task]
+            support_rmse.append(float(residual.pow(2).mean().sqrt()))
+    return statistics, sum(support_rmse) / len(support_rmse)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--support", type=int, default=10, help="support examples (one of eval_support_sizes)")
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    names = ["nll", "oracle scale", "global scale", "constant noise", "noise", "spread", "query RMSE"]
+    print("| run | " + " | ".join(names) + " | support RMSE | noise / query RMSE, quartiles |")
+    print("|---|" + "---:|" * (len(names) + 1) + "---|")
+    for run in args.runs:
+        statistics, support_rmse = run_statistics(run, args.tasks, args.support, args.steps)
+        row = decomposition(statistics)
+        quartiles = " / ".join(f"{q:.2f}" for q in row["noise / query RMSE quartiles"])
+        cells = " | ".join(f"{row[name]:.3f}" for name in names)
+        print(f"| {run} | {cells} | {support_rmse:.3f} | {quartiles} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
