@@ -13,7 +13,10 @@ the meta-test (``--support`` examples, ``--steps`` inner steps of the run's own 
 
 and it prints the adapted noise ``mean_m sigma_m``, the particles' spread (root mean over query points of the
 variance of ``mu_m(x)`` over particles), the root mean squared error of the mixture mean on the query and support
-sets, and the quartiles over tasks of noise / query RMSE. Mean over tasks throughout.
+sets, the correlation over tasks of the logs of the two RMSEs (how much the support residuals, the only per-task
+signal of the noise's inner steps, say about the query error), the slope of the least-squares line of log noise
+on log query RMSE over tasks (1: the noise grows in proportion to the task's error), and the quartiles over tasks
+of noise / query RMSE. Mean over tasks throughout.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m experiments.bmaml_nll_decomposition RUN [RUN ...] --tasks 200
 """
@@ -34,11 +37,15 @@ from torchmaml.rundir import RunDir
 SCALES = torch.linspace(0.1, 3.0, 59)  # the grid of noise factors c and of constant noise levels
 
 
-def task_statistics(means: torch.Tensor, stds: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+def task_statistics(
+    means: torch.Tensor, stds: torch.Tensor, y: torch.Tensor, support_rmse: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """One task's numbers from its adapted particles' query means ``[M, N, 1]``, noise ``[M, 1, 1]`` and targets
-    ``[N, 1]``: the NLL at every factor of ``SCALES`` (``scaled``) and at every constant noise (``constant``), the
-    mean noise, the particles' spread and the mixture mean's RMSE."""
+    ``[N, 1]``, and the mixture mean's RMSE on the support set: the NLL at every factor of ``SCALES`` (``scaled``)
+    and at every constant noise (``constant``), the mean noise, the particles' spread and the mixture mean's RMSE
+    on the query set."""
     return {
+        "support_rmse": support_rmse,
         "scaled": torch.stack([uncertainty.gaussian_mixture_nll(means, stds * c, y) for c in SCALES]),
         "constant": torch.stack([uncertainty.gaussian_mixture_nll(means, torch.full_like(stds, c), y) for c in SCALES]),
         "noise": stds.mean(),
@@ -52,6 +59,7 @@ def decomposition(statistics: list[dict[str, torch.Tensor]]) -> dict[str, float 
     stacked = {name: torch.stack([s[name] for s in statistics]) for name in statistics[0]}
     as_trained = int(torch.argmin((SCALES - 1).abs()))
     ratio = stacked["noise"] / stacked["query_rmse"]
+    logs = torch.stack([stacked["support_rmse"].log(), stacked["query_rmse"].log()])
     return {
         "nll": float(stacked["scaled"][:, as_trained].mean()),
         "oracle scale": float(stacked["scaled"].min(1).values.mean()),
@@ -60,28 +68,40 @@ def decomposition(statistics: list[dict[str, torch.Tensor]]) -> dict[str, float 
         "noise": float(stacked["noise"].mean()),
         "spread": float(stacked["spread"].mean()),
         "query RMSE": float(stacked["query_rmse"].mean()),
+        "support RMSE": float(stacked["support_rmse"].mean()),
+        "log RMSE correlation": float(torch.corrcoef(logs)[0, 1]),
+        "noise slope": float(slope(stacked["query_rmse"].log(), stacked["noise"].log())),
         "noise / query RMSE quartiles": torch.quantile(
             ratio, torch.tensor([0.25, 0.5, 0.75], dtype=ratio.dtype)
         ).tolist(),
     }
 
 
-def run_statistics(run: Path, tasks: int, support: int, steps: int) -> tuple[list[dict[str, torch.Tensor]], float]:
-    """Every task's ``task_statistics`` for one run, and the mean support-set RMSE of the mixture mean."""
+def slope(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The slope of the least-squares line of ``y`` on ``x``: ``cov(x, y) / var(x)``."""
+    centred = x - x.mean()
+    return (centred * (y - y.mean())).sum() / centred.pow(2).sum()
+
+
+def run_statistics(run: Path, tasks: int, support: int, steps: int) -> list[dict[str, torch.Tensor]]:
+    """Every task's ``task_statistics`` for one run."""
     folder = RunDir(run)
     config = folder.config_for_this_machine()
     learner, _ = load_learner(folder, config, MAML)
     likelihood = learner.loss
-    statistics, support_rmse = [], []
+    statistics = []
     for batch in benchmark_of(config).evaluation_batches(config, "test", tasks)[support]:
         for task in range(batch.num_tasks):
             fast = learner.adapt(batch.support_x[task], batch.support_y[task], steps=steps)
             with torch.no_grad():
                 query, fitted = fast(batch.query_x[task]), fast(batch.support_x[task])
-            statistics.append(task_statistics(query["outputs"], likelihood.stds(query), batch.query_y[task]))
             residual = uncertainty.mixture_mean(fitted["outputs"]) - batch.support_y[task]
-            support_rmse.append(float(residual.pow(2).mean().sqrt()))
-    return statistics, sum(support_rmse) / len(support_rmse)
+            statistics.append(
+                task_statistics(
+                    query["outputs"], likelihood.stds(query), batch.query_y[task], residual.pow(2).mean().sqrt()
+                )
+            )
+    return statistics
 
 
 def main() -> None:
@@ -91,15 +111,15 @@ def main() -> None:
     parser.add_argument("--support", type=int, default=10, help="support examples (one of eval_support_sizes)")
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
-    names = ["nll", "oracle scale", "global scale", "constant noise", "noise", "spread", "query RMSE"]
-    print("| run | " + " | ".join(names) + " | support RMSE | noise / query RMSE, quartiles |")
-    print("|---|" + "---:|" * (len(names) + 1) + "---|")
+    names = ["nll", "oracle scale", "global scale", "constant noise", "noise", "spread", "query RMSE", "support RMSE"]
+    names += ["log RMSE correlation", "noise slope"]
+    print("| run | " + " | ".join(names) + " | noise / query RMSE, quartiles |")
+    print("|---|" + "---:|" * len(names) + "---|")
     for run in args.runs:
-        statistics, support_rmse = run_statistics(run, args.tasks, args.support, args.steps)
-        row = decomposition(statistics)
+        row = decomposition(run_statistics(run, args.tasks, args.support, args.steps))
         quartiles = " / ".join(f"{q:.2f}" for q in row["noise / query RMSE quartiles"])
         cells = " | ".join(f"{row[name]:.3f}" for name in names)
-        print(f"| {run} | {cells} | {support_rmse:.3f} | {quartiles} |", flush=True)
+        print(f"| {run} | {cells} | {quartiles} |", flush=True)
 
 
 if __name__ == "__main__":
