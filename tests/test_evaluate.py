@@ -11,7 +11,7 @@ from conftest import small_mlp
 from torchmaml import MetaLearner, TaskBatch
 from torchmaml.bayesian import GaussianLikelihood, Particles
 from torchmaml.bayesian.evaluation import format_uncertainty_table, uncertainty_results
-from torchmaml.evaluate import AdaptationResult, evaluate_adaptation, format_table
+from torchmaml.evaluate import AdaptationResult, evaluate_adaptation, format_table, interval_cell
 
 
 def test_a_diverged_step_count_is_null_with_the_task_count_and_the_others_are_intervals():
@@ -38,6 +38,11 @@ def test_a_huge_mean_leaves_a_gap_between_columns():
     row = format_table(results, "MSE").splitlines()[2]
     cells = [cell.strip() for cell in row.split("  ") if cell.strip()]  # columns are two or more spaces apart
     assert cells == ["maml", "10", "1.700 ± 0.140", "12341466.252 ± 24180734.294", "diverged (11 tasks)"]
+
+
+def test_one_diverged_task_is_singular():
+    assert interval_cell(None, None, 1) == "diverged (1 task)"
+    assert interval_cell(None, None, 2) == "diverged (2 tasks)"
 
 
 def test_a_diverged_ensemble_has_null_uncertainty_scores_and_a_readable_table():

@@ -53,7 +53,7 @@ def interval_cell(
 ) -> str:
     """A table cell ``mean ± ci95`` (times ``scale``), or ``diverged (n tasks)`` (``task_mean``)."""
     if mean is None or ci95 is None:
-        return f"diverged ({diverged_tasks} tasks)"
+        return f"diverged ({diverged_tasks} task{'s' if diverged_tasks != 1 else ''})"
     return f"{mean * scale:.{digits}f} ± {ci95 * scale:.{digits}f}"
 
 
