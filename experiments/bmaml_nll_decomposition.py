@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from torchmaml.bayesian import uncertainty
+from torchmaml.bayesian.likelihood import GaussianLikelihood
 from torchmaml.benchmark import benchmark_of
 from torchmaml.experiment import MAML
 from torchmaml.report import load_learner
@@ -50,8 +51,13 @@ def task_statistics(
         "constant": torch.stack([uncertainty.gaussian_mixture_nll(means, torch.full_like(stds, c), y) for c in SCALES]),
         "noise": stds.mean(),
         "spread": means.var(0, unbiased=False).mean().sqrt(),
-        "query_rmse": (uncertainty.mixture_mean(means) - y).pow(2).mean().sqrt(),
+        "query_rmse": mixture_rmse(means, y),
     }
+
+
+def mixture_rmse(means: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The root mean squared error of the mixture mean ``(1/M) sum_m mu_m(x)`` (means ``[M, N, 1]``)."""
+    return (uncertainty.mixture_mean(means) - y).pow(2).mean().sqrt()
 
 
 def decomposition(statistics: list[dict[str, torch.Tensor]]) -> dict[str, float | list[float]]:
@@ -84,22 +90,25 @@ def slope(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def run_statistics(run: Path, tasks: int, support: int, steps: int) -> list[dict[str, torch.Tensor]]:
-    """Every task's ``task_statistics`` for one run."""
+    """Every task's ``task_statistics`` for one run; ``SystemExit`` with one line for a run that is not a
+    regression particle ensemble or has no evaluation set of ``support`` examples."""
     folder = RunDir(run)
     config = folder.config_for_this_machine()
     learner, _ = load_learner(folder, config, MAML)
     likelihood = learner.loss
+    if not isinstance(likelihood, GaussianLikelihood):
+        raise SystemExit(f"{run}: not a regression particle run (train it with particles and a Gaussian likelihood)")
+    if support not in config.eval_support_sizes:
+        raise SystemExit(f"--support {support}: {run} evaluates with {config.eval_support_sizes} support examples")
     statistics = []
     for batch in benchmark_of(config).evaluation_batches(config, "test", tasks)[support]:
         for task in range(batch.num_tasks):
             fast = learner.adapt(batch.support_x[task], batch.support_y[task], steps=steps)
             with torch.no_grad():
                 query, fitted = fast(batch.query_x[task]), fast(batch.support_x[task])
-            residual = uncertainty.mixture_mean(fitted["outputs"]) - batch.support_y[task]
+            support_rmse = mixture_rmse(fitted["outputs"], batch.support_y[task])
             statistics.append(
-                task_statistics(
-                    query["outputs"], likelihood.stds(query), batch.query_y[task], residual.pow(2).mean().sqrt()
-                )
+                task_statistics(query["outputs"], likelihood.stds(query), batch.query_y[task], support_rmse)
             )
     return statistics
 

@@ -97,3 +97,23 @@ def test_the_command_prints_a_row_per_run(tmp_path):
     assert all(math.isfinite(v) for v in values) and -1 <= values[-2] <= 1
     nll, oracle, global_scale = values[:3]
     assert oracle <= global_scale <= nll + 1e-9  # the oracle picks per task from the grid that holds c = 1
+
+    wrong_size = subprocess.run([*command, "--support", "7"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert wrong_size.returncode != 0
+    assert wrong_size.stderr.strip() == f"--support 7: {run} evaluates with [5, 10] support examples"
+
+
+@pytest.mark.e2e
+def test_the_command_refuses_a_run_without_particles_in_one_line(tmp_path):
+    run = tmp_path / "plain"
+    train = [
+        sys.executable, "-m", "torchmaml", "train", "--config", "sinusoid", "--no-progress", "--set", "iterations=2",
+        "--set", "eval_tasks=4", "--set", "pretrained_baseline=false", "--out", str(run),
+    ]  # fmt: skip
+    assert subprocess.run(train, capture_output=True, timeout=300).returncode == 0
+    command = [sys.executable, "-m", "experiments.bmaml_nll_decomposition", str(run), "--tasks", "4"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"{run}: not a regression particle run (train it with particles and a Gaussian likelihood)"
+    ]
